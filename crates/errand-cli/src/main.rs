@@ -1,0 +1,404 @@
+//! `errand`: dispatch coding tasks to background agents, follow them, and review the result.
+//!
+//! Every command but `serve` and `demo` talks to a server over HTTP (`--server`, or
+//! `ERRAND_SERVER`, default `http://127.0.0.1:7878`).
+
+mod client;
+mod demo;
+mod render;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use client::Client;
+use errand_core::{CheckSpec, TaskRequest};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
+
+#[derive(Parser)]
+#[command(
+    name = "errand",
+    version,
+    about = "Background coding agents: dispatch a task, come back to a branch, a diff and the full log."
+)]
+struct Cli {
+    /// Errand server to talk to.
+    #[arg(long, global = true, env = "ERRAND_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server with embedded workers (SQLite in the data directory).
+    Serve(ServeArgs),
+    /// Create a task: an agent works on it in the background on its own branch.
+    Run(RunArgs),
+    /// List tasks, newest first.
+    Ls {
+        /// Only tasks with this status (queued, running, done, failed, cancelled, …).
+        #[arg(long)]
+        status: Option<String>,
+        /// How many tasks to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a task: status, branch, diff stats, timings, usage and check results.
+    Show {
+        task: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a task's event log: model turns, tool calls, commands, output and exit codes.
+    Logs {
+        task: String,
+        /// Keep streaming new events until the attempt ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Attempt number (default: the task's result attempt).
+        #[arg(long)]
+        attempt: Option<i64>,
+        /// One JSON event per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the unified diff of an attempt against its base.
+    Diff {
+        task: String,
+        #[arg(long)]
+        attempt: Option<i64>,
+        /// Only the per-file summary.
+        #[arg(long)]
+        stat: bool,
+    },
+    /// Cancel a task: its agents stop and their boxes are torn down.
+    Cancel {
+        task: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the whole pipeline on a generated sample repository, offline, with a scripted model.
+    Demo {
+        /// Data directory of the embedded server (default: $ERRAND_HOME).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Where the database, mirrors and workspaces live (default: $ERRAND_HOME, else ~/.local/share/errand).
+    #[arg(long, env = "ERRAND_HOME")]
+    data_dir: Option<PathBuf>,
+    /// Embedded workers (attempts that run at once). 0 runs the API only.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Configuration file (default: <data-dir>/errand.toml when present).
+    #[arg(long, env = "ERRAND_CONFIG")]
+    config: Option<PathBuf>,
+    /// Lease length for attempts; a worker silent this long loses its attempt.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    lease_ttl: std::time::Duration,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// What the agent should do.
+    prompt: String,
+    /// Local path or git URL of the repository (default: the current directory).
+    #[arg(long)]
+    repo: Option<String>,
+    /// Branch, tag or commit to start from (default: the repository's default branch).
+    #[arg(long)]
+    base: Option<String>,
+    /// Environment from errand.toml.
+    #[arg(long)]
+    env: Option<String>,
+    /// Model as provider:model, for example scripted:./turns.json.
+    #[arg(long)]
+    model: Option<String>,
+    /// A check command the worker runs after the agent (repeatable; NAME=COMMAND or COMMAND).
+    #[arg(long = "check")]
+    checks: Vec<String>,
+    /// Stream the log until the task ends.
+    #[arg(short, long)]
+    follow: bool,
+    /// Print the created task as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ERRAND_LOG").unwrap_or_else(|_| {
+        let default = if matches!(cli.command, Command::Serve(_)) {
+            "info"
+        } else {
+            "warn"
+        };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let client = Client::new(&cli.server)?;
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::Run(a) => run(&client, a).await,
+        Command::Ls {
+            status,
+            limit,
+            json,
+        } => {
+            let page = client.list(status.as_deref(), limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                let tasks: Vec<errand_core::Task> = serde_json::from_value(page["tasks"].clone())?;
+                print!("{}", render::task_table(&tasks));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { task, json } => {
+            let t = client.task(&task).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print!("{}", render::show(&t));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            task,
+            follow,
+            attempt,
+            json,
+        } => {
+            let mode = if json {
+                render::LogMode::Json
+            } else {
+                render::LogMode::Human
+            };
+            if follow {
+                client.follow(&task, attempt, 0, mode).await?;
+            } else {
+                client.print_events(&task, attempt, mode).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diff {
+            task,
+            attempt,
+            stat,
+        } => {
+            if stat {
+                let d = client.diff_json(&task, attempt).await?;
+                let stats: errand_core::DiffStats =
+                    serde_json::from_value(d["stats"].clone()).unwrap_or_default();
+                print!("{}", render::diffstat(&stats));
+            } else {
+                print!("{}", client.diff(&task, attempt).await?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { task, json } => {
+            let t = client.cancel(&task).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("cancelled task {} ({})", t.short_id, t.title);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { data_dir } => demo::run(&cli.server, data_dir).await,
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<ExitCode> {
+    let data_dir = a.data_dir.unwrap_or_else(errand_server::default_data_dir);
+    let mut opts = errand_server::ServeOptions::new(a.listen, data_dir.clone());
+    opts.workers = a.workers;
+    opts.config = a.config;
+    opts.lease_ttl = a.lease_ttl;
+    opts.heartbeat_every = (a.lease_ttl / 6).max(std::time::Duration::from_millis(100));
+    let handle = errand_server::start(opts).await?;
+    // Tests and scripts read this line to find the port.
+    println!(
+        "errand: listening on http://{} (data: {})",
+        handle.addr,
+        data_dir.display()
+    );
+    let shutdown = handle.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("errand: shutting down");
+        shutdown.cancel();
+    });
+    handle.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut i), Ok(mut t)) => {
+            tokio::select! {
+                _ = i.recv() => {}
+                _ = t.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Makes a local path absolute (the server may run in another directory); URLs pass through.
+fn absolute(p: &str) -> Result<String> {
+    if p.contains("://") || (p.contains('@') && p.contains(':') && !Path::new(p).exists()) {
+        return Ok(p.to_string());
+    }
+    let path = Path::new(p);
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("reading the current directory")?
+            .join(path)
+    };
+    Ok(abs.display().to_string())
+}
+
+fn parse_check(s: &str, i: usize) -> Result<CheckSpec> {
+    if s.trim().is_empty() {
+        bail!(
+            "--check needs a command, for example --check \"cargo test\" or --check tests=\"cargo test\""
+        );
+    }
+    match s.split_once('=') {
+        Some((name, cmd))
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) =>
+        {
+            Ok(CheckSpec {
+                name: name.to_string(),
+                command: cmd.to_string(),
+            })
+        }
+        _ => Ok(CheckSpec {
+            name: format!("check-{i}"),
+            command: s.to_string(),
+        }),
+    }
+}
+
+fn whoami() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "cli".into())
+}
+
+async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
+    if a.prompt.trim().is_empty() {
+        bail!(
+            "the prompt is empty; describe the task, for example: errand run \"Fix the failing test in orders\""
+        );
+    }
+    let repo = match (&a.repo, &a.env) {
+        (Some(r), _) => Some(absolute(r)?),
+        (None, Some(_)) => None,
+        (None, None) => Some(absolute(".")?),
+    };
+    let model = match &a.model {
+        Some(m) => Some(match m.strip_prefix("scripted:") {
+            Some(path) if !path.is_empty() => format!("scripted:{}", absolute(path)?),
+            _ => m.clone(),
+        }),
+        None => None,
+    };
+    let checks = if a.checks.is_empty() {
+        None
+    } else {
+        Some(
+            a.checks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| parse_check(c, i + 1))
+                .collect::<Result<Vec<_>>>()?,
+        )
+    };
+    let req = TaskRequest {
+        prompt: a.prompt.clone(),
+        repo,
+        base: a.base.clone(),
+        env: a.env.clone(),
+        model,
+        trigger: Some("cli".into()),
+        created_by: Some(whoami()),
+        checks,
+    };
+    let task = client.create(&req).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&task)?);
+    } else {
+        println!("created task {} — {}", task.short_id, task.title);
+        if let Some(at) = task.result_attempt() {
+            println!(
+                "branch {}  base {} @ {}",
+                at.branch,
+                task.base_ref,
+                render::short_sha(&task.base_commit)
+            );
+        }
+        if !a.follow {
+            println!("follow it with: errand logs -f {}", task.short_id);
+        }
+    }
+    if !a.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mode = if a.json {
+        render::LogMode::Json
+    } else {
+        render::LogMode::Human
+    };
+    client.follow(&task.id, None, 0, mode).await?;
+    let done = client.task(&task.id).await?;
+    if !a.json {
+        println!();
+        print!("{}", render::show(&done));
+    }
+    Ok(if done.status == errand_core::Status::Done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,405 @@
+//! Human-readable output: task tables, `show`, and the event log.
+
+use errand_core::{DiffStats, Event, EventKind, OutputStream, Task, format_ts};
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+pub fn short_sha(s: &str) -> &str {
+    &s[..s.len().min(10)]
+}
+
+fn ago(ms: i64) -> String {
+    let secs = ((errand_core::now_ms() - ms).max(0) / 1000) as u64;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+fn secs(ms: i64) -> String {
+    format!("{:.1}s", ms.max(0) as f64 / 1000.0)
+}
+
+pub fn task_table(tasks: &[Task]) -> String {
+    if tasks.is_empty() {
+        return "no tasks yet; create one with: errand run \"describe the change\" --repo PATH\n"
+            .into();
+    }
+    let mut out = format!(
+        "{:<10} {:<18} {:<10} {:<12} {}\n",
+        "ID", "STATUS", "CHANGES", "CREATED", "TITLE"
+    );
+    for t in tasks {
+        let changes = t
+            .result_attempt()
+            .and_then(|a| a.diff_stats.as_ref())
+            .map(|s| format!("+{} -{}", s.insertions, s.deletions))
+            .unwrap_or_else(|| "-".into());
+        let title: String = t.title.chars().take(60).collect();
+        let _ = writeln!(
+            out,
+            "{:<10} {:<18} {:<10} {:<12} {}",
+            t.short_id,
+            t.status.as_str(),
+            changes,
+            ago(t.created_at_ms),
+            title
+        );
+    }
+    out
+}
+
+pub fn diffstat(s: &DiffStats) -> String {
+    let mut out = String::new();
+    for f in &s.files {
+        match (f.insertions, f.deletions) {
+            (Some(i), Some(d)) => {
+                let _ = writeln!(out, " {} | +{i} -{d}", f.path);
+            }
+            _ => {
+                let _ = writeln!(out, " {} | binary", f.path);
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        " {} file{} changed, {} insertion{}(+), {} deletion{}(-)",
+        s.files_changed,
+        if s.files_changed == 1 { "" } else { "s" },
+        s.insertions,
+        if s.insertions == 1 { "" } else { "s" },
+        s.deletions,
+        if s.deletions == 1 { "" } else { "s" }
+    );
+    out
+}
+
+pub fn show(t: &Task) -> String {
+    let mut o = String::new();
+    let row = |o: &mut String, k: &str, v: &str| {
+        let _ = writeln!(o, "{k:<10}{v}");
+    };
+    row(&mut o, "Task", &format!("{} ({})", t.short_id, t.id));
+    row(&mut o, "Title", &t.title);
+    let mut status = t.status.to_string();
+    if let Some(e) = &t.error {
+        status.push_str(&format!(" — {e}"));
+    }
+    row(&mut o, "Status", &status);
+    row(&mut o, "Repo", &t.repo);
+    row(
+        &mut o,
+        "Base",
+        &format!("{} @ {}", t.base_ref, short_sha(&t.base_commit)),
+    );
+    if let Some(env) = &t.environment.name {
+        row(&mut o, "Env", env);
+    }
+    let scripted = if t.model.starts_with("scripted:") {
+        " (scripted playback, not a real model)"
+    } else {
+        ""
+    };
+    row(&mut o, "Model", &format!("{}{scripted}", t.model));
+    row(
+        &mut o,
+        "Created",
+        &format!(
+            "{} ({}) by {} via {}",
+            format_ts(t.created_at_ms),
+            ago(t.created_at_ms),
+            t.created_by,
+            t.trigger
+        ),
+    );
+    for a in &t.attempts {
+        if t.attempts.len() > 1 {
+            let _ = writeln!(o, "\nAttempt {} — {}", a.number, a.status);
+        }
+        row(&mut o, "Branch", &a.branch);
+        if let Some(h) = &a.head_commit {
+            row(&mut o, "Commit", short_sha(h));
+        }
+        let mut timing = String::new();
+        if let Some(s) = a.started_at_ms {
+            timing.push_str(&format!("queued {}", secs(s - t.created_at_ms)));
+            match a.finished_at_ms {
+                Some(f) => timing.push_str(&format!(", ran {}", secs(f - s))),
+                None => timing.push_str(&format!(
+                    ", running for {}",
+                    secs(errand_core::now_ms() - s)
+                )),
+            }
+        } else {
+            timing.push_str("waiting for a worker");
+        }
+        row(&mut o, "Timing", &timing);
+        let runs = if a.runs <= 1 {
+            format!("{} (from {})", a.runs.max(0), a.resumed_from)
+        } else {
+            format!(
+                "{} — run {} restarted from {}{}",
+                a.runs,
+                a.runs,
+                a.resumed_from,
+                a.restart_reason
+                    .as_ref()
+                    .map(|r| format!(" after: {r}"))
+                    .unwrap_or_default()
+            )
+        };
+        row(&mut o, "Runs", &runs);
+        row(
+            &mut o,
+            "Usage",
+            &format!(
+                "{} turn{}, {} input / {} output tokens{}",
+                a.turns,
+                if a.turns == 1 { "" } else { "s" },
+                a.usage.input_tokens,
+                a.usage.output_tokens,
+                if scripted.is_empty() {
+                    ""
+                } else {
+                    " (scripted: no tokens)"
+                }
+            ),
+        );
+        match &a.diff_stats {
+            Some(s) if s.files_changed > 0 => {
+                row(
+                    &mut o,
+                    "Diff",
+                    &format!(
+                        "{} file(s), +{} -{}",
+                        s.files_changed, s.insertions, s.deletions
+                    ),
+                );
+                for f in &s.files {
+                    let ch = match (f.insertions, f.deletions) {
+                        (Some(i), Some(d)) => format!("+{i} -{d}"),
+                        _ => "binary".into(),
+                    };
+                    let _ = writeln!(o, "{:<10}  {} {}", "", f.path, ch);
+                }
+            }
+            Some(_) => row(&mut o, "Diff", "no changes"),
+            None => row(&mut o, "Diff", "(not yet)"),
+        }
+        if a.checks.is_empty() {
+            row(&mut o, "Checks", "none configured");
+        } else {
+            row(&mut o, "Checks", "");
+            for c in &a.checks {
+                let _ = writeln!(
+                    o,
+                    "  {} {:<12} exit {:<4} {:>7}  {}",
+                    if c.passed { "✓" } else { "✗" },
+                    c.name,
+                    c.exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    secs(c.duration_ms as i64),
+                    c.command
+                );
+            }
+        }
+        if let Some(s) = &a.summary {
+            row(&mut o, "Summary", s.trim());
+        }
+        if let Some(e) = &a.error {
+            row(&mut o, "Error", e);
+        }
+        if let Some(w) = &a.active_worker {
+            row(&mut o, "Worker", w);
+        }
+    }
+    o
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogMode {
+    Human,
+    Json,
+}
+
+/// Prints events one by one; keeps track of partial output lines.
+pub struct Renderer {
+    mode: LogMode,
+    /// Whether the last printed output chunk ended mid-line.
+    open_line: bool,
+}
+
+impl Renderer {
+    pub fn new(mode: LogMode) -> Self {
+        Renderer {
+            mode,
+            open_line: false,
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if self.open_line {
+            println!();
+            self.open_line = false;
+        }
+        let _ = std::io::stdout().flush();
+    }
+
+    pub fn print(&mut self, e: &Event) {
+        if self.mode == LogMode::Json {
+            if let Ok(s) = serde_json::to_string(e) {
+                println!("{s}");
+            }
+            return;
+        }
+        if let EventKind::Output { stream, data, .. } = &e.kind {
+            let mut out = String::new();
+            for piece in data.split_inclusive('\n') {
+                if !self.open_line {
+                    out.push_str(match stream {
+                        OutputStream::Stdout => "      │ ",
+                        OutputStream::Stderr => "      ┃ ",
+                    });
+                }
+                out.push_str(piece);
+                self.open_line = !piece.ends_with('\n');
+            }
+            print!("{out}");
+            let _ = std::io::stdout().flush();
+            return;
+        }
+        if self.open_line {
+            println!();
+            self.open_line = false;
+        }
+        let ts = format_ts(e.ts_ms);
+        let clock = ts.get(11..23).unwrap_or(&ts);
+        println!("{clock} {:>4} {}", format!("#{}", e.seq), describe(&e.kind));
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn oneline(s: &str, max: usize) -> String {
+    let flat = s.replace('\n', " ⏎ ");
+    if flat.chars().count() > max {
+        flat.chars().take(max).collect::<String>() + "…"
+    } else {
+        flat
+    }
+}
+
+pub fn describe(k: &EventKind) -> String {
+    match k {
+        EventKind::Claimed {
+            worker,
+            sandbox,
+            resumed_from,
+            note,
+            ..
+        } => format!(
+            "claimed by {worker} (from {resumed_from}){} · {sandbox}",
+            note.as_ref().map(|n| format!(" — {n}")).unwrap_or_default()
+        ),
+        EventKind::Status { from, to, reason } => format!(
+            "status {from} → {to}{}",
+            reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+        EventKind::Notice { message } => format!("· {message}"),
+        EventKind::ModelTurn {
+            model,
+            scripted,
+            turn,
+            text,
+            usage,
+            ..
+        } => format!(
+            "model {model}{} turn {turn}{}{}",
+            if *scripted { " [SCRIPTED]" } else { "" },
+            if usage.total() > 0 {
+                format!(
+                    " ({} in / {} out tokens)",
+                    usage.input_tokens, usage.output_tokens
+                )
+            } else {
+                String::new()
+            },
+            text.as_ref()
+                .map(|t| format!(": {}", oneline(t, 200)))
+                .unwrap_or_default()
+        ),
+        EventKind::ToolCall {
+            name, arguments, ..
+        } => {
+            format!("tool {name} {}", oneline(&arguments.to_string(), 200))
+        }
+        EventKind::ToolResult {
+            name,
+            ok,
+            output,
+            truncated,
+            ..
+        } => format!(
+            "  ↳ {name} {}{}: {}",
+            if *ok { "ok" } else { "error" },
+            if *truncated { " (cut)" } else { "" },
+            oneline(output, 160)
+        ),
+        EventKind::CommandStarted {
+            command, workdir, ..
+        } => {
+            if workdir == "." {
+                format!("$ {}", oneline(command, 300))
+            } else {
+                format!("$ (in {workdir}) {}", oneline(command, 300))
+            }
+        }
+        EventKind::Output { data, .. } => oneline(data, 200),
+        EventKind::CommandFinished {
+            exit_code,
+            signal,
+            duration_ms,
+            killed_by,
+            ..
+        } => {
+            let how = match (killed_by, exit_code, signal) {
+                (Some(k), _, _) => format!("killed ({k})"),
+                (None, Some(c), _) => format!("exit {c}"),
+                (None, None, Some(s)) => format!("signal {s}"),
+                _ => "ended".into(),
+            };
+            format!("  ↳ {how} in {:.2}s", *duration_ms as f64 / 1000.0)
+        }
+        EventKind::FileChange { path, change } => format!("file {change}: {path}"),
+        EventKind::CheckResult {
+            name,
+            exit_code,
+            duration_ms,
+            passed,
+            ..
+        } => format!(
+            "check {name}: {} (exit {}, {:.2}s)",
+            if *passed { "PASSED" } else { "FAILED" },
+            exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            *duration_ms as f64 / 1000.0
+        ),
+        EventKind::Committed {
+            branch,
+            commit,
+            files_changed,
+            insertions,
+            deletions,
+        } => format!(
+            "committed {} on {branch}: {files_changed} file(s), +{insertions} -{deletions}",
+            short_sha(commit)
+        ),
+        EventKind::Error { message } => format!("ERROR {message}"),
+    }
+}

@@ -1,0 +1,199 @@
+//! The attempt event log: one append-only, `seq`-numbered entry per thing that happened.
+
+use crate::Status;
+use serde::{Deserialize, Serialize};
+
+/// One stored event of an attempt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// The attempt this event belongs to.
+    pub attempt_id: String,
+    /// 1, 2, 3, … within the attempt, with no gaps and no duplicates.
+    pub seq: i64,
+    /// Which run of the attempt wrote it (a run restarts after a lost lease).
+    pub run: i64,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Token usage of one model turn or a sum of turns.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.input_tokens += other.input_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+    }
+    pub fn total(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+/// What happened. Serialized with a `type` tag, flattened into [`Event`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A worker took the attempt. Always the first event of a run; it states how commands are
+    /// isolated, so that an unisolated run is visible in the very first line of its log.
+    Claimed {
+        worker: String,
+        sandbox: String,
+        isolated: bool,
+        /// `start` or `checkpoint`.
+        resumed_from: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    Status {
+        from: Status,
+        to: Status,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A progress or informational line from the worker.
+    Notice {
+        message: String,
+    },
+    ModelTurn {
+        model: String,
+        scripted: bool,
+        turn: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reasoning: Option<String>,
+        usage: Usage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_reason: Option<String>,
+    },
+    ToolCall {
+        call_id: String,
+        name: String,
+        arguments: serde_json::Value,
+    },
+    ToolResult {
+        call_id: String,
+        name: String,
+        ok: bool,
+        /// What the model was shown (capped: head and tail kept).
+        output: String,
+        #[serde(default)]
+        truncated: bool,
+    },
+    CommandStarted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+        command: String,
+        workdir: String,
+    },
+    Output {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+        stream: OutputStream,
+        data: String,
+    },
+    CommandFinished {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        duration_ms: u64,
+        /// The limit that killed the command, if one did (for example `timeout`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        killed_by: Option<String>,
+    },
+    FileChange {
+        path: String,
+        change: String,
+    },
+    CheckResult {
+        name: String,
+        command: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        passed: bool,
+    },
+    /// The workspace was committed onto the attempt's branch.
+    Committed {
+        branch: String,
+        commit: String,
+        files_changed: u64,
+        insertions: u64,
+        deletions: u64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+impl EventKind {
+    /// The `type` tag, as stored in the `kind` column.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::Claimed { .. } => "claimed",
+            EventKind::Status { .. } => "status",
+            EventKind::Notice { .. } => "notice",
+            EventKind::ModelTurn { .. } => "model_turn",
+            EventKind::ToolCall { .. } => "tool_call",
+            EventKind::ToolResult { .. } => "tool_result",
+            EventKind::CommandStarted { .. } => "command_started",
+            EventKind::Output { .. } => "output",
+            EventKind::CommandFinished { .. } => "command_finished",
+            EventKind::FileChange { .. } => "file_change",
+            EventKind::CheckResult { .. } => "check_result",
+            EventKind::Committed { .. } => "committed",
+            EventKind::Error { .. } => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_json_is_flat_and_tagged() {
+        let e = Event {
+            attempt_id: "a".into(),
+            seq: 3,
+            run: 1,
+            ts_ms: 5,
+            kind: EventKind::Status {
+                from: Status::Queued,
+                to: Status::Preparing,
+                reason: None,
+            },
+        };
+        let v = serde_json::to_value(&e).unwrap_or_default();
+        assert_eq!(v["type"], "status");
+        assert_eq!(v["to"], "preparing");
+        assert_eq!(v["seq"], 3);
+        let back: Event = serde_json::from_value(v).unwrap_or_else(|_| panic!("roundtrip"));
+        assert_eq!(back, e);
+        assert_eq!(e.kind.type_name(), "status");
+    }
+}

@@ -1,0 +1,35 @@
+//! Errand's domain model: ids, task and attempt statuses and their state machine, the event
+//! log's entry kinds, the task request, and the `errand.toml` configuration model.
+//!
+//! This crate owns vocabulary only. It must not do I/O (no files, no network, no processes,
+//! no database): every other crate depends on it, and it stays cheap to build and to test.
+
+pub mod config;
+pub mod event;
+pub mod id;
+pub mod status;
+pub mod task;
+pub mod text;
+
+pub use config::{CheckSpec, Config, ConfigError, EnvironmentConfig};
+pub use event::{Event, EventKind, OutputStream, Usage};
+pub use id::{new_id, short_id};
+pub use status::Status;
+pub use task::{
+    Attempt, CheckResult, DiffStats, EnvironmentSnapshot, FileStat, NewAttempt, NewTask, Task,
+    TaskRequest,
+};
+
+/// Milliseconds since the Unix epoch, the timestamp unit used across Errand.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Formats a millisecond timestamp as RFC 3339 (UTC, millisecond precision).
+pub fn format_ts(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}

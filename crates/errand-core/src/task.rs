@@ -1,0 +1,158 @@
+//! Tasks (what the user asked for) and attempts (one agent working on one task).
+
+use crate::{Status, Usage};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The body of `POST /api/v1/tasks`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    pub prompt: String,
+    /// A local path (absolute, as seen by the server) or a git URL. Optional when `env` names
+    /// an environment that has a repo.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Branch, tag or commit. Defaults to the environment's base, else the repo's default branch.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Environment name from the server's `errand.toml`.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// `provider:model`, for example `scripted:/path/to/turns.json`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// cli, api, web, cron, github, slack, linear, pagerduty, webhook. Defaults to `api`.
+    #[serde(default)]
+    pub trigger: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
+    /// Check commands the worker runs after the agent; overrides the environment's.
+    #[serde(default)]
+    pub checks: Option<Vec<crate::CheckSpec>>,
+}
+
+/// The environment as resolved when the task was created; stored with the task so that any
+/// worker can run it without the server's configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvironmentSnapshot {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub checks: Vec<crate::CheckSpec>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A validated, fully resolved task, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
+    pub prompt: String,
+    pub title: String,
+    pub repo: String,
+    pub base_ref: String,
+    pub base_commit: String,
+    pub environment: EnvironmentSnapshot,
+    pub model: String,
+    /// Provider-specific payload resolved at creation (the scripted turns, for instance).
+    pub model_payload: Option<serde_json::Value>,
+    pub mode: String,
+    pub trigger: String,
+    pub created_by: String,
+    pub attempts: Vec<NewAttempt>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAttempt {
+    pub id: String,
+    pub number: i64,
+    pub branch: String,
+    pub model: String,
+}
+
+/// Lines added and removed in one file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileStat {
+    pub path: String,
+    /// `None` for binary files.
+    pub insertions: Option<u64>,
+    pub deletions: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiffStats {
+    pub files_changed: u64,
+    pub insertions: u64,
+    pub deletions: u64,
+    #[serde(default)]
+    pub files: Vec<FileStat>,
+}
+
+/// A check the worker ran itself, with its real exit code.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckResult {
+    pub name: String,
+    pub command: String,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    pub id: String,
+    pub task_id: String,
+    pub number: i64,
+    pub status: Status,
+    pub branch: String,
+    pub model: String,
+    /// How many times a worker started this attempt (2+ after a restart).
+    pub runs: i64,
+    /// `start` or `checkpoint`: where the latest run began.
+    pub resumed_from: String,
+    /// Why the attempt was last put back in the queue, if it was.
+    pub restart_reason: Option<String>,
+    pub worker: Option<String>,
+    /// The worker holding the lease right now, if any.
+    pub active_worker: Option<String>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub head_commit: Option<String>,
+    pub diff_stats: Option<DiffStats>,
+    pub usage: Usage,
+    pub turns: u64,
+    pub checks: Vec<CheckResult>,
+    pub summary: Option<String>,
+    pub error: Option<String>,
+    /// Last event seq written.
+    pub last_seq: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Task {
+    pub id: String,
+    pub short_id: String,
+    pub title: String,
+    pub prompt: String,
+    pub repo: String,
+    pub base_ref: String,
+    pub base_commit: String,
+    pub environment: EnvironmentSnapshot,
+    pub model: String,
+    pub mode: String,
+    pub trigger: String,
+    pub created_by: String,
+    pub status: Status,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub attempts: Vec<Attempt>,
+}
+
+impl Task {
+    /// The attempt that is the task's result (the first, until best-of-N ranks them).
+    pub fn result_attempt(&self) -> Option<&Attempt> {
+        self.attempts.first()
+    }
+}

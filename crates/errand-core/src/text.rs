@@ -1,0 +1,104 @@
+//! Small text helpers shared by the worker, the agent and the CLI.
+
+/// A branch-safe slug from free text: lowercase ASCII words joined by `-`, at most `max` chars.
+pub fn slugify(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut dash = false;
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            if dash && !out.is_empty() {
+                out.push('-');
+            }
+            dash = false;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            dash = true;
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    out.truncate(max);
+    let trimmed = out.trim_end_matches('-').to_string();
+    if trimmed.is_empty() {
+        "task".to_string()
+    } else {
+        trimmed
+    }
+}
+
+/// Caps `text` at about `max` bytes, keeping the head and the tail, with a marker in between
+/// saying how much was left out. Returns the text and whether it was cut.
+pub fn cap_head_tail(text: &str, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text.to_string(), false);
+    }
+    let half = max / 2;
+    let mut head_end = half;
+    while !text.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let mut tail_start = text.len() - half;
+    while !text.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    let omitted = tail_start - head_end;
+    (
+        format!(
+            "{}\n[… {} bytes omitted; the full output is in the event log …]\n{}",
+            &text[..head_end],
+            omitted,
+            &text[tail_start..]
+        ),
+        true,
+    )
+}
+
+/// First line of `text`, cut to `max` characters with an ellipsis.
+pub fn title_of(text: &str, max: usize) -> String {
+    let line = text.trim().lines().next().unwrap_or("").trim();
+    if line.chars().count() <= max {
+        line.to_string()
+    } else {
+        let mut s: String = line.chars().take(max.saturating_sub(1)).collect();
+        s.push('…');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert_eq!(
+            slugify("Fix the off-by-one in paginate()", 40),
+            "fix-the-off-by-one-in-paginate"
+        );
+        assert_eq!(slugify("   ", 10), "task");
+        assert_eq!(slugify("Ünïcode only ✓", 40), "n-code-only");
+        assert!(slugify(&"word ".repeat(30), 24).len() <= 24);
+        assert!(!slugify(&"ab ".repeat(30), 24).ends_with('-'));
+    }
+
+    #[test]
+    fn cap() {
+        let (s, cut) = cap_head_tail("hello", 10);
+        assert_eq!(s, "hello");
+        assert!(!cut);
+        let long = "a".repeat(100) + &"b".repeat(100);
+        let (s, cut) = cap_head_tail(&long, 40);
+        assert!(cut);
+        assert!(s.starts_with("aaaa") && s.ends_with("bbbb"));
+        assert!(s.contains("180 bytes omitted"));
+        let (s, _) = cap_head_tail(&"é".repeat(50), 11);
+        assert!(s.contains("omitted"));
+    }
+
+    #[test]
+    fn titles() {
+        assert_eq!(title_of("  first\nsecond", 10), "first");
+        assert_eq!(title_of("abcdefghijkl", 5), "abcd…");
+    }
+}

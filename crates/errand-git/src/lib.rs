@@ -1,0 +1,566 @@
+//! Git plumbing for Errand, through the `git` CLI: a bare mirror per repository, cached and
+//! fetched incrementally; attempt workspaces at a base commit on their own `errand/…` branch;
+//! commits with `Errand-Task:`/`Errand-Attempt:` trailers; diffs and their stats.
+//!
+//! This crate owns every git invocation. It must never write to the user's own repository
+//! (only read from it), and it refuses to create or move any branch outside `errand/`.
+
+use errand_core::{DiffStats, FileStat};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error(
+        "'{0}' is not a git repository; pass --repo with the path of a git checkout or a git URL"
+    )]
+    NotARepo(String),
+    #[error("'{0}' does not exist; pass --repo with the path of a git checkout or a git URL")]
+    NoSuchPath(String),
+    #[error(
+        "unknown base ref '{reference}' in {repo}; pass --base with an existing branch, tag or commit"
+    )]
+    UnknownRef { reference: String, repo: String },
+    #[error("cannot reach repository {repo}: {message}")]
+    Unreachable { repo: String, message: String },
+    #[error("refusing to write branch '{0}': Errand only writes branches under errand/")]
+    ForbiddenBranch(String),
+    #[error("git {args} failed: {stderr}")]
+    Command { args: String, stderr: String },
+    #[error("running git: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = GitError> = std::result::Result<T, E>;
+
+/// Output of a finished git command.
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn base_command(cwd: Option<&Path>) -> Command {
+    let mut c = Command::new("git");
+    if let Some(d) = cwd {
+        c.current_dir(d);
+    }
+    c.env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+async fn run(cwd: Option<&Path>, args: &[&str]) -> Result<Out> {
+    let out = base_command(cwd).args(args).output().await?;
+    Ok(Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+async fn run_ok(cwd: Option<&Path>, args: &[&str]) -> Result<String> {
+    let out = run(cwd, args).await?;
+    if out.ok {
+        Ok(out.stdout)
+    } else {
+        Err(GitError::Command {
+            args: args.join(" "),
+            stderr: out.stderr,
+        })
+    }
+}
+
+/// Whether `repo` looks like a URL (scheme://, or scp-like `user@host:path`) rather than a path.
+pub fn is_url(repo: &str) -> bool {
+    if repo.contains("://") {
+        return true;
+    }
+    // scp-like syntax: host:path with no slash before the colon.
+    match repo.split_once(':') {
+        Some((host, _)) => !host.is_empty() && !host.contains('/') && host.contains('@'),
+        None => false,
+    }
+}
+
+/// A base ref resolved to a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The name the user gave, or the default branch's name.
+    pub name: String,
+    pub commit: String,
+}
+
+/// Resolves `base` (or the checked-out branch) in a local repository, read-only.
+pub async fn resolve_local(repo: &Path, base: Option<&str>) -> Result<Resolved> {
+    let shown = repo.display().to_string();
+    if !repo.exists() {
+        return Err(GitError::NoSuchPath(shown));
+    }
+    let name = match base {
+        Some(b) => b.to_string(),
+        None => {
+            let out = run(Some(repo), &["symbolic-ref", "--quiet", "--short", "HEAD"]).await?;
+            if out.ok {
+                out.stdout.trim().to_string()
+            } else if out.stderr.contains("not a git repository") {
+                return Err(GitError::NotARepo(shown));
+            } else {
+                "HEAD".to_string()
+            }
+        }
+    };
+    let spec = format!("{name}^{{commit}}");
+    let out = run(
+        Some(repo),
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &spec,
+        ],
+    )
+    .await?;
+    if out.ok {
+        return Ok(Resolved {
+            name,
+            commit: out.stdout.trim().to_string(),
+        });
+    }
+    if out.stderr.contains("not a git repository") {
+        return Err(GitError::NotARepo(shown));
+    }
+    // rev-parse is quiet for unknown refs; make sure this is a repo at all.
+    let probe = run(Some(repo), &["rev-parse", "--git-dir"]).await?;
+    if !probe.ok {
+        return Err(GitError::NotARepo(shown));
+    }
+    if base.is_none() {
+        return Err(GitError::UnknownRef {
+            reference: format!("{name} (the repository has no commits yet)"),
+            repo: shown,
+        });
+    }
+    Err(GitError::UnknownRef {
+        reference: name,
+        repo: shown,
+    })
+}
+
+/// The attempt branch name: `errand/<short-id>-<slug>[-<n>]`.
+pub fn branch_name(short_id: &str, slug: &str, attempt: i64) -> String {
+    if attempt <= 1 {
+        format!("errand/{short_id}-{slug}")
+    } else {
+        format!("errand/{short_id}-{slug}-{attempt}")
+    }
+}
+
+/// Refuses any branch Errand must not write: everything outside `errand/`.
+pub fn check_agent_branch(branch: &str) -> Result<()> {
+    let ok = branch.starts_with("errand/")
+        && branch.len() > "errand/".len()
+        && !branch.contains("..")
+        && !branch.ends_with('/')
+        && !branch.ends_with(".lock")
+        && branch
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(GitError::ForbiddenBranch(branch.to_string()))
+    }
+}
+
+/// Bare mirrors of the repositories tasks run on, one per repo, fetched incrementally.
+///
+/// Upstream branches live under `refs/remotes/origin/*` (pruned on fetch), tags under
+/// `refs/tags/*`, and attempt branches under `refs/heads/errand/*` (never pruned).
+#[derive(Debug)]
+pub struct MirrorCache {
+    root: PathBuf,
+    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl MirrorCache {
+    pub fn new(root: impl Into<PathBuf>) -> MirrorCache {
+        MirrorCache {
+            root: root.into(),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Where the mirror of `repo` lives.
+    pub fn mirror_path(&self, repo: &str) -> PathBuf {
+        let digest = Sha256::digest(repo.as_bytes());
+        let hexed: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let tail: String = repo
+            .trim_end_matches('/')
+            .trim_end_matches(".git")
+            .rsplit(['/', ':'])
+            .next()
+            .unwrap_or("repo")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(40)
+            .collect();
+        self.root.join(format!("{tail}-{hexed}.git"))
+    }
+
+    /// A lock held while a mirror's refs are being changed (fetch, branch import).
+    pub async fn lock(&self, mirror: &Path) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(mirror.to_path_buf()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    /// Creates the mirror if needed and fetches `repo` into it. Returns the mirror's path.
+    pub async fn sync(&self, repo: &str) -> Result<PathBuf> {
+        let mirror = self.mirror_path(repo);
+        let _guard = self.lock(&mirror).await;
+        if !mirror.join("HEAD").exists() {
+            tokio::fs::create_dir_all(&self.root).await?;
+            let tmp = mirror.with_extension(format!("tmp-{}", std::process::id()));
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            let t = tmp.to_string_lossy().to_string();
+            run_ok(None, &["init", "--quiet", "--bare", &t]).await?;
+            run_ok(Some(&tmp), &["config", "remote.origin.url", repo]).await?;
+            run_ok(Some(&tmp), &["config", "gc.auto", "0"]).await?;
+            run_ok(Some(&tmp), &["config", "core.logAllRefUpdates", "false"]).await?;
+            tokio::fs::rename(&tmp, &mirror).await?;
+        }
+        let out = run(
+            Some(&mirror),
+            &[
+                "fetch",
+                "--quiet",
+                "--prune",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "origin",
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+        )
+        .await?;
+        if !out.ok {
+            return Err(GitError::Unreachable {
+                repo: repo.to_string(),
+                message: first_line(&out.stderr),
+            });
+        }
+        Ok(mirror)
+    }
+
+    /// Resolves `base` (or the remote's default branch) in a synced mirror.
+    pub async fn resolve(&self, mirror: &Path, repo: &str, base: Option<&str>) -> Result<Resolved> {
+        let name = match base {
+            Some(b) => b.to_string(),
+            None => {
+                let out = run(Some(mirror), &["ls-remote", "--symref", "origin", "HEAD"]).await?;
+                let head = out
+                    .stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ref: refs/heads/"))
+                    .and_then(|l| l.split('\t').next())
+                    .map(str::to_string);
+                match head {
+                    Some(h) => h,
+                    None => {
+                        return Err(GitError::UnknownRef {
+                            reference: "HEAD (the remote has no default branch)".into(),
+                            repo: repo.to_string(),
+                        });
+                    }
+                }
+            }
+        };
+        for candidate in [
+            format!("refs/remotes/origin/{name}"),
+            format!("refs/tags/{name}"),
+            format!("refs/heads/{name}"),
+            name.clone(),
+        ] {
+            let spec = format!("{candidate}^{{commit}}");
+            let out = run(
+                Some(mirror),
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    "--end-of-options",
+                    &spec,
+                ],
+            )
+            .await?;
+            if out.ok {
+                return Ok(Resolved {
+                    name,
+                    commit: out.stdout.trim().to_string(),
+                });
+            }
+        }
+        Err(GitError::UnknownRef {
+            reference: name,
+            repo: repo.to_string(),
+        })
+    }
+
+    /// Makes sure `commit` is in the mirror, fetching it by id if the branch fetch missed it.
+    pub async fn ensure_commit(&self, mirror: &Path, repo: &str, commit: &str) -> Result<()> {
+        if has_commit(mirror, commit).await? {
+            return Ok(());
+        }
+        let _guard = self.lock(mirror).await;
+        let _ = run(
+            Some(mirror),
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "origin",
+                commit,
+            ],
+        )
+        .await?;
+        if has_commit(mirror, commit).await? {
+            Ok(())
+        } else {
+            Err(GitError::UnknownRef {
+                reference: commit.to_string(),
+                repo: repo.to_string(),
+            })
+        }
+    }
+
+    /// Copies the attempt branch from a workspace into the mirror (`refs/heads/<branch>`).
+    pub async fn import_branch(&self, mirror: &Path, workspace: &Path, branch: &str) -> Result<()> {
+        check_agent_branch(branch)?;
+        let _guard = self.lock(mirror).await;
+        let ws = workspace.to_string_lossy().to_string();
+        let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        run_ok(
+            Some(mirror),
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                &ws,
+                &spec,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+async fn has_commit(repo: &Path, commit: &str) -> Result<bool> {
+    let spec = format!("{commit}^{{commit}}");
+    Ok(run(Some(repo), &["cat-file", "-e", &spec]).await?.ok)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("unknown error")
+        .trim()
+        .to_string()
+}
+
+/// Creates a workspace at `commit` on a new branch, sharing the mirror's objects (no object
+/// copy: the checkout is the only cost). The workspace has no remote: the agent cannot push.
+pub async fn create_workspace(
+    mirror: &Path,
+    dest: &Path,
+    branch: &str,
+    commit: &str,
+) -> Result<()> {
+    check_agent_branch(branch)?;
+    if dest.exists() {
+        tokio::fs::remove_dir_all(dest).await?;
+    }
+    tokio::fs::create_dir_all(dest).await?;
+    let d = dest.to_string_lossy().to_string();
+    run_ok(None, &["init", "--quiet", &d]).await?;
+    let objects = mirror.join("objects").canonicalize()?;
+    tokio::fs::write(
+        dest.join(".git/objects/info/alternates"),
+        format!("{}\n", objects.display()),
+    )
+    .await?;
+    run_ok(Some(dest), &["config", "gc.auto", "0"]).await?;
+    run_ok(Some(dest), &["checkout", "--quiet", "-b", branch, commit]).await?;
+    Ok(())
+}
+
+/// Who commits the agent's work.
+pub const AGENT_NAME: &str = "Errand Agent";
+pub const AGENT_EMAIL: &str = "agent@errand.invalid";
+
+/// Stages everything and commits it with trailers. Returns the new commit, or `None` when
+/// there was nothing to commit.
+pub async fn commit_all(
+    workspace: &Path,
+    message: &str,
+    trailers: &[(&str, &str)],
+) -> Result<Option<String>> {
+    run_ok(Some(workspace), &["add", "--all"]).await?;
+    let staged = run(Some(workspace), &["diff", "--cached", "--quiet"]).await?;
+    if staged.ok {
+        return Ok(None);
+    }
+    let mut msg = message.trim_end().to_string();
+    msg.push_str("\n\n");
+    for (k, v) in trailers {
+        msg.push_str(&format!("{k}: {v}\n"));
+    }
+    let name_cfg = format!("user.name={AGENT_NAME}");
+    let email_cfg = format!("user.email={AGENT_EMAIL}");
+    run_ok(
+        Some(workspace),
+        &[
+            "-c",
+            &name_cfg,
+            "-c",
+            &email_cfg,
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "core.hooksPath=/dev/null",
+            "commit",
+            "--quiet",
+            "--no-verify",
+            "--cleanup=verbatim",
+            "-m",
+            &msg,
+        ],
+    )
+    .await?;
+    Ok(Some(
+        run_ok(Some(workspace), &["rev-parse", "HEAD"])
+            .await?
+            .trim()
+            .to_string(),
+    ))
+}
+
+/// The unified diff `base..head` and its stats (renames detected, binary files noted).
+pub async fn diff(repo: &Path, base: &str, head: &str) -> Result<(String, DiffStats)> {
+    let text = run_ok(
+        Some(repo),
+        &[
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            "--find-renames",
+            base,
+            head,
+            "--",
+        ],
+    )
+    .await?;
+    let numstat = run_ok(
+        Some(repo),
+        &[
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            "--find-renames",
+            "--numstat",
+            "-z",
+            base,
+            head,
+            "--",
+        ],
+    )
+    .await?;
+    Ok((text, parse_numstat_z(&numstat)))
+}
+
+/// Parses `git diff --numstat -z`.
+pub fn parse_numstat_z(s: &str) -> DiffStats {
+    let mut stats = DiffStats::default();
+    let mut parts = s.split('\0');
+    while let Some(head) = parts.next() {
+        if head.is_empty() {
+            continue;
+        }
+        let mut cols = head.splitn(3, '\t');
+        let adds = cols.next().unwrap_or("-");
+        let dels = cols.next().unwrap_or("-");
+        let mut path = cols.next().unwrap_or("").to_string();
+        if path.is_empty() {
+            // Rename or copy: the old and new paths follow as two fields.
+            let old = parts.next().unwrap_or("");
+            let new = parts.next().unwrap_or("");
+            path = format!("{old} => {new}");
+        }
+        let ins = adds.parse::<u64>().ok();
+        let del = dels.parse::<u64>().ok();
+        stats.files_changed += 1;
+        stats.insertions += ins.unwrap_or(0);
+        stats.deletions += del.unwrap_or(0);
+        stats.files.push(FileStat {
+            path,
+            insertions: ins,
+            deletions: del,
+        });
+    }
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_paths() {
+        assert!(is_url("https://example.com/a/b.git"));
+        assert!(is_url("git@example.com:a/b.git"));
+        assert!(is_url("file:///tmp/x"));
+        assert!(!is_url("/tmp/x"));
+        assert!(!is_url("./a:b"));
+    }
+
+    #[test]
+    fn branches() {
+        assert_eq!(branch_name("abc", "fix-it", 1), "errand/abc-fix-it");
+        assert_eq!(branch_name("abc", "fix-it", 3), "errand/abc-fix-it-3");
+        assert!(check_agent_branch("errand/abc-fix").is_ok());
+        for bad in [
+            "main",
+            "master",
+            "errand/",
+            "errand/../main",
+            "refs/heads/main",
+            "errand/a b",
+            "feature/x",
+        ] {
+            assert!(check_agent_branch(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numstat() {
+        let s = "1\t2\ta.txt\0-\t-\tbin.png\0".to_string() + "3\t0\t\0old.rs\0new.rs\0";
+        let st = parse_numstat_z(&s);
+        assert_eq!(st.files_changed, 3);
+        assert_eq!(st.insertions, 4);
+        assert_eq!(st.deletions, 2);
+        assert_eq!(st.files[1].insertions, None);
+        assert_eq!(st.files[2].path, "old.rs => new.rs");
+    }
+}

@@ -1,0 +1,200 @@
+//! The scripted provider: plays back a fixed sequence of turns from a JSON file.
+//!
+//! File format: `{"turns": [{"text"?: string, "tool_calls"?: [{"name": string, "arguments": object}]}]}`.
+//! Turn *n* of the conversation gets entry *n* of the file, whatever the conversation holds,
+//! so a restarted attempt replays the same script. Past the end, the model says it has no more
+//! turns and the run ends.
+
+use crate::{ModelError, ModelRequest, ModelResponse, Provider, Result, ToolCall};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedCall {
+    pub name: String,
+    #[serde(default = "empty_object")]
+    pub arguments: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedTurn {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ScriptedCall>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    pub turns: Vec<ScriptedTurn>,
+}
+
+impl Script {
+    /// Reads and validates a script file.
+    pub fn load(path: &Path) -> Result<Script> {
+        let shown = path.display().to_string();
+        let err = |message: String| ModelError::Script {
+            path: shown.clone(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        Script::parse(&text).map_err(err)
+    }
+
+    /// Parses and validates script JSON; the error says what is wrong and where.
+    pub fn parse(text: &str) -> std::result::Result<Script, String> {
+        let script: Script = serde_json::from_str(text).map_err(|e| {
+            format!("not a valid script ({e}); expected {{\"turns\": [{{\"text\": \"…\", \"tool_calls\": [{{\"name\": \"shell\", \"arguments\": {{…}}}}]}}]}}")
+        })?;
+        if script.turns.is_empty() {
+            return Err("the script has no turns; add at least one to \"turns\"".into());
+        }
+        for (i, t) in script.turns.iter().enumerate() {
+            for c in &t.tool_calls {
+                if c.name.trim().is_empty() {
+                    return Err(format!("turn {}: a tool call has an empty name", i + 1));
+                }
+                if !c.arguments.is_object() {
+                    return Err(format!(
+                        "turn {}: arguments of '{}' must be a JSON object",
+                        i + 1,
+                        c.name
+                    ));
+                }
+            }
+        }
+        Ok(script)
+    }
+}
+
+/// Plays a [`Script`].
+pub struct ScriptedProvider {
+    name: String,
+    script: Script,
+}
+
+impl ScriptedProvider {
+    pub fn new(name: &str, script: Script) -> ScriptedProvider {
+        ScriptedProvider {
+            name: name.to_string(),
+            script,
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for ScriptedProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn scripted(&self) -> bool {
+        true
+    }
+    async fn complete(&self, req: &ModelRequest) -> Result<ModelResponse> {
+        let turn = req
+            .messages
+            .iter()
+            .filter(|m| matches!(m, crate::Message::Assistant { .. }))
+            .count();
+        let Some(t) = self.script.turns.get(turn) else {
+            return Ok(ModelResponse {
+                text: Some(format!(
+                    "(scripted model: the script has only {} turns; ending the run)",
+                    self.script.turns.len()
+                )),
+                stop_reason: Some("end_of_script".into()),
+                ..Default::default()
+            });
+        };
+        let tool_calls = t
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ToolCall {
+                id: format!("call_{}_{}", turn + 1, i + 1),
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+            })
+            .collect::<Vec<_>>();
+        Ok(ModelResponse {
+            text: t.text.clone(),
+            reasoning: None,
+            stop_reason: Some(if tool_calls.is_empty() {
+                "end_turn".into()
+            } else {
+                "tool_use".into()
+            }),
+            tool_calls,
+            usage: Default::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Message;
+
+    #[test]
+    fn parse_errors_are_specific() {
+        assert!(
+            Script::parse("{")
+                .unwrap_err()
+                .contains("not a valid script")
+        );
+        assert!(
+            Script::parse(r#"{"turns": []}"#)
+                .unwrap_err()
+                .contains("no turns")
+        );
+        assert!(
+            Script::parse(r#"{"turns": [{"tool_calls": [{"name": "shell", "arguments": 3}]}]}"#)
+                .unwrap_err()
+                .contains("must be a JSON object")
+        );
+        assert!(
+            Script::parse(r#"{"turns": [{"txt": "x"}]}"#)
+                .unwrap_err()
+                .contains("txt")
+        );
+    }
+
+    #[tokio::test]
+    async fn plays_turns_in_order_by_conversation_position() {
+        let s = Script::parse(
+            r#"{"turns": [{"text": "look", "tool_calls": [{"name": "list_dir", "arguments": {"path": "."}}]}, {"text": "done"}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = ScriptedProvider::new("scripted:x", s);
+        let mut req = ModelRequest {
+            system: String::new(),
+            tools: vec![],
+            messages: vec![Message::User { text: "hi".into() }],
+        };
+        let r1 = p.complete(&req).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r1.tool_calls[0].name, "list_dir");
+        assert_eq!(r1.tool_calls[0].id, "call_1_1");
+        req.messages.push(Message::Assistant {
+            text: r1.text,
+            tool_calls: r1.tool_calls,
+        });
+        let r2 = p.complete(&req).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r2.text.as_deref(), Some("done"));
+        assert!(r2.tool_calls.is_empty());
+        req.messages.push(Message::Assistant {
+            text: r2.text,
+            tool_calls: vec![],
+        });
+        let r3 = p.complete(&req).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r3.stop_reason.as_deref(), Some("end_of_script"));
+    }
+}

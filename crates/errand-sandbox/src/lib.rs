@@ -1,0 +1,143 @@
+//! Sandbox back ends: the box in which an attempt's commands run.
+//!
+//! An attempt gets one long-lived box ([`SandboxBox`]) from a [`SandboxBackend`]. Commands run
+//! in it one after another; their output streams back as chunks; the box and every process it
+//! started die when it is destroyed.
+//!
+//! This crate owns process lifecycle and isolation. It must not know about tasks, models or
+//! the database: it only runs commands and reports what they did.
+//!
+//! Back ends today: [`unisolated::Unisolated`] (`--sandbox none`: commands run directly in the
+//! workspace on the host, for trusted local use, and every log says so). The namespace box and
+//! remote back ends (Kubernetes) implement the same traits.
+
+pub mod unisolated;
+
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox refused: {0}")]
+    Refused(String),
+    #[error("workdir '{0}' is outside the workspace")]
+    WorkdirOutside(String),
+    #[error("workdir '{0}' does not exist in the workspace")]
+    NoSuchWorkdir(String),
+    #[error("the box has been destroyed")]
+    Destroyed,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = SandboxError> = std::result::Result<T, E>;
+
+/// What a box is made of.
+#[derive(Debug, Clone)]
+pub struct BoxSpec {
+    /// The attempt's workspace on the host (read-write inside the box).
+    pub workspace: PathBuf,
+    /// A host directory outside the workspace for the box's private `$HOME` and `/tmp`.
+    pub scratch: PathBuf,
+    /// Extra environment variables for every command (already filtered: no secrets unless the
+    /// environment exposes them).
+    pub env: Vec<(String, String)>,
+}
+
+/// One command to run in the box.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// Passed to `bash -c`.
+    pub command: String,
+    /// Relative to the workspace root; `None` is the root.
+    pub workdir: Option<String>,
+    pub timeout: Duration,
+    /// Cancels the command (its whole process group is killed).
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A piece of output, in the order the box read it.
+#[derive(Debug, Clone)]
+pub struct OutputChunk {
+    pub stream: Stream,
+    pub data: Vec<u8>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duration: Duration,
+    /// The limit that killed it: `timeout`, `cancelled`, …
+    pub killed_by: Option<String>,
+}
+
+impl ExecResult {
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// A live box.
+#[async_trait]
+pub trait SandboxBox: Send + Sync {
+    /// Runs one command to completion, sending its output to `output` as it comes.
+    async fn exec(&self, req: ExecRequest, output: mpsc::Sender<OutputChunk>)
+    -> Result<ExecResult>;
+    /// Kills every process of the box and releases it. Idempotent.
+    async fn destroy(&self) -> Result<()>;
+}
+
+/// Makes boxes.
+#[async_trait]
+pub trait SandboxBackend: Send + Sync {
+    /// Short name recorded in every attempt's first event, for example `none`.
+    fn name(&self) -> &str;
+    /// Whether commands are isolated from the host.
+    fn isolated(&self) -> bool;
+    /// One line a user reads in the log to know what this back end does and does not protect.
+    fn description(&self) -> String;
+    async fn create(&self, spec: BoxSpec) -> Result<Box<dyn SandboxBox>>;
+}
+
+/// Resolves a user-given workdir against the workspace root, refusing anything outside it.
+pub fn resolve_workdir(root: &std::path::Path, workdir: Option<&str>) -> Result<PathBuf> {
+    let Some(w) = workdir.filter(|w| !w.is_empty() && *w != ".") else {
+        return Ok(root.to_path_buf());
+    };
+    let rel = std::path::Path::new(w);
+    let candidate = if rel.is_absolute() {
+        // Absolute paths are accepted when they point inside the workspace.
+        rel.to_path_buf()
+    } else {
+        root.join(rel)
+    };
+    let canon = candidate
+        .canonicalize()
+        .map_err(|_| SandboxError::NoSuchWorkdir(w.to_string()))?;
+    let root_canon = root.canonicalize().map_err(|e| SandboxError::Io {
+        context: format!("workspace {}", root.display()),
+        source: e,
+    })?;
+    if !canon.starts_with(&root_canon) {
+        return Err(SandboxError::WorkdirOutside(w.to_string()));
+    }
+    if !canon.is_dir() {
+        return Err(SandboxError::NoSuchWorkdir(w.to_string()));
+    }
+    Ok(canon)
+}

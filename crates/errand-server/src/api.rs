@@ -1,0 +1,420 @@
+//! REST handlers under `/api/v1`.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use errand_core::text::{slugify, title_of};
+use errand_core::{
+    EnvironmentSnapshot, NewAttempt, NewTask, Status, Task, TaskRequest, new_id, short_id,
+};
+use errand_store::TaskQuery;
+use serde::Deserialize;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+type AppResult<T> = Result<T, ApiError>;
+type Shared = State<Arc<AppState>>;
+
+/// JSON body extractor whose rejections are JSON API errors naming the problem.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => {
+                let mut e =
+                    ApiError::bad_request(format!("invalid request body: {}", rej.body_text()));
+                if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    e.status = StatusCode::PAYLOAD_TOO_LARGE;
+                }
+                if rej.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    e.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+                    e.message = "send the body as JSON with Content-Type: application/json".into();
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/tasks", post(create_task).get(list_tasks))
+        .route("/api/v1/tasks/{id}", get(get_task))
+        .route("/api/v1/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/v1/tasks/{id}/events", get(events))
+        .route("/api/v1/tasks/{id}/events/stream", get(crate::sse::stream))
+        .route("/api/v1/tasks/{id}/diff", get(diff))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json") })
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .with_state(state)
+}
+
+async fn health(State(s): Shared) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "workers": s.workers,
+        "sandbox": s.sandbox_name,
+    }))
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+const TRIGGERS: &[&str] = &[
+    "cli",
+    "api",
+    "web",
+    "cron",
+    "github",
+    "slack",
+    "linear",
+    "pagerduty",
+    "webhook",
+];
+const MAX_PROMPT: usize = 256 * 1024;
+
+async fn create_task(
+    State(s): Shared,
+    ApiJson(req): ApiJson<TaskRequest>,
+) -> AppResult<(StatusCode, Json<Task>)> {
+    let new = validate(&s, req).await?;
+    let task = s.store.create_task(new).await?;
+    Ok((StatusCode::CREATED, Json(task)))
+}
+
+/// Turns a request into a fully resolved task, or says exactly what is wrong. Nothing is
+/// stored here (a mirror fetch for a URL repo is a cache, not task state).
+async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
+    let prompt = req.prompt.trim().to_string();
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request(
+            "the prompt is empty; describe the task, for example: errand run \"Fix the failing test in orders\"",
+        ));
+    }
+    if prompt.len() > MAX_PROMPT {
+        return Err(ApiError::bad_request(format!(
+            "the prompt is {} bytes; the limit is {MAX_PROMPT}",
+            prompt.len()
+        )));
+    }
+    let env = match &req.env {
+        Some(name) => {
+            let env = s.config.environments.get(name).ok_or_else(|| {
+                let known: Vec<&str> = s.config.environments.keys().map(String::as_str).collect();
+                ApiError::bad_request(format!(
+                    "unknown environment '{name}'; {}",
+                    if known.is_empty() {
+                        match &s.config_path {
+                            Some(p) => format!("{} defines none", p.display()),
+                            None => "no errand.toml is loaded; define [environments.NAME] in <data-dir>/errand.toml".to_string(),
+                        }
+                    } else {
+                        format!("defined: {}", known.join(", "))
+                    }
+                ))
+            })?;
+            Some((name.clone(), env.clone()))
+        }
+        None => None,
+    };
+    let repo = req
+        .repo
+        .clone()
+        .or_else(|| env.as_ref().and_then(|(_, e)| e.repo.clone()))
+        .ok_or_else(|| ApiError::bad_request("no repository given; pass --repo PATH_OR_URL, or --env NAME for an environment with a repo"))?;
+    let base = req
+        .base
+        .clone()
+        .or_else(|| env.as_ref().and_then(|(_, e)| e.base.clone()));
+    if let Some(b) = &base {
+        if b.trim().is_empty() || b.starts_with('-') || b.contains(char::is_whitespace) {
+            return Err(ApiError::bad_request(format!(
+                "'{b}' is not a valid base ref; pass --base with a branch, tag or commit"
+            )));
+        }
+    }
+    let (repo, resolved) = if errand_git::is_url(&repo) {
+        let mirror = s
+            .mirrors
+            .sync(&repo)
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let r = s
+            .mirrors
+            .resolve(&mirror, &repo, base.as_deref())
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        (repo, r)
+    } else {
+        let path = PathBuf::from(&repo);
+        if !path.is_absolute() {
+            return Err(ApiError::bad_request(format!(
+                "repo path '{repo}' is relative; the API needs an absolute path on the server (the CLI resolves it for you)"
+            )));
+        }
+        let canon = path.canonicalize().map_err(|_| {
+            ApiError::bad_request(format!(
+                "'{repo}' does not exist; pass --repo with the path of a git checkout or a git URL"
+            ))
+        })?;
+        let r = errand_git::resolve_local(&canon, base.as_deref())
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        (canon.display().to_string(), r)
+    };
+    let model = req
+        .model
+        .clone()
+        .or_else(|| env.as_ref().and_then(|(_, e)| e.model.clone()))
+        .or_else(|| s.config.default_model.clone())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "no model given; pass --model provider:model (for example --model scripted:./turns.json), or set default_model in errand.toml",
+            )
+        })?;
+    let model = normalize_model(&model)?;
+    let payload =
+        errand_model::prepare(&model).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let trigger = req.trigger.clone().unwrap_or_else(|| "api".into());
+    if !TRIGGERS.contains(&trigger.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "unknown trigger '{trigger}'; expected one of: {}",
+            TRIGGERS.join(", ")
+        )));
+    }
+    let checks = match req.checks.clone() {
+        Some(c) => c,
+        None => env
+            .as_ref()
+            .map(|(_, e)| e.checks.clone())
+            .unwrap_or_default(),
+    };
+    for c in &checks {
+        if c.name.trim().is_empty() || c.command.trim().is_empty() {
+            return Err(ApiError::bad_request(
+                "every check needs a non-empty name and command",
+            ));
+        }
+    }
+    let id = new_id();
+    let title = title_of(&prompt, 80);
+    let slug = slugify(&title, 40);
+    let branch = errand_git::branch_name(short_id(&id), &slug, 1);
+    errand_git::check_agent_branch(&branch).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(NewTask {
+        attempts: vec![NewAttempt {
+            id: new_id(),
+            number: 1,
+            branch,
+            model: model.clone(),
+        }],
+        id,
+        prompt,
+        title,
+        repo,
+        base_ref: resolved.name,
+        base_commit: resolved.commit,
+        environment: EnvironmentSnapshot {
+            name: env.as_ref().map(|(n, _)| n.clone()),
+            checks,
+            env: env.map(|(_, e)| e.env).unwrap_or_default(),
+        },
+        model,
+        model_payload: payload,
+        mode: "run".into(),
+        trigger,
+        created_by: req
+            .created_by
+            .clone()
+            .filter(|c| !c.trim().is_empty())
+            .unwrap_or_else(|| "api".into()),
+    })
+}
+
+/// `scripted:` paths must be absolute on the server.
+fn normalize_model(model: &str) -> AppResult<String> {
+    let (provider, rest) =
+        errand_model::split_model_name(model).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if provider == "scripted" && !std::path::Path::new(rest).is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "scripted model path '{rest}' is relative; the API needs an absolute path on the server (the CLI resolves it for you)"
+        )));
+    }
+    Ok(model.to_string())
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_tasks(
+    State(s): Shared,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let status = match p.status.as_deref() {
+        None | Some("") => None,
+        Some(st) => Some(
+            st.parse::<Status>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+    };
+    let limit = p.limit.unwrap_or(50);
+    if limit == 0 || limit > 500 {
+        return Err(ApiError::bad_request("limit must be between 1 and 500"));
+    }
+    let page = s
+        .store
+        .list_tasks(&TaskQuery {
+            status,
+            limit,
+            cursor: p.cursor,
+        })
+        .await?;
+    Ok(Json(
+        json!({"tasks": page.tasks, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn get_task(State(s): Shared, Path(id): Path<String>) -> AppResult<Json<Task>> {
+    Ok(Json(s.store.get_task(&id).await?))
+}
+
+async fn cancel_task(State(s): Shared, Path(id): Path<String>) -> AppResult<Json<Task>> {
+    let task = s.store.get_task(&id).await?;
+    if matches!(task.status, Status::Done | Status::Failed) {
+        return Err(ApiError::conflict(format!(
+            "task {} already ended ({}); nothing to cancel",
+            task.short_id, task.status
+        )));
+    }
+    Ok(Json(
+        s.store
+            .cancel_task(&task.id, "cancelled by the user")
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct EventParams {
+    pub attempt: Option<i64>,
+    pub after: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// Picks an attempt of a task by number (1-based; default: the result attempt).
+pub fn pick_attempt(task: &Task, number: Option<i64>) -> AppResult<errand_core::Attempt> {
+    match number {
+        None => task
+            .result_attempt()
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("the task has no attempts")),
+        Some(n) => task
+            .attempts
+            .iter()
+            .find(|a| a.number == n)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "task {} has no attempt {n} (it has {})",
+                    task.short_id,
+                    task.attempts.len()
+                ))
+            }),
+    }
+}
+
+async fn events(
+    state: Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Response> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_sse {
+        return Ok(crate::sse::stream(state, Path(id), headers, Ok(Query(p)))
+            .await?
+            .into_response());
+    }
+    let s = state.0;
+    let task = s.store.get_task(&id).await?;
+    let attempt = pick_attempt(&task, p.attempt)?;
+    let after = p.after.unwrap_or(0);
+    let limit = p.limit.unwrap_or(1000).clamp(1, 10_000);
+    let events = s.store.list_events(&attempt.id, after, limit).await?;
+    let next_after = events.last().map(|e| e.seq).unwrap_or(after);
+    Ok(Json(json!({
+        "task": task.id,
+        "attempt": attempt.number,
+        "attempt_id": attempt.id,
+        "status": attempt.status,
+        "events": events,
+        "next_after": next_after,
+        "more": next_after < attempt.last_seq,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct DiffParams {
+    attempt: Option<i64>,
+    format: Option<String>,
+}
+
+async fn diff(
+    State(s): Shared,
+    Path(id): Path<String>,
+    params: Result<Query<DiffParams>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Response> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let task = s.store.get_task(&id).await?;
+    let attempt = pick_attempt(&task, p.attempt)?;
+    let diff = s.store.get_diff(&attempt.id).await?;
+    let Some(diff) = diff else {
+        return Err(ApiError::conflict(format!(
+            "attempt {} of task {} has no diff yet (status: {}); wait for it to finish",
+            attempt.number, task.short_id, attempt.status
+        )));
+    };
+    if p.format.as_deref() == Some("json") {
+        return Ok(Json(json!({
+            "task": task.id,
+            "attempt": attempt.number,
+            "branch": attempt.branch,
+            "base_commit": task.base_commit,
+            "head_commit": attempt.head_commit,
+            "stats": attempt.diff_stats,
+            "diff": diff,
+        }))
+        .into_response());
+    }
+    Ok(([(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")], diff).into_response())
+}

@@ -1,0 +1,177 @@
+//! Errand's persistence: the [`Store`] trait (tasks, attempts, the event log and the attempt
+//! queue with leases) and its SQLite back end. A PostgreSQL back end implements the same trait
+//! and must pass the same tests.
+//!
+//! This crate owns durable state and the compare-and-set transitions of attempts. It must not
+//! run git, sandboxes or models, and it must not know about HTTP.
+
+mod notify;
+mod sqlite;
+
+pub use notify::Notifier;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use errand_core::{
+    Attempt, CheckResult, DiffStats, Event, EventKind, NewTask, Status, Task, Usage,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    /// A compare-and-set transition did not find the expected state.
+    #[error("attempt {attempt} is {actual}, expected {expected}")]
+    Conflict {
+        attempt: String,
+        expected: String,
+        actual: Status,
+    },
+    /// The caller no longer holds the attempt's lease.
+    #[error("attempt {0}: lease is no longer held by this worker")]
+    LeaseLost(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Filters for [`Store::list_tasks`].
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    pub status: Option<Status>,
+    /// Page size (1..=500).
+    pub limit: usize,
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    pub next_cursor: Option<String>,
+}
+
+/// A worker asking for work.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub worker: String,
+    /// Sandbox back end name, recorded in the first event of the run.
+    pub sandbox: String,
+    pub isolated: bool,
+    pub lease_ttl_ms: i64,
+}
+
+/// What a worker gets when it claims an attempt.
+#[derive(Debug, Clone)]
+pub struct ClaimedAttempt {
+    pub task: Task,
+    pub attempt: Attempt,
+    pub model_payload: Option<serde_json::Value>,
+    /// 1 for the first run, 2+ after a restart.
+    pub run: i64,
+}
+
+/// What a heartbeat learned about the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Still ours; lease extended.
+    Held,
+    /// The user cancelled it: stop and clean up (the lease is kept for the final events).
+    Cancelled,
+    /// Someone else owns it now, or it went back to the queue: stop without writing more.
+    Lost,
+}
+
+/// The result of an attempt, written once when it ends.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptOutcome {
+    /// `Done` or `Failed` (ignored if the attempt was cancelled meanwhile).
+    pub status: Option<Status>,
+    pub head_commit: Option<String>,
+    pub diff: Option<String>,
+    pub diff_stats: Option<DiffStats>,
+    pub usage: Usage,
+    pub turns: u64,
+    pub checks: Vec<CheckResult>,
+    pub summary: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Tasks, attempts, events and the queue. Every method is one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts the task and its queued attempts. Durable once it returns.
+    async fn create_task(&self, task: NewTask) -> Result<Task>;
+    /// By full id or unique prefix.
+    async fn get_task(&self, id_or_prefix: &str) -> Result<Task>;
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage>;
+    /// Cancels every attempt that has not ended. Idempotent.
+    async fn cancel_task(&self, id: &str, reason: &str) -> Result<Task>;
+
+    /// Takes the oldest queued attempt: queued → preparing, with a lease. Appends the run's
+    /// `claimed` event (first of the run) and the status event in the same transaction.
+    async fn claim_attempt(&self, claim: &ClaimRequest) -> Result<Option<ClaimedAttempt>>;
+    /// Extends the lease.
+    async fn heartbeat(&self, attempt_id: &str, worker: &str, ttl_ms: i64) -> Result<LeaseState>;
+    /// Compare-and-set `from → to`, only for the lease holder. Appends a status event.
+    async fn transition(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        from: Status,
+        to: Status,
+        reason: Option<String>,
+    ) -> Result<()>;
+    /// Updates the running token usage and turn count shown by `show`.
+    async fn update_usage(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        usage: Usage,
+        turns: u64,
+    ) -> Result<()>;
+    /// Records the outcome, moves an active attempt to its final status, releases the lease.
+    async fn finish_attempt(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        outcome: AttemptOutcome,
+    ) -> Result<Status>;
+
+    /// Appends events in order and returns the seq of the last one. With `lease_owner`, the
+    /// append only happens while that worker holds the lease (fencing).
+    async fn append_events(
+        &self,
+        attempt_id: &str,
+        lease_owner: Option<&str>,
+        events: Vec<EventKind>,
+    ) -> Result<i64>;
+    /// Events with `seq > after_seq`, in order.
+    async fn list_events(
+        &self,
+        attempt_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>>;
+    async fn get_diff(&self, attempt_id: &str) -> Result<Option<String>>;
+    async fn get_attempt(&self, attempt_id: &str) -> Result<Attempt>;
+
+    /// Puts attempts whose lease expired back in the queue. Returns their ids.
+    async fn requeue_expired(&self, now_ms: i64) -> Result<Vec<String>>;
+    /// Puts every active attempt back in the queue (their workers are known dead, for example
+    /// the embedded workers of a server that restarted). Returns their ids.
+    async fn requeue_orphans(&self, reason: &str) -> Result<Vec<String>>;
+
+    fn notifier(&self) -> &Notifier;
+}

@@ -1,0 +1,873 @@
+//! The SQLite back end: one file in WAL mode, one writer connection and a few readers.
+
+use crate::{
+    AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Notifier, Result, Store, StoreError,
+    TaskPage, TaskQuery,
+};
+use async_trait::async_trait;
+use errand_core::{
+    Attempt, Event, EventKind, EventKind as K, NewTask, Status, Task, Usage, now_ms, short_id,
+};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const READERS: usize = 3;
+
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    notifier: Notifier,
+    path: PathBuf,
+}
+
+/// SQLite-backed [`Store`]. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit (an accepted task, an appended event) survives power loss, not only a
+    // crash of the process. fsync on this class of disk costs ~0.1 ms.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    // A panic while holding the lock leaves the connection usable (SQLite rolls back the open
+    // transaction when the Transaction guard drops), so a poisoned lock is safe to reuse.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let mut writer = open_conn(path)?;
+        migrate(&mut writer)?;
+        let mut readers = Vec::new();
+        for _ in 0..READERS {
+            let r = open_conn(path)?;
+            r.pragma_update(None, "query_only", "ON")?;
+            readers.push(Mutex::new(r));
+        }
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                notifier: Notifier::default(),
+                path: path.to_path_buf(),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&inner.writer);
+            let mut tx =
+                conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&mut tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            let conn = lock(&inner.readers[i]);
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(StoreError::Db(format!(
+            "database schema version {version} is newer than this errand build understands ({}); upgrade errand",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied database migration");
+    }
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Db(format!("encoding json: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("{what}: {e}").into(),
+        )
+    })
+}
+
+fn parse_status(s: &str) -> rusqlite::Result<Status> {
+    s.parse::<Status>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+const TASK_COLS: &str = "id, title, prompt, repo, base_ref, base_commit, environment, model, mode, trigger, created_by, status, error, created_at, updated_at";
+
+fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
+    let id: String = r.get(0)?;
+    Ok(Task {
+        short_id: short_id(&id).to_string(),
+        id,
+        title: r.get(1)?,
+        prompt: r.get(2)?,
+        repo: r.get(3)?,
+        base_ref: r.get(4)?,
+        base_commit: r.get(5)?,
+        environment: from_json(&r.get::<_, String>(6)?, "environment")?,
+        model: r.get(7)?,
+        mode: r.get(8)?,
+        trigger: r.get(9)?,
+        created_by: r.get(10)?,
+        status: parse_status(&r.get::<_, String>(11)?)?,
+        error: r.get(12)?,
+        created_at_ms: r.get(13)?,
+        updated_at_ms: r.get(14)?,
+        attempts: Vec::new(),
+    })
+}
+
+const ATTEMPT_COLS: &str = "id, task_id, number, status, branch, model, runs, resumed_from, restart_reason, worker, started_at, finished_at, head_commit, diff_stats, usage, turns, checks, summary, error, last_seq, lease_owner";
+
+fn attempt_from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
+    let diff_stats: Option<String> = r.get(13)?;
+    Ok(Attempt {
+        id: r.get(0)?,
+        task_id: r.get(1)?,
+        number: r.get(2)?,
+        status: parse_status(&r.get::<_, String>(3)?)?,
+        branch: r.get(4)?,
+        model: r.get(5)?,
+        runs: r.get(6)?,
+        resumed_from: r.get(7)?,
+        restart_reason: r.get(8)?,
+        worker: r.get(9)?,
+        started_at_ms: r.get(10)?,
+        finished_at_ms: r.get(11)?,
+        head_commit: r.get(12)?,
+        diff_stats: match diff_stats {
+            Some(s) => Some(from_json(&s, "diff_stats")?),
+            None => None,
+        },
+        usage: from_json(&r.get::<_, String>(14)?, "usage")?,
+        turns: r.get::<_, i64>(15)? as u64,
+        checks: from_json(&r.get::<_, String>(16)?, "checks")?,
+        summary: r.get(17)?,
+        error: r.get(18)?,
+        last_seq: r.get(19)?,
+        active_worker: r.get(20)?,
+    })
+}
+
+fn load_attempts(conn: &Connection, task_id: &str) -> Result<Vec<Attempt>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ATTEMPT_COLS} FROM attempts WHERE task_id = ?1 ORDER BY number"
+    ))?;
+    let rows = stmt.query_map([task_id], attempt_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+fn load_task(conn: &Connection, id: &str) -> Result<Task> {
+    let mut task = conn
+        .query_row(
+            &format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1"),
+            [id],
+            task_from_row,
+        )
+        .optional()?
+        .ok_or_else(|| not_found_task(id))?;
+    task.attempts = load_attempts(conn, &task.id)?;
+    Ok(task)
+}
+
+fn not_found_task(id: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no task with id '{id}'; run `errand ls` to see task ids"
+    ))
+}
+
+fn resolve_task_id(conn: &Connection, id_or_prefix: &str) -> Result<String> {
+    if !errand_core::id::looks_like_id_prefix(id_or_prefix) {
+        return Err(not_found_task(id_or_prefix));
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM tasks WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2",
+    )?;
+    let ids: Vec<String> = stmt
+        .query_map([id_or_prefix], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    match ids.len() {
+        0 => Err(not_found_task(id_or_prefix)),
+        1 => Ok(ids.into_iter().next().unwrap_or_default()),
+        _ => Err(StoreError::Ambiguous(format!(
+            "task id prefix '{id_or_prefix}' matches several tasks; type more characters"
+        ))),
+    }
+}
+
+/// Appends events inside `tx`, fenced by the lease owner when given. Returns the last seq.
+fn append_in(
+    tx: &Transaction<'_>,
+    attempt_id: &str,
+    lease_owner: Option<&str>,
+    events: &[EventKind],
+) -> Result<i64> {
+    let n = events.len() as i64;
+    let row: Option<(i64, i64)> = tx
+        .query_row(
+            "UPDATE attempts SET last_seq = last_seq + ?2
+             WHERE id = ?1 AND (?3 IS NULL OR lease_owner = ?3)
+             RETURNING last_seq, runs",
+            params![attempt_id, n, lease_owner],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((last, run)) = row else {
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM attempts WHERE id = ?1", [attempt_id], |_| {
+                Ok(true)
+            })
+            .optional()?
+            .unwrap_or(false);
+        return Err(if exists {
+            StoreError::LeaseLost(attempt_id.to_string())
+        } else {
+            StoreError::NotFound(format!("no attempt with id '{attempt_id}'"))
+        });
+    };
+    let ts = now_ms();
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events (attempt_id, seq, run, ts, kind, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let first = last - n + 1;
+    for (i, ev) in events.iter().enumerate() {
+        stmt.execute(params![
+            attempt_id,
+            first + i as i64,
+            run,
+            ts,
+            ev.type_name(),
+            json(ev)?
+        ])?;
+    }
+    Ok(last)
+}
+
+/// Recomputes a task's status from its attempts.
+fn refresh_task_status(tx: &Transaction<'_>, task_id: &str) -> Result<()> {
+    let mut stmt = tx.prepare_cached("SELECT status, error FROM attempts WHERE task_id = ?1")?;
+    let rows: Vec<(String, Option<String>)> = stmt
+        .query_map([task_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut statuses = Vec::new();
+    let mut error = None;
+    for (s, e) in rows {
+        statuses.push(parse_status(&s)?);
+        if e.is_some() {
+            error = e;
+        }
+    }
+    let status = Status::derive_task_status(&statuses);
+    let error = if status == Status::Failed {
+        error
+    } else {
+        None
+    };
+    tx.execute(
+        "UPDATE tasks SET status = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
+        params![task_id, status.as_str(), error, now_ms()],
+    )?;
+    Ok(())
+}
+
+fn attempt_task_id(
+    tx: &Transaction<'_>,
+    attempt_id: &str,
+) -> Result<(String, Status, Option<String>)> {
+    tx.query_row(
+        "SELECT task_id, status, lease_owner FROM attempts WHERE id = ?1",
+        [attempt_id],
+        |r| Ok((r.get(0)?, parse_status(&r.get::<_, String>(1)?)?, r.get(2)?)),
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("no attempt with id '{attempt_id}'")))
+}
+
+fn requeue_where(
+    tx: &Transaction<'_>,
+    ids: Vec<(String, String, Status, Option<String>)>,
+    reason: &dyn Fn(&Status, &Option<String>) -> String,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (id, task_id, status, worker) in ids {
+        let why = reason(&status, &worker);
+        let changed = tx.execute(
+            "UPDATE attempts SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                 restart_reason = ?3, queued_at = ?4
+             WHERE id = ?1 AND status = ?2",
+            params![id, status.as_str(), why, now_ms()],
+        )?;
+        if changed == 1 {
+            append_in(
+                tx,
+                &id,
+                None,
+                &[K::Status {
+                    from: status,
+                    to: Status::Queued,
+                    reason: Some(why),
+                }],
+            )?;
+            refresh_task_status(tx, &task_id)?;
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+const ACTIVE_SQL: &str = "('preparing','planning','running','checking','verifying')";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_task(&self, task: NewTask) -> Result<Task> {
+        if task.attempts.is_empty() {
+            return Err(StoreError::Invalid(
+                "a task needs at least one attempt".into(),
+            ));
+        }
+        let id = task.id.clone();
+        let out = self
+            .write(move |tx| {
+                let now = now_ms();
+                tx.execute(
+                    "INSERT INTO tasks (id, title, prompt, repo, base_ref, base_commit, environment, model, model_payload, mode, trigger, created_by, status, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?13, ?13)",
+                    params![
+                        task.id,
+                        task.title,
+                        task.prompt,
+                        task.repo,
+                        task.base_ref,
+                        task.base_commit,
+                        json(&task.environment)?,
+                        task.model,
+                        task.model_payload.as_ref().map(json).transpose()?,
+                        task.mode,
+                        task.trigger,
+                        task.created_by,
+                        now
+                    ],
+                )?;
+                for a in &task.attempts {
+                    tx.execute(
+                        "INSERT INTO attempts (id, task_id, number, status, branch, model, queued_at)
+                         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+                        params![a.id, task.id, a.number, a.branch, a.model, now],
+                    )?;
+                }
+                load_task(tx, &task.id)
+            })
+            .await?;
+        tracing::debug!(task = %id, "task created");
+        self.inner.notifier.work_queued();
+        Ok(out)
+    }
+
+    async fn get_task(&self, id_or_prefix: &str) -> Result<Task> {
+        let id = id_or_prefix.to_string();
+        self.read(move |c| {
+            let full = resolve_task_id(c, &id)?;
+            load_task(c, &full)
+        })
+        .await
+    }
+
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage> {
+        let limit = query.limit.clamp(1, 500);
+        let status = query.status.map(|s| s.as_str().to_string());
+        // Cursor: "<created_at>:<id>" of the last task of the previous page (newest first).
+        let cursor = match &query.cursor {
+            None => None,
+            Some(c) => {
+                let (ts, id) = c
+                    .split_once(':')
+                    .ok_or_else(|| StoreError::Invalid(format!("malformed cursor '{c}'")))?;
+                let ts: i64 = ts
+                    .parse()
+                    .map_err(|_| StoreError::Invalid(format!("malformed cursor '{c}'")))?;
+                Some((ts, id.to_string()))
+            }
+        };
+        self.read(move |c| {
+            let (cts, cid) = cursor.unwrap_or((i64::MAX, String::new()));
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {TASK_COLS} FROM tasks
+                 WHERE (?1 IS NULL OR status = ?1)
+                   AND (created_at < ?2 OR (created_at = ?2 AND id < ?3))
+                 ORDER BY created_at DESC, id DESC LIMIT ?4"
+            ))?;
+            let cid = if cid.is_empty() { "~".to_string() } else { cid };
+            let mut tasks: Vec<Task> = stmt
+                .query_map(params![status, cts, cid, (limit + 1) as i64], task_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let next_cursor = if tasks.len() > limit {
+                tasks.truncate(limit);
+                tasks
+                    .last()
+                    .map(|t| format!("{}:{}", t.created_at_ms, t.id))
+            } else {
+                None
+            };
+            for t in &mut tasks {
+                t.attempts = load_attempts(c, &t.id)?;
+            }
+            Ok(TaskPage { tasks, next_cursor })
+        })
+        .await
+    }
+
+    async fn cancel_task(&self, id: &str, reason: &str) -> Result<Task> {
+        let id = id.to_string();
+        let reason = reason.to_string();
+        let (task, touched) = self
+            .write(move |tx| {
+                let full = resolve_task_id(tx, &id)?;
+                let attempts = load_attempts(tx, &full)?;
+                let mut touched = Vec::new();
+                for a in attempts.iter().filter(|a| !a.status.is_terminal()) {
+                    let changed = tx.execute(
+                        "UPDATE attempts SET status = 'cancelled', finished_at = ?3,
+                             error = NULL
+                         WHERE id = ?1 AND status = ?2",
+                        params![a.id, a.status.as_str(), now_ms()],
+                    )?;
+                    if changed == 1 {
+                        append_in(
+                            tx,
+                            &a.id,
+                            None,
+                            &[K::Status {
+                                from: a.status,
+                                to: Status::Cancelled,
+                                reason: Some(reason.clone()),
+                            }],
+                        )?;
+                        touched.push(a.id.clone());
+                    }
+                }
+                refresh_task_status(tx, &full)?;
+                Ok((load_task(tx, &full)?, touched))
+            })
+            .await?;
+        for a in touched {
+            self.inner.notifier.events_appended(&a);
+        }
+        Ok(task)
+    }
+
+    async fn claim_attempt(&self, claim: &ClaimRequest) -> Result<Option<ClaimedAttempt>> {
+        let claim = claim.clone();
+        let out = self
+            .write(move |tx| {
+                let row: Option<(String, String, i64, Option<String>)> = tx
+                    .query_row(
+                        "SELECT a.id, a.task_id, a.runs, a.restart_reason FROM attempts a
+                         WHERE a.status = 'queued' ORDER BY a.queued_at, a.id LIMIT 1",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?;
+                let Some((attempt_id, task_id, runs, restart_reason)) = row else {
+                    return Ok(None);
+                };
+                let now = now_ms();
+                let run = runs + 1;
+                let changed = tx.execute(
+                    "UPDATE attempts SET status = 'preparing', runs = ?2, lease_owner = ?3,
+                         lease_expires_at = ?4, worker = ?3, resumed_from = 'start',
+                         started_at = COALESCE(started_at, ?5)
+                     WHERE id = ?1 AND status = 'queued'",
+                    params![attempt_id, run, claim.worker, now + claim.lease_ttl_ms, now],
+                )?;
+                if changed != 1 {
+                    return Ok(None);
+                }
+                let note = if run > 1 {
+                    Some(format!(
+                        "run {run} starts over from the beginning{}",
+                        restart_reason
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
+                    ))
+                } else {
+                    None
+                };
+                append_in(
+                    tx,
+                    &attempt_id,
+                    Some(&claim.worker),
+                    &[
+                        K::Claimed {
+                            worker: claim.worker.clone(),
+                            sandbox: claim.sandbox.clone(),
+                            isolated: claim.isolated,
+                            resumed_from: "start".into(),
+                            note,
+                        },
+                        K::Status {
+                            from: Status::Queued,
+                            to: Status::Preparing,
+                            reason: None,
+                        },
+                    ],
+                )?;
+                refresh_task_status(tx, &task_id)?;
+                let task = load_task(tx, &task_id)?;
+                let payload: Option<String> = tx.query_row(
+                    "SELECT model_payload FROM tasks WHERE id = ?1",
+                    [&task_id],
+                    |r| r.get(0),
+                )?;
+                let model_payload = match payload {
+                    Some(p) => Some(
+                        serde_json::from_str(&p)
+                            .map_err(|e| StoreError::Db(format!("model payload: {e}")))?,
+                    ),
+                    None => None,
+                };
+                let attempt = task
+                    .attempts
+                    .iter()
+                    .find(|a| a.id == attempt_id)
+                    .cloned()
+                    .ok_or_else(|| StoreError::Db("claimed attempt vanished".into()))?;
+                Ok(Some(ClaimedAttempt {
+                    task,
+                    attempt,
+                    model_payload,
+                    run,
+                }))
+            })
+            .await?;
+        if let Some(c) = &out {
+            self.inner.notifier.events_appended(&c.attempt.id);
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(&self, attempt_id: &str, worker: &str, ttl_ms: i64) -> Result<LeaseState> {
+        let (attempt_id, worker) = (attempt_id.to_string(), worker.to_string());
+        self.write(move |tx| {
+            let (_, status, owner) = attempt_task_id(tx, &attempt_id)?;
+            if owner.as_deref() != Some(worker.as_str()) {
+                return Ok(LeaseState::Lost);
+            }
+            if status == Status::Cancelled {
+                return Ok(LeaseState::Cancelled);
+            }
+            if !status.is_active() {
+                return Ok(LeaseState::Lost);
+            }
+            tx.execute(
+                "UPDATE attempts SET lease_expires_at = ?2 WHERE id = ?1",
+                params![attempt_id, now_ms() + ttl_ms],
+            )?;
+            Ok(LeaseState::Held)
+        })
+        .await
+    }
+
+    async fn transition(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        from: Status,
+        to: Status,
+        reason: Option<String>,
+    ) -> Result<()> {
+        if !from.can_transition_to(to) {
+            return Err(StoreError::Invalid(format!(
+                "transition {from} → {to} is not allowed"
+            )));
+        }
+        let (aid, worker) = (attempt_id.to_string(), worker.to_string());
+        self.write(move |tx| {
+            let (task_id, actual, owner) = attempt_task_id(tx, &aid)?;
+            if owner.as_deref() != Some(worker.as_str()) {
+                return Err(StoreError::LeaseLost(aid.clone()));
+            }
+            let changed = tx.execute(
+                "UPDATE attempts SET status = ?3 WHERE id = ?1 AND status = ?2 AND lease_owner = ?4",
+                params![aid, from.as_str(), to.as_str(), worker],
+            )?;
+            if changed != 1 {
+                return Err(StoreError::Conflict {
+                    attempt: aid.clone(),
+                    expected: from.to_string(),
+                    actual,
+                });
+            }
+            append_in(tx, &aid, Some(&worker), &[K::Status { from, to, reason }])?;
+            refresh_task_status(tx, &task_id)?;
+            Ok(())
+        })
+        .await?;
+        self.inner.notifier.events_appended(attempt_id);
+        Ok(())
+    }
+
+    async fn update_usage(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        usage: Usage,
+        turns: u64,
+    ) -> Result<()> {
+        let (aid, worker) = (attempt_id.to_string(), worker.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE attempts SET usage = ?2, turns = ?3 WHERE id = ?1 AND lease_owner = ?4",
+                params![aid, json(&usage)?, turns as i64, worker],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_attempt(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        outcome: AttemptOutcome,
+    ) -> Result<Status> {
+        let (aid, worker) = (attempt_id.to_string(), worker.to_string());
+        let status = self
+            .write(move |tx| {
+                let (task_id, actual, owner) = attempt_task_id(tx, &aid)?;
+                if owner.as_deref() != Some(worker.as_str()) {
+                    return Err(StoreError::LeaseLost(aid.clone()));
+                }
+                let target = outcome.status.unwrap_or(Status::Failed);
+                let final_status = if actual.is_active() { target } else { actual };
+                tx.execute(
+                    "UPDATE attempts SET status = ?2, head_commit = ?3, diff = ?4, diff_stats = ?5,
+                         usage = ?6, turns = ?7, checks = ?8, summary = ?9, error = ?10,
+                         finished_at = COALESCE(finished_at, ?11), lease_owner = NULL,
+                         lease_expires_at = NULL
+                     WHERE id = ?1",
+                    params![
+                        aid,
+                        final_status.as_str(),
+                        outcome.head_commit,
+                        outcome.diff,
+                        outcome.diff_stats.as_ref().map(json).transpose()?,
+                        json(&outcome.usage)?,
+                        outcome.turns as i64,
+                        json(&outcome.checks)?,
+                        outcome.summary,
+                        if final_status == Status::Failed {
+                            outcome.error.clone()
+                        } else {
+                            None
+                        },
+                        now_ms()
+                    ],
+                )?;
+                if final_status != actual {
+                    append_in(
+                        tx,
+                        &aid,
+                        None,
+                        &[K::Status {
+                            from: actual,
+                            to: final_status,
+                            reason: outcome.error.clone(),
+                        }],
+                    )?;
+                }
+                refresh_task_status(tx, &task_id)?;
+                Ok(final_status)
+            })
+            .await?;
+        self.inner.notifier.events_appended(attempt_id);
+        Ok(status)
+    }
+
+    async fn append_events(
+        &self,
+        attempt_id: &str,
+        lease_owner: Option<&str>,
+        events: Vec<EventKind>,
+    ) -> Result<i64> {
+        if events.is_empty() {
+            return self.get_attempt(attempt_id).await.map(|a| a.last_seq);
+        }
+        let (aid, owner) = (attempt_id.to_string(), lease_owner.map(str::to_string));
+        let last = self
+            .write(move |tx| append_in(tx, &aid, owner.as_deref(), &events))
+            .await?;
+        self.inner.notifier.events_appended(attempt_id);
+        Ok(last)
+    }
+
+    async fn list_events(
+        &self,
+        attempt_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let aid = attempt_id.to_string();
+        let limit = limit.clamp(1, 10_000) as i64;
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, run, ts, data FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![aid, after_seq, limit], |r| {
+                Ok(Event {
+                    attempt_id: aid.clone(),
+                    seq: r.get(0)?,
+                    run: r.get(1)?,
+                    ts_ms: r.get(2)?,
+                    kind: from_json(&r.get::<_, String>(3)?, "event")?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_diff(&self, attempt_id: &str) -> Result<Option<String>> {
+        let aid = attempt_id.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT diff FROM attempts WHERE id = ?1", [&aid], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("no attempt with id '{aid}'")))
+        })
+        .await
+    }
+
+    async fn get_attempt(&self, attempt_id: &str) -> Result<Attempt> {
+        let aid = attempt_id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id = ?1"),
+                [&aid],
+                attempt_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("no attempt with id '{aid}'")))
+        })
+        .await
+    }
+
+    async fn requeue_expired(&self, now: i64) -> Result<Vec<String>> {
+        let ids = self
+            .write(move |tx| {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT id, task_id, status, lease_owner FROM attempts
+                     WHERE status IN {ACTIVE_SQL} AND lease_expires_at < ?1"
+                ))?;
+                let rows: Vec<(String, String, Status, Option<String>)> = stmt
+                    .query_map([now], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            parse_status(&r.get::<_, String>(2)?)?,
+                            r.get(3)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                drop(stmt);
+                requeue_where(tx, rows, &|s, w| {
+                    format!(
+                        "lease expired while {s}: worker {} stopped heartbeating",
+                        w.as_deref().unwrap_or("?")
+                    )
+                })
+            })
+            .await?;
+        self.after_requeue(&ids);
+        Ok(ids)
+    }
+
+    async fn requeue_orphans(&self, reason: &str) -> Result<Vec<String>> {
+        let reason = reason.to_string();
+        let ids = self
+            .write(move |tx| {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT id, task_id, status, lease_owner FROM attempts WHERE status IN {ACTIVE_SQL}"
+                ))?;
+                let rows: Vec<(String, String, Status, Option<String>)> = stmt
+                    .query_map([], |r| {
+                        Ok((r.get(0)?, r.get(1)?, parse_status(&r.get::<_, String>(2)?)?, r.get(3)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                drop(stmt);
+                requeue_where(tx, rows, &|s, _| format!("{reason} while the attempt was {s}"))
+            })
+            .await?;
+        self.after_requeue(&ids);
+        Ok(ids)
+    }
+
+    fn notifier(&self) -> &Notifier {
+        &self.inner.notifier
+    }
+}
+
+impl SqliteStore {
+    fn after_requeue(&self, ids: &[String]) {
+        for id in ids {
+            tracing::warn!(attempt = %id, "attempt put back in the queue");
+            self.inner.notifier.events_appended(id);
+        }
+        if !ids.is_empty() {
+            self.inner.notifier.work_queued();
+        }
+    }
+}

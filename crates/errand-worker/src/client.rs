@@ -1,0 +1,96 @@
+//! How a worker reaches the queue.
+
+use async_trait::async_trait;
+use errand_core::{EventKind, Status, Usage};
+use errand_store::{AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Result, Store};
+use std::sync::Arc;
+
+/// The queue operations a worker needs. Implemented in-process over a [`Store`]
+/// ([`LocalClient`]) and, for remote workers, over HTTP with a worker token.
+#[async_trait]
+pub trait WorkerClient: Send + Sync {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Option<ClaimedAttempt>>;
+    /// Resolves when new work may be available (may also resolve spuriously).
+    async fn wait_for_work(&self);
+    async fn heartbeat(&self, attempt: &str, worker: &str, ttl_ms: i64) -> Result<LeaseState>;
+    async fn transition(
+        &self,
+        attempt: &str,
+        worker: &str,
+        from: Status,
+        to: Status,
+        reason: Option<String>,
+    ) -> Result<()>;
+    async fn append_events(
+        &self,
+        attempt: &str,
+        worker: &str,
+        events: Vec<EventKind>,
+    ) -> Result<i64>;
+    async fn update_usage(
+        &self,
+        attempt: &str,
+        worker: &str,
+        usage: Usage,
+        turns: u64,
+    ) -> Result<()>;
+    async fn finish(&self, attempt: &str, worker: &str, outcome: AttemptOutcome) -> Result<Status>;
+}
+
+/// The embedded workers' client: calls the store directly.
+pub struct LocalClient {
+    store: Arc<dyn Store>,
+}
+
+impl LocalClient {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        LocalClient { store }
+    }
+}
+
+#[async_trait]
+impl WorkerClient for LocalClient {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Option<ClaimedAttempt>> {
+        self.store.claim_attempt(req).await
+    }
+    async fn wait_for_work(&self) {
+        self.store.notifier().wait_for_work().await
+    }
+    async fn heartbeat(&self, attempt: &str, worker: &str, ttl_ms: i64) -> Result<LeaseState> {
+        self.store.heartbeat(attempt, worker, ttl_ms).await
+    }
+    async fn transition(
+        &self,
+        attempt: &str,
+        worker: &str,
+        from: Status,
+        to: Status,
+        reason: Option<String>,
+    ) -> Result<()> {
+        self.store
+            .transition(attempt, worker, from, to, reason)
+            .await
+    }
+    async fn append_events(
+        &self,
+        attempt: &str,
+        worker: &str,
+        events: Vec<EventKind>,
+    ) -> Result<i64> {
+        self.store
+            .append_events(attempt, Some(worker), events)
+            .await
+    }
+    async fn update_usage(
+        &self,
+        attempt: &str,
+        worker: &str,
+        usage: Usage,
+        turns: u64,
+    ) -> Result<()> {
+        self.store.update_usage(attempt, worker, usage, turns).await
+    }
+    async fn finish(&self, attempt: &str, worker: &str, outcome: AttemptOutcome) -> Result<Status> {
+        self.store.finish_attempt(attempt, worker, outcome).await
+    }
+}

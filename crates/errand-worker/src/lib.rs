@@ -1,0 +1,509 @@
+//! The worker: claims attempts, prepares their workspace and box, runs the agent, runs the
+//! environment's checks itself, commits the result onto the attempt's branch in the mirror,
+//! and reports every step as events.
+//!
+//! The worker talks to the queue only through [`WorkerClient`]: in-process against a
+//! [`Store`] for the embedded workers of `errand serve`; over HTTP for remote workers. It
+//! must not reach into the database any other way.
+
+mod client;
+
+pub use client::{LocalClient, WorkerClient};
+
+use errand_agent::{
+    AgentConfig, AgentError, AgentRun, EndReason, EventSink, tools::StreamedCommand,
+};
+use errand_core::{CheckResult, EventKind, Status, Usage};
+use errand_git::MirrorCache;
+use errand_sandbox::{BoxSpec, SandboxBackend, SandboxBox};
+use errand_store::{AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, StoreError};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Unique worker name (appears in events).
+    pub name: String,
+    /// Attempt workspaces are created under `<work_root>/<attempt>-r<run>`.
+    pub work_root: PathBuf,
+    pub lease_ttl: Duration,
+    pub heartbeat_every: Duration,
+    /// How often to look for work when no wake-up arrives.
+    pub poll_every: Duration,
+    pub check_timeout: Duration,
+    pub agent: AgentConfig,
+}
+
+impl WorkerConfig {
+    pub fn new(name: impl Into<String>, work_root: impl Into<PathBuf>) -> Self {
+        WorkerConfig {
+            name: name.into(),
+            work_root: work_root.into(),
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_every: Duration::from_secs(5),
+            poll_every: Duration::from_secs(1),
+            check_timeout: Duration::from_secs(20 * 60),
+            agent: AgentConfig::default(),
+        }
+    }
+}
+
+pub struct Worker {
+    pub config: WorkerConfig,
+    client: Arc<dyn WorkerClient>,
+    mirrors: Arc<MirrorCache>,
+    sandbox: Arc<dyn SandboxBackend>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    /// The lease is gone: another worker owns the attempt now. Write nothing more.
+    #[error("lease lost")]
+    LeaseLost,
+    /// The user cancelled the attempt while the worker was moving it along.
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<StoreError> for RunError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::LeaseLost(_) => RunError::LeaseLost,
+            StoreError::Conflict {
+                actual: Status::Cancelled,
+                ..
+            } => RunError::Cancelled,
+            other => RunError::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<AgentError> for RunError {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::Sink(m) if m.contains("lease") => RunError::LeaseLost,
+            other => RunError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Sends the agent's events to the queue, fenced by this worker's lease.
+struct AttemptSink {
+    client: Arc<dyn WorkerClient>,
+    attempt: String,
+    worker: String,
+}
+
+#[async_trait::async_trait]
+impl EventSink for AttemptSink {
+    async fn emit(&self, events: Vec<EventKind>) -> Result<(), AgentError> {
+        self.client
+            .append_events(&self.attempt, &self.worker, events)
+            .await
+            .map(|_| ())
+            .map_err(|e| AgentError::Sink(e.to_string()))
+    }
+    async fn usage(&self, usage: Usage, turns: u64) -> Result<(), AgentError> {
+        self.client
+            .update_usage(&self.attempt, &self.worker, usage, turns)
+            .await
+            .map_err(|e| AgentError::Sink(e.to_string()))
+    }
+}
+
+const LEASE_HELD: u8 = 0;
+const LEASE_CANCELLED: u8 = 1;
+const LEASE_LOST: u8 = 2;
+
+impl Worker {
+    pub fn new(
+        config: WorkerConfig,
+        client: Arc<dyn WorkerClient>,
+        mirrors: Arc<MirrorCache>,
+        sandbox: Arc<dyn SandboxBackend>,
+    ) -> Worker {
+        Worker {
+            config,
+            client,
+            mirrors,
+            sandbox,
+        }
+    }
+
+    /// Claims and runs attempts until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(worker = %self.config.name, sandbox = self.sandbox.name(), "worker started");
+        let claim = ClaimRequest {
+            worker: self.config.name.clone(),
+            sandbox: self.sandbox.description(),
+            isolated: self.sandbox.isolated(),
+            lease_ttl_ms: self.config.lease_ttl.as_millis() as i64,
+        };
+        while !shutdown.is_cancelled() {
+            match self.client.claim(&claim).await {
+                Ok(Some(c)) => self.run_attempt(c, &shutdown).await,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = self.client.wait_for_work() => {}
+                        _ = tokio::time::sleep(self.config.poll_every) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %self.config.name, error = %e, "claiming work failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.poll_every) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(worker = %self.config.name, "worker stopped");
+    }
+
+    async fn run_attempt(&self, c: ClaimedAttempt, shutdown: &CancellationToken) {
+        let attempt_id = c.attempt.id.clone();
+        let worker = self.config.name.clone();
+        tracing::info!(attempt = %attempt_id, task = %c.task.id, run = c.run, "attempt claimed");
+        let cancel = shutdown.child_token();
+        let lease = Arc::new(AtomicU8::new(LEASE_HELD));
+        let heartbeat = {
+            let client = self.client.clone();
+            let (aid, w) = (attempt_id.clone(), worker.clone());
+            let (every, ttl) = (self.config.heartbeat_every, self.config.lease_ttl);
+            let (cancel, lease) = (cancel.clone(), lease.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match client.heartbeat(&aid, &w, ttl.as_millis() as i64).await {
+                        Ok(LeaseState::Held) => {}
+                        Ok(LeaseState::Cancelled) => {
+                            lease.store(LEASE_CANCELLED, Ordering::SeqCst);
+                            cancel.cancel();
+                            break;
+                        }
+                        Ok(LeaseState::Lost) => {
+                            lease.store(LEASE_LOST, Ordering::SeqCst);
+                            cancel.cancel();
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(attempt = %aid, error = %e, "heartbeat failed; retrying")
+                        }
+                    }
+                }
+            })
+        };
+        let dir = self
+            .config
+            .work_root
+            .join(format!("{attempt_id}-r{}", c.run));
+        let mut state = RunState {
+            sandbox_box: None,
+            outcome: AttemptOutcome::default(),
+        };
+        let result = self.drive(&c, &dir, &cancel, &mut state).await;
+        heartbeat.abort();
+        if let Some(b) = state.sandbox_box.take() {
+            if let Err(e) = b.destroy().await {
+                tracing::warn!(attempt = %attempt_id, error = %e, "destroying the box failed");
+            }
+        }
+        let lost = lease.load(Ordering::SeqCst) == LEASE_LOST;
+        match result {
+            Err(RunError::LeaseLost) => {
+                tracing::warn!(attempt = %attempt_id, "lease lost; abandoning this run");
+            }
+            _ if lost => {
+                tracing::warn!(attempt = %attempt_id, "lease lost; abandoning this run");
+            }
+            other => {
+                let mut outcome = std::mem::take(&mut state.outcome);
+                if let Err(RunError::Failed(msg)) = &other {
+                    outcome.status = Some(Status::Failed);
+                    outcome.error = Some(msg.clone());
+                    let _ = self
+                        .client
+                        .append_events(
+                            &attempt_id,
+                            &worker,
+                            vec![EventKind::Error {
+                                message: msg.clone(),
+                            }],
+                        )
+                        .await;
+                }
+                if shutdown.is_cancelled() && lease.load(Ordering::SeqCst) == LEASE_HELD {
+                    // The server is stopping: leave the attempt to be re-queued on restart.
+                    tracing::info!(attempt = %attempt_id, "shutting down; attempt will be re-queued");
+                } else {
+                    match self.client.finish(&attempt_id, &worker, outcome).await {
+                        Ok(s) => {
+                            tracing::info!(attempt = %attempt_id, status = %s, "attempt ended")
+                        }
+                        Err(e) => {
+                            tracing::warn!(attempt = %attempt_id, error = %e, "recording the outcome failed")
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing the workspace failed");
+            }
+        }
+    }
+
+    async fn emit(&self, attempt: &str, events: Vec<EventKind>) -> Result<(), RunError> {
+        self.client
+            .append_events(attempt, &self.config.name, events)
+            .await?;
+        Ok(())
+    }
+
+    async fn notice(&self, attempt: &str, message: String) -> Result<(), RunError> {
+        self.emit(attempt, vec![EventKind::Notice { message }])
+            .await
+    }
+
+    async fn drive(
+        &self,
+        c: &ClaimedAttempt,
+        dir: &std::path::Path,
+        cancel: &CancellationToken,
+        state: &mut RunState,
+    ) -> Result<(), RunError> {
+        let aid = c.attempt.id.as_str();
+        let task = &c.task;
+        let fail = |what: &str, e: &dyn std::fmt::Display| RunError::Failed(format!("{what}: {e}"));
+
+        // 1. Mirror and workspace.
+        let t = Instant::now();
+        let mirror = self
+            .mirrors
+            .sync(&task.repo)
+            .await
+            .map_err(|e| fail("fetching the repository", &e))?;
+        self.mirrors
+            .ensure_commit(&mirror, &task.repo, &task.base_commit)
+            .await
+            .map_err(|e| fail("finding the base commit", &e))?;
+        let fetched = t.elapsed();
+        let ws = dir.join("repo");
+        let t = Instant::now();
+        errand_git::create_workspace(&mirror, &ws, &c.attempt.branch, &task.base_commit)
+            .await
+            .map_err(|e| fail("creating the workspace", &e))?;
+        self.notice(
+            aid,
+            format!(
+                "workspace ready: {} at {} ({}) on branch {} — fetch {} ms, checkout {} ms",
+                task.repo,
+                task.base_ref,
+                errand_core::text::title_of(&task.base_commit, 12).trim_end_matches('…'),
+                c.attempt.branch,
+                fetched.as_millis(),
+                t.elapsed().as_millis()
+            ),
+        )
+        .await?;
+        let spec = BoxSpec {
+            workspace: ws.clone(),
+            scratch: dir.join("scratch"),
+            env: task
+                .environment
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let sandbox_box = self
+            .sandbox
+            .create(spec)
+            .await
+            .map_err(|e| fail("creating the box", &e))?;
+        state.sandbox_box = Some(sandbox_box);
+        let sandbox_box: &dyn SandboxBox = state
+            .sandbox_box
+            .as_deref()
+            .ok_or(RunError::Failed("box missing".into()))?;
+
+        // 2. Agent.
+        self.client
+            .transition(
+                aid,
+                &self.config.name,
+                Status::Preparing,
+                Status::Running,
+                None,
+            )
+            .await?;
+        let provider = errand_model::build(&c.attempt.model, c.model_payload.as_ref())
+            .map_err(|e| fail("loading the model", &e))?;
+        if provider.scripted() {
+            self.notice(
+                aid,
+                format!(
+                    "model: {} — SCRIPTED playback, not a real model",
+                    provider.name()
+                ),
+            )
+            .await?;
+        }
+        let sink = AttemptSink {
+            client: self.client.clone(),
+            attempt: aid.to_string(),
+            worker: self.config.name.clone(),
+        };
+        let outcome = AgentRun {
+            prompt: &task.prompt,
+            workspace: &ws,
+            sandbox: sandbox_box,
+            provider: provider.as_ref(),
+            sink: &sink,
+            cancel: cancel.clone(),
+            config: self.config.agent.clone(),
+        }
+        .run()
+        .await?;
+        state.outcome.usage = outcome.usage;
+        state.outcome.turns = outcome.turns;
+        state.outcome.summary = outcome.summary.clone();
+        let mut failure: Option<String> = match outcome.end {
+            EndReason::Finished | EndReason::NoToolCalls => None,
+            EndReason::MaxTurns => Some(format!(
+                "stopped after {} model turns (max_turns)",
+                outcome.turns
+            )),
+            EndReason::Cancelled => Some("cancelled".into()),
+        };
+
+        // 3. Checks, run by the worker itself.
+        let cancelled = cancel.is_cancelled();
+        if !cancelled && !task.environment.checks.is_empty() {
+            self.client
+                .transition(
+                    aid,
+                    &self.config.name,
+                    Status::Running,
+                    Status::Checking,
+                    None,
+                )
+                .await?;
+            for check in &task.environment.checks {
+                let r = StreamedCommand {
+                    sandbox: sandbox_box,
+                    sink: &sink,
+                    call_id: Some(format!("check:{}", check.name)),
+                    command: check.command.clone(),
+                    workdir: None,
+                    timeout: self.config.check_timeout,
+                    cancel: cancel.child_token(),
+                }
+                .run()
+                .await?;
+                let (exit_code, duration_ms) = match &r.result {
+                    Ok(res) => (res.exit_code, res.duration.as_millis() as u64),
+                    Err(_) => (None, 0),
+                };
+                let passed = exit_code == Some(0);
+                self.emit(
+                    aid,
+                    vec![EventKind::CheckResult {
+                        name: check.name.clone(),
+                        command: check.command.clone(),
+                        exit_code,
+                        duration_ms,
+                        passed,
+                    }],
+                )
+                .await?;
+                if !passed && failure.is_none() {
+                    failure = Some(match exit_code {
+                        Some(code) => format!("check '{}' failed (exit {code})", check.name),
+                        None => format!("check '{}' did not complete", check.name),
+                    });
+                }
+                state.outcome.checks.push(CheckResult {
+                    name: check.name.clone(),
+                    command: check.command.clone(),
+                    exit_code,
+                    duration_ms,
+                    passed,
+                });
+                if cancel.is_cancelled() {
+                    break;
+                }
+            }
+        }
+        if let Some(b) = state.sandbox_box.take() {
+            b.destroy()
+                .await
+                .map_err(|e| fail("destroying the box", &e))?;
+        }
+
+        // 4. Commit onto the attempt branch, import it into the mirror, and diff.
+        let message = format!(
+            "{}\n\n{}",
+            task.title,
+            outcome
+                .summary
+                .as_deref()
+                .unwrap_or("(the agent gave no summary)")
+        );
+        let trailers = [("Errand-Task", task.id.as_str()), ("Errand-Attempt", aid)];
+        let head = errand_git::commit_all(&ws, &message, &trailers)
+            .await
+            .map_err(|e| fail("committing the work", &e))?;
+        match head {
+            Some(head) => {
+                self.mirrors
+                    .import_branch(&mirror, &ws, &c.attempt.branch)
+                    .await
+                    .map_err(|e| fail("saving the branch", &e))?;
+                let (diff, stats) = errand_git::diff(&mirror, &task.base_commit, &head)
+                    .await
+                    .map_err(|e| fail("computing the diff", &e))?;
+                self.emit(
+                    aid,
+                    vec![EventKind::Committed {
+                        branch: c.attempt.branch.clone(),
+                        commit: head.clone(),
+                        files_changed: stats.files_changed,
+                        insertions: stats.insertions,
+                        deletions: stats.deletions,
+                    }],
+                )
+                .await?;
+                state.outcome.head_commit = Some(head);
+                state.outcome.diff = Some(diff);
+                state.outcome.diff_stats = Some(stats);
+            }
+            None => {
+                self.notice(aid, "the agent made no changes; nothing to commit".into())
+                    .await?;
+                state.outcome.diff = Some(String::new());
+                state.outcome.diff_stats = Some(Default::default());
+            }
+        }
+        state.outcome.status = Some(if failure.is_some() {
+            Status::Failed
+        } else {
+            Status::Done
+        });
+        state.outcome.error = failure;
+        Ok(())
+    }
+}
+
+struct RunState {
+    sandbox_box: Option<Box<dyn SandboxBox>>,
+    outcome: AttemptOutcome,
+}
