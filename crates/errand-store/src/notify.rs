@@ -8,14 +8,17 @@ use tokio::sync::{Notify, broadcast};
 pub struct Notifier {
     queue: Notify,
     events: broadcast::Sender<String>,
+    cancels: broadcast::Sender<String>,
 }
 
 impl Default for Notifier {
     fn default() -> Self {
         let (events, _) = broadcast::channel(1024);
+        let (cancels, _) = broadcast::channel(256);
         Notifier {
             queue: Notify::new(),
             events,
+            cancels,
         }
     }
 }
@@ -35,5 +38,12 @@ impl Notifier {
     /// Receives the ids of attempts that got new events (or a lag error: re-read everything).
     pub fn subscribe_events(&self) -> broadcast::Receiver<String> {
         self.events.subscribe()
+    }
+    pub fn attempt_cancelled(&self, attempt_id: &str) {
+        let _ = self.cancels.send(attempt_id.to_string());
+    }
+    /// Receives the ids of attempts the user cancelled, so their workers stop at once.
+    pub fn subscribe_cancels(&self) -> broadcast::Receiver<String> {
+        self.cancels.subscribe()
     }
 }

@@ -504,6 +504,7 @@ impl Store for SqliteStore {
             .await?;
         for a in touched {
             self.inner.notifier.events_appended(&a);
+            self.inner.notifier.attempt_cancelled(&a);
         }
         Ok(task)
     }

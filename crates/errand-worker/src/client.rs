@@ -13,6 +13,11 @@ pub trait WorkerClient: Send + Sync {
     /// Resolves when new work may be available (may also resolve spuriously).
     async fn wait_for_work(&self);
     async fn heartbeat(&self, attempt: &str, worker: &str, ttl_ms: i64) -> Result<LeaseState>;
+    /// Resolves when the attempt may have been cancelled (the worker then heartbeats at once
+    /// to find out). Clients without push notifications never resolve; heartbeats still tell.
+    async fn cancel_hint(&self, _attempt: &str) {
+        std::future::pending::<()>().await
+    }
     async fn transition(
         &self,
         attempt: &str,
@@ -58,6 +63,19 @@ impl WorkerClient for LocalClient {
     }
     async fn heartbeat(&self, attempt: &str, worker: &str, ttl_ms: i64) -> Result<LeaseState> {
         self.store.heartbeat(attempt, worker, ttl_ms).await
+    }
+    async fn cancel_hint(&self, attempt: &str) {
+        let mut rx = self.store.notifier().subscribe_cancels();
+        loop {
+            match rx.recv().await {
+                Ok(id) if id == attempt => return,
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
     }
     async fn transition(
         &self,

@@ -180,7 +180,10 @@ impl Worker {
             let (cancel, lease) = (cancel.clone(), lease.clone());
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(every).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = client.cancel_hint(&aid) => {}
+                    }
                     match client.heartbeat(&aid, &w, ttl.as_millis() as i64).await {
                         Ok(LeaseState::Held) => {}
                         Ok(LeaseState::Cancelled) => {
