@@ -418,3 +418,22 @@ async fn diff(
     }
     Ok(([(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")], diff).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap_or_default();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let src = include_str!("api.rs");
+        let mut routes = 0;
+        for line in src.lines() {
+            let Some(rest) = line.trim().strip_prefix(".route(\"") else { continue };
+            let path = rest.split('"').next().unwrap_or_default();
+            routes += 1;
+            assert!(doc["paths"].get(path).is_some(), "route {path} is missing from openapi.json");
+        }
+        assert!(routes >= 8, "found {routes} routes");
+        assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(routes));
+    }
+}
