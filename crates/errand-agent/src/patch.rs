@@ -275,10 +275,10 @@ fn strip_wrappers<'a, 'b>(mut lines: &'b [PatchLine<'a>]) -> &'b [PatchLine<'a>]
             return lines;
         };
         lines = rest;
-        if let (Some(closing), Some((last, rest))) = (closing, lines.split_last()) {
-            if last.text.trim() == closing {
-                lines = rest;
-            }
+        if let (Some(closing), Some((last, rest))) = (closing, lines.split_last())
+            && last.text.trim() == closing
+        {
+            lines = rest;
         }
     }
 }
@@ -464,11 +464,11 @@ impl<'a> Parser<'a, '_> {
         let path = checked_path(header, OP_UPDATE, path)?;
         self.pos += 1;
         let mut move_to = None;
-        if let Some(line) = self.peek() {
-            if let Some(Directive::MoveTo(dest)) = directive(line.text) {
-                move_to = Some(checked_path(line, "Move to", dest)?);
-                self.pos += 1;
-            }
+        if let Some(line) = self.peek()
+            && let Some(Directive::MoveTo(dest)) = directive(line.text)
+        {
+            move_to = Some(checked_path(line, "Move to", dest)?);
+            self.pos += 1;
         }
 
         let mut hunks = Vec::new();

@@ -147,13 +147,12 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
         .base
         .clone()
         .or_else(|| env.as_ref().and_then(|(_, e)| e.base.clone()));
-    if let Some(b) = &base {
-        if b.trim().is_empty() || b.starts_with('-') || b.contains(char::is_whitespace) {
+    if let Some(b) = &base
+        && (b.trim().is_empty() || b.starts_with('-') || b.contains(char::is_whitespace)) {
             return Err(ApiError::bad_request(format!(
                 "'{b}' is not a valid base ref; pass --base with a branch, tag or commit"
             )));
         }
-    }
     let (repo, resolved) = if errand_git::is_url(&repo) {
         let mirror = s
             .mirrors

@@ -213,11 +213,10 @@ impl Worker {
         };
         let result = self.drive(&c, &dir, &cancel, &mut state).await;
         heartbeat.abort();
-        if let Some(b) = state.sandbox_box.take() {
-            if let Err(e) = b.destroy().await {
+        if let Some(b) = state.sandbox_box.take()
+            && let Err(e) = b.destroy().await {
                 tracing::warn!(attempt = %attempt_id, error = %e, "destroying the box failed");
             }
-        }
         let lost = lease.load(Ordering::SeqCst) == LEASE_LOST;
         match result {
             Err(RunError::LeaseLost) => {
@@ -257,11 +256,10 @@ impl Worker {
                 }
             }
         }
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %dir.display(), error = %e, "removing the workspace failed");
             }
-        }
     }
 
     async fn emit(&self, attempt: &str, events: Vec<EventKind>) -> Result<(), RunError> {
