@@ -276,7 +276,8 @@ async fn api_errors_are_4xx_json() {
     check(s, b, "cannot read it");
     let huge = "x".repeat(2 * 1024 * 1024);
     let (s, _) = {
-        let r = c
+        // A fresh client: the server closes a connection whose body it refused to read.
+        let r = http()
             .post(server.api("/tasks"))
             .header("content-type", "application/json")
             .body(json!({"prompt": huge}).to_string())

@@ -91,7 +91,7 @@ mod tests {
         let (s, cut) = cap_head_tail(&long, 40);
         assert!(cut);
         assert!(s.starts_with("aaaa") && s.ends_with("bbbb"));
-        assert!(s.contains("180 bytes omitted"));
+        assert!(s.contains("160 bytes omitted"));
         let (s, _) = cap_head_tail(&"é".repeat(50), 11);
         assert!(s.contains("omitted"));
     }

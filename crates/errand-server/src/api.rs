@@ -148,11 +148,12 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
         .clone()
         .or_else(|| env.as_ref().and_then(|(_, e)| e.base.clone()));
     if let Some(b) = &base
-        && (b.trim().is_empty() || b.starts_with('-') || b.contains(char::is_whitespace)) {
-            return Err(ApiError::bad_request(format!(
-                "'{b}' is not a valid base ref; pass --base with a branch, tag or commit"
-            )));
-        }
+        && (b.trim().is_empty() || b.starts_with('-') || b.contains(char::is_whitespace))
+    {
+        return Err(ApiError::bad_request(format!(
+            "'{b}' is not a valid base ref; pass --base with a branch, tag or commit"
+        )));
+    }
     let (repo, resolved) = if errand_git::is_url(&repo) {
         let mirror = s
             .mirrors
@@ -422,15 +423,21 @@ async fn diff(
 mod tests {
     #[test]
     fn openapi_documents_every_route() {
-        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap_or_default();
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).unwrap_or_default();
         assert_eq!(doc["openapi"], "3.1.0");
         let src = include_str!("api.rs");
         let mut routes = 0;
         for line in src.lines() {
-            let Some(rest) = line.trim().strip_prefix(".route(\"") else { continue };
+            let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+                continue;
+            };
             let path = rest.split('"').next().unwrap_or_default();
             routes += 1;
-            assert!(doc["paths"].get(path).is_some(), "route {path} is missing from openapi.json");
+            assert!(
+                doc["paths"].get(path).is_some(),
+                "route {path} is missing from openapi.json"
+            );
         }
         assert!(routes >= 8, "found {routes} routes");
         assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(routes));

@@ -180,12 +180,12 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<ServerHandle> {
         let mut wc = WorkerConfig::new(format!("{}-w{}", hostname_tag(), i + 1), &work_root);
         wc.lease_ttl = opts.lease_ttl;
         wc.heartbeat_every = opts.heartbeat_every;
-        let worker = Worker::new(
+        let worker = Arc::new(Worker::new(
             wc,
             Arc::new(LocalClient::new(store.clone())),
             mirrors.clone(),
             sandbox.clone(),
-        );
+        ));
         let token = shutdown.clone();
         tasks.spawn(async move {
             worker.run(token).await;

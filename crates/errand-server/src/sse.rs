@@ -81,12 +81,14 @@ async fn next(mut c: Cursor) -> Option<(Result<SseEvent, Infallible>, Cursor)> {
         }
         // Nothing new. Finished for good once the attempt ended and its worker let go.
         if let Ok(a) = c.state.store.get_attempt(&c.attempt_id).await
-            && a.status.is_terminal() && a.active_worker.is_none() && a.last_seq <= c.after {
-                c.ended = true;
-                let data =
-                    serde_json::json!({"status": a.status, "last_seq": a.last_seq}).to_string();
-                return Some((Ok(SseEvent::default().event("end").data(data)), c));
-            }
+            && a.status.is_terminal()
+            && a.active_worker.is_none()
+            && a.last_seq <= c.after
+        {
+            c.ended = true;
+            let data = serde_json::json!({"status": a.status, "last_seq": a.last_seq}).to_string();
+            return Some((Ok(SseEvent::default().event("end").data(data)), c));
+        }
         let wait = async {
             loop {
                 match c.rx.recv().await {

@@ -137,7 +137,7 @@ impl Worker {
     }
 
     /// Claims and runs attempts until `shutdown` fires.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!(worker = %self.config.name, sandbox = self.sandbox.name(), "worker started");
         let claim = ClaimRequest {
             worker: self.config.name.clone(),
@@ -147,7 +147,32 @@ impl Worker {
         };
         while !shutdown.is_cancelled() {
             match self.client.claim(&claim).await {
-                Ok(Some(c)) => self.run_attempt(c, &shutdown).await,
+                Ok(Some(c)) => {
+                    // Run the attempt in its own task so that a panic fails that attempt
+                    // instead of silently killing this worker.
+                    let (aid, this, token) = (c.attempt.id.clone(), self.clone(), shutdown.clone());
+                    let joined =
+                        tokio::spawn(async move { this.run_attempt(c, &token).await }).await;
+                    if let Err(e) = joined {
+                        tracing::error!(attempt = %aid, error = %e, "attempt crashed the worker task");
+                        let outcome = AttemptOutcome {
+                            status: Some(Status::Failed),
+                            error: Some(format!("internal error in the worker: {e}")),
+                            ..Default::default()
+                        };
+                        let _ = self
+                            .client
+                            .append_events(
+                                &aid,
+                                &self.config.name,
+                                vec![EventKind::Error {
+                                    message: format!("internal error in the worker: {e}"),
+                                }],
+                            )
+                            .await;
+                        let _ = self.client.finish(&aid, &self.config.name, outcome).await;
+                    }
+                }
                 Ok(None) => {
                     tokio::select! {
                         _ = self.client.wait_for_work() => {}
@@ -214,9 +239,10 @@ impl Worker {
         let result = self.drive(&c, &dir, &cancel, &mut state).await;
         heartbeat.abort();
         if let Some(b) = state.sandbox_box.take()
-            && let Err(e) = b.destroy().await {
-                tracing::warn!(attempt = %attempt_id, error = %e, "destroying the box failed");
-            }
+            && let Err(e) = b.destroy().await
+        {
+            tracing::warn!(attempt = %attempt_id, error = %e, "destroying the box failed");
+        }
         let lost = lease.load(Ordering::SeqCst) == LEASE_LOST;
         match result {
             Err(RunError::LeaseLost) => {
@@ -257,9 +283,10 @@ impl Worker {
             }
         }
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
-            && e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %e, "removing the workspace failed");
-            }
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing the workspace failed");
+        }
     }
 
     async fn emit(&self, attempt: &str, events: Vec<EventKind>) -> Result<(), RunError> {
