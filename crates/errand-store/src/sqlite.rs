@@ -531,7 +531,13 @@ impl Store for SqliteStore {
                          lease_expires_at = ?4, worker = ?3, resumed_from = 'start',
                          started_at = COALESCE(started_at, ?5)
                      WHERE id = ?1 AND status = 'queued'",
-                    params![attempt_id, run, claim.worker, now + claim.lease_ttl_ms, now],
+                    params![
+                        attempt_id,
+                        run,
+                        claim.worker,
+                        now.saturating_add(claim.lease_ttl_ms),
+                        now
+                    ],
                 )?;
                 if changed != 1 {
                     return Ok(None);
@@ -614,7 +620,7 @@ impl Store for SqliteStore {
             }
             tx.execute(
                 "UPDATE attempts SET lease_expires_at = ?2 WHERE id = ?1",
-                params![attempt_id, now_ms() + ttl_ms],
+                params![attempt_id, now_ms().saturating_add(ttl_ms)],
             )?;
             Ok(LeaseState::Held)
         })
@@ -684,6 +690,15 @@ impl Store for SqliteStore {
         worker: &str,
         outcome: AttemptOutcome,
     ) -> Result<Status> {
+        // A non-final outcome would leave an active attempt without a lease, which no sweep
+        // ever puts back in the queue.
+        if let Some(s) = outcome.status
+            && !s.is_terminal()
+        {
+            return Err(StoreError::Invalid(format!(
+                "an attempt cannot finish as {s}; expected done or failed"
+            )));
+        }
         let (aid, worker) = (attempt_id.to_string(), worker.to_string());
         let status = self
             .write(move |tx| {
