@@ -271,16 +271,22 @@ pub fn confine(root: &Path, path: &str, write: bool) -> Result<PathBuf, String> 
     if !norm.starts_with(&root_c) {
         return Err(format!("path '{path}' is outside the repository"));
     }
+    // `symlink_metadata`, not `exists`: a dangling link must be resolved (and fail), not
+    // skipped, or writing through it would create its target wherever it points.
     let mut existing = norm.as_path();
-    while !existing.exists() {
+    while existing.symlink_metadata().is_err() {
         match existing.parent() {
             Some(p) => existing = p,
             None => break,
         }
     }
-    let real = existing
-        .canonicalize()
-        .map_err(|e| format!("{path}: {e}"))?;
+    let real = existing.canonicalize().map_err(|e| {
+        if existing.is_symlink() {
+            format!("path '{path}' goes through a symbolic link whose target does not exist")
+        } else {
+            format!("{path}: {e}")
+        }
+    })?;
     if !real.starts_with(&root_c) {
         return Err(format!("path '{path}' leads outside the repository"));
     }

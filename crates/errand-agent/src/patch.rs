@@ -928,6 +928,12 @@ impl Workspace {
                 reason: "it names the workspace root, not a file".to_owned(),
             });
         }
+        if relative.components().any(|c| c.as_os_str() == ".git") {
+            return Err(PatchError::InvalidPath {
+                path: raw.to_owned(),
+                reason: "it is inside .git, which the agent may not change".to_owned(),
+            });
+        }
         // Resolve symlinks through the deepest part of the path that exists.
         let absolute = self.root.join(&relative);
         for ancestor in absolute.ancestors() {

@@ -196,18 +196,35 @@ pub struct Utf8Carry {
 impl Utf8Carry {
     pub fn push(&mut self, data: &[u8]) -> String {
         self.pending.extend_from_slice(data);
-        let valid_up_to = match std::str::from_utf8(&self.pending) {
-            Ok(_) => self.pending.len(),
-            Err(e) => match e.error_len() {
-                // An incomplete sequence at the end: keep it for later.
-                None => e.valid_up_to(),
-                // Invalid bytes in the middle: decode lossily everything.
-                Some(_) => self.pending.len(),
-            },
-        };
-        let rest = self.pending.split_off(valid_up_to);
-        let out = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending = rest;
+        let mut out = String::with_capacity(self.pending.len());
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    match e.error_len() {
+                        // Invalid bytes: replace them and go on.
+                        Some(n) => {
+                            out.push('\u{FFFD}');
+                            rest = &after[n..];
+                        }
+                        // An incomplete sequence at the end: keep it for later.
+                        None => {
+                            rest = after;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let consumed = self.pending.len() - rest.len();
+        self.pending.drain(..consumed);
         out
     }
     pub fn finish(&mut self) -> String {
@@ -292,10 +309,11 @@ impl StreamedCommand<'_> {
                         batch.push((more.stream, more.data));
                     }
                     let events = record(batch, &mut combined);
-                    if !events.is_empty() && sink_err.is_none() {
-                        if let Err(e) = self.sink.emit(events).await {
-                            sink_err = Some(e);
-                        }
+                    if !events.is_empty()
+                        && sink_err.is_none()
+                        && let Err(e) = self.sink.emit(events).await
+                    {
+                        sink_err = Some(e);
                     }
                 }
                 r = &mut exec => break r,
@@ -486,13 +504,13 @@ async fn write_file(ctx: &ToolContext<'_>, a: WriteArgs) -> Result<ToolOutput, A
         return Ok(ToolOutput::err(format!("{} is a directory", a.path)));
     }
     let existed = path.exists();
-    if let Some(parent) = path.parent() {
-        if let Err(e) = std::fs::create_dir_all(parent) {
-            return Ok(ToolOutput::err(format!(
-                "creating {}: {e}",
-                parent.display()
-            )));
-        }
+    if let Some(parent) = path.parent()
+        && let Err(e) = std::fs::create_dir_all(parent)
+    {
+        return Ok(ToolOutput::err(format!(
+            "creating {}: {e}",
+            parent.display()
+        )));
     }
     if let Err(e) = std::fs::write(&path, a.content.as_bytes()) {
         return Ok(ToolOutput::err(format!("writing {}: {e}", a.path)));
@@ -755,4 +773,117 @@ fn search(root: &Path, a: SearchArgs) -> ToolOutput {
 #[serde(deny_unknown_fields)]
 struct FinishArgs {
     summary: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `chunks` through one carry, then finishes it.
+    fn decode(chunks: &[&[u8]]) -> (Vec<String>, String) {
+        let mut c = Utf8Carry::default();
+        let parts: Vec<String> = chunks.iter().map(|d| c.push(d)).collect();
+        let rest = c.finish();
+        (parts, rest)
+    }
+
+    #[test]
+    fn utf8_carry_joins_characters_split_at_every_position() {
+        let text = "aé€🦀z";
+        let bytes = text.as_bytes();
+        for i in 0..=bytes.len() {
+            for j in i..=bytes.len() {
+                let (parts, rest) = decode(&[&bytes[..i], &bytes[i..j], &bytes[j..]]);
+                assert_eq!(rest, "", "split at {i},{j}");
+                assert_eq!(parts.concat(), text, "split at {i},{j}");
+                // No part ever holds half a character.
+                for p in &parts {
+                    assert!(!p.contains('\u{FFFD}'), "split at {i},{j}: {parts:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn utf8_carry_one_byte_at_a_time() {
+        let text = "ünïcödé ✓ 🦀\n";
+        let mut c = Utf8Carry::default();
+        let mut out = String::new();
+        for b in text.as_bytes() {
+            out.push_str(&c.push(&[*b]));
+        }
+        assert_eq!(out, text);
+        assert_eq!(c.finish(), "");
+    }
+
+    #[test]
+    fn utf8_carry_holds_an_incomplete_tail_until_the_next_chunk() {
+        let mut c = Utf8Carry::default();
+        assert_eq!(c.push(b"ab\xe2\x82"), "ab");
+        assert_eq!(c.push(b""), "");
+        assert_eq!(c.push(b"\xac!"), "€!");
+        assert_eq!(c.finish(), "");
+    }
+
+    #[test]
+    fn utf8_carry_replaces_invalid_bytes() {
+        // Invalid in the middle.
+        let (parts, rest) = decode(&[b"a\xffb"]);
+        assert_eq!(parts, vec!["a\u{FFFD}b"]);
+        assert_eq!(rest, "");
+        // A lone continuation byte.
+        let (parts, _) = decode(&[b"\x80x"]);
+        assert_eq!(parts, vec!["\u{FFFD}x"]);
+        // The output ends with an incomplete character: finish flushes it as U+FFFD.
+        let (parts, rest) = decode(&[b"ok\xf0\x9f"]);
+        assert_eq!(parts, vec!["ok"]);
+        assert_eq!(rest, "\u{FFFD}");
+        // A started character interrupted by an ASCII byte.
+        let (parts, rest) = decode(&[b"\xe2\x82", b"A"]);
+        assert_eq!(parts.concat() + &rest, "\u{FFFD}A");
+    }
+
+    #[test]
+    fn utf8_carry_keeps_a_split_character_after_an_invalid_byte() {
+        // An invalid byte earlier in the same chunk must not spoil the character that is
+        // split across this chunk and the next.
+        let (parts, rest) = decode(&[b"\xff \xe2\x82", b"\xac"]);
+        assert_eq!(parts.concat() + &rest, "\u{FFFD} €");
+        let (parts, rest) = decode(&[b"x\xc3\x28 \xf0\x9f", b"\xa6\x80"]);
+        assert_eq!(parts.concat() + &rest, "x\u{FFFD}( 🦀");
+    }
+
+    #[test]
+    fn tool_specs_are_the_stable_contract() {
+        let specs = specs();
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "shell",
+                "read_file",
+                "write_file",
+                "edit",
+                "apply_patch",
+                "list_dir",
+                "search",
+                "finish"
+            ]
+        );
+        for s in &specs {
+            assert_eq!(s.parameters["type"], "object", "{}", s.name);
+            assert_eq!(s.parameters["additionalProperties"], false, "{}", s.name);
+            assert!(!s.description.is_empty(), "{}", s.name);
+        }
+        let required = |name: &str| -> Vec<String> {
+            let s = specs.iter().find(|s| s.name == name).unwrap();
+            serde_json::from_value(s.parameters["required"].clone()).unwrap_or_default()
+        };
+        assert_eq!(required("shell"), ["command"]);
+        assert_eq!(required("edit"), ["path", "old", "new"]);
+        assert_eq!(required("finish"), ["summary"]);
+        assert!(required("list_dir").is_empty());
+        // Byte-identical between calls (prompt caching depends on it).
+        assert_eq!(specs, super::specs());
+    }
 }

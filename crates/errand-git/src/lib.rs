@@ -423,7 +423,10 @@ pub async fn commit_all(
         return Ok(None);
     }
     let mut msg = message.trim_end().to_string();
-    msg.push_str("\n\n");
+    msg.push('\n');
+    if !trailers.is_empty() {
+        msg.push('\n');
+    }
     for (k, v) in trailers {
         msg.push_str(&format!("{k}: {v}\n"));
     }
