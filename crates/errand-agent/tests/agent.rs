@@ -92,6 +92,7 @@ impl Env {
             .create(BoxSpec {
                 workspace: self.ws.clone(),
                 scratch: self.scratch.clone(),
+                ro_binds: vec![],
                 env: vec![],
             })
             .await

@@ -6,6 +6,7 @@
 mod client;
 mod demo;
 mod render;
+mod sandbox_cmd;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -81,6 +82,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Try the box that attempts run in: run a command in it, or check what this host enforces.
+    #[command(subcommand)]
+    Sandbox(sandbox_cmd::SandboxCommand),
     /// Run the whole pipeline on a generated sample repository, offline, with a scripted model.
     Demo {
         /// Data directory of the embedded server (default: $ERRAND_HOME).
@@ -135,8 +139,23 @@ struct RunArgs {
     json: bool,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // A box re-executes this binary; that must happen before any thread starts.
+    errand_sandbox::ns::maybe_run_box();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async_main())
+}
+
+async fn async_main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("ERRAND_LOG").unwrap_or_else(|_| {
         let default = if matches!(cli.command, Command::Serve(_)) {
@@ -234,6 +253,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { data_dir } => demo::run(&cli.server, data_dir).await,
+        Command::Sandbox(cmd) => sandbox_cmd::run(cmd).await,
     }
 }
 

@@ -11,6 +11,7 @@
 //! workspace on the host, for trusted local use, and every log says so). The namespace box and
 //! remote back ends (Kubernetes) implement the same traits.
 
+pub mod ns;
 pub mod unisolated;
 
 use async_trait::async_trait;
@@ -46,6 +47,9 @@ pub struct BoxSpec {
     pub workspace: PathBuf,
     /// A host directory outside the workspace for the box's private `$HOME` and `/tmp`.
     pub scratch: PathBuf,
+    /// Host paths the box may read, visible at the same path (for example the mirror's
+    /// objects that the workspace's git borrows through alternates).
+    pub ro_binds: Vec<PathBuf>,
     /// Extra environment variables for every command (already filtered: no secrets unless the
     /// environment exposes them).
     pub env: Vec<(String, String)>,
@@ -100,6 +104,10 @@ pub trait SandboxBox: Send + Sync {
     -> Result<ExecResult>;
     /// Kills every process of the box and releases it. Idempotent.
     async fn destroy(&self) -> Result<()>;
+    /// The namespace box behind this handle, if it is one.
+    fn as_ns(&self) -> Option<&ns::NsBox> {
+        None
+    }
 }
 
 /// Makes boxes.

@@ -254,6 +254,7 @@ mod tests {
             .create(BoxSpec {
                 workspace: dir.path().to_path_buf(),
                 scratch: scratch.path().to_path_buf(),
+                ro_binds: vec![],
                 env: vec![("FOO".into(), "bar".into())],
             })
             .await
@@ -279,6 +280,7 @@ mod tests {
             .create(BoxSpec {
                 workspace: dir.path().to_path_buf(),
                 scratch: dir.path().join(".scratch"),
+                ro_binds: vec![],
                 env: vec![],
             })
             .await

@@ -345,6 +345,7 @@ impl Worker {
         let spec = BoxSpec {
             workspace: ws.clone(),
             scratch: dir.join("scratch"),
+            ro_binds: vec![mirror.join("objects")],
             env: task
                 .environment
                 .env

@@ -1,0 +1,588 @@
+//! The box side: runs in a fresh `errand` process started by the host side with
+//! `ERRAND_BOX_INIT` set, before any thread exists.
+//!
+//! Stage 1 joins the box's cgroups, creates a user namespace (mapping the caller to root
+//! inside), then mount, PID, IPC, UTS and (unless the network is open) network namespaces, and
+//! forks. The child is PID 1 of the new PID namespace: it builds the filesystem view, raises
+//! loopback, sets `no_new_privs`, Landlock and seccomp, reports `Ready`, then runs commands on
+//! request until the control socket closes. When PID 1 exits, the kernel kills every process
+//! left in the namespace; when stage 1 (or the host side) dies, PID 1 gets SIGKILL.
+
+use super::proto::{self, Reply, Request};
+use super::{BoxConfig, Enforced, NetMode, WORKSPACE};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::unistd::{ForkResult, Pid, fork};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The control socket's descriptor number in the box process.
+pub const CONTROL_FD: RawFd = 3;
+
+type Res<T> = Result<T, String>;
+
+fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> Res<T> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+fn fail(msg: String) -> i32 {
+    let _ = proto::send(CONTROL_FD, &Reply::SetupFailed { error: msg }, &[]);
+    70
+}
+
+/// Stage 1. Returns the process exit code.
+pub fn stage1(config_json: &str) -> i32 {
+    let cfg: BoxConfig = match serde_json::from_str(config_json) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("bad box configuration: {e}")),
+    };
+    for dir in &cfg.cgroups {
+        let procs = dir.join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+            return fail(format!("joining cgroup {}: {e}", procs.display()));
+        }
+    }
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
+        return fail(format!(
+            "cannot create a user namespace ({e}); enable unprivileged user namespaces \
+             (sysctl user.max_user_namespaces=15000, and kernel.unprivileged_userns_clone=1 or \
+             kernel.apparmor_restrict_unprivileged_userns=0 where those exist), or run trusted \
+             tasks with --sandbox none"
+        ));
+    }
+    let maps = [
+        ("/proc/self/setgroups", "deny".to_string()),
+        ("/proc/self/uid_map", format!("0 {} 1", uid.as_raw())),
+        ("/proc/self/gid_map", format!("0 {} 1", gid.as_raw())),
+    ];
+    for (path, content) in maps {
+        if let Err(e) = std::fs::write(path, content) {
+            return fail(format!("writing {path}: {e}"));
+        }
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    if cfg.net != NetMode::Open {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if let Err(e) = unshare(flags) {
+        return fail(format!("cannot create the box's namespaces ({e})"));
+    }
+    // SAFETY: this process is single-threaded here (stage 1 runs before any runtime starts),
+    // so the child may run arbitrary code.
+    match unsafe { fork() } {
+        Err(e) => fail(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            let code = match pid1(&cfg) {
+                Ok(()) => 0,
+                Err(e) => fail(e),
+            };
+            std::process::exit(code)
+        }
+        Ok(ForkResult::Parent { child }) => loop {
+            match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return code,
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return 71,
+            }
+        },
+    }
+}
+
+fn mkdir_p(p: &Path) -> Res<()> {
+    ctx(std::fs::create_dir_all(p), || {
+        format!("creating {}", p.display())
+    })
+}
+
+fn bind(src: &Path, dst: &Path, readonly: bool) -> Res<()> {
+    ctx(
+        mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || format!("bind-mounting {} on {}", src.display(), dst.display()),
+    )?;
+    if readonly {
+        remount_ro(dst)?;
+    }
+    Ok(())
+}
+
+/// Remounts a bind mount read-only, keeping the flags the kernel locked on it.
+fn remount_ro(dst: &Path) -> Res<()> {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let st = ctx(statvfs(dst), || format!("statvfs {}", dst.display()))?;
+    let f = st.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (have, add) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(have) {
+            flags |= add;
+        }
+    }
+    ctx(
+        mount(None::<&str>, dst, None::<&str>, flags, None::<&str>),
+        || format!("remounting {} read-only", dst.display()),
+    )
+}
+
+fn tmpfs(dst: &Path, size: u64, mode: &str) -> Res<()> {
+    let opts = format!("size={size},mode={mode}");
+    ctx(
+        mount(
+            Some("tmpfs"),
+            dst,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        ),
+        || format!("mounting tmpfs on {}", dst.display()),
+    )
+}
+
+/// Host paths that make up the box's read-only system view.
+const SYSTEM_DIRS: &[&str] = &[
+    "usr", "etc", "opt", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+];
+/// Files and directories of /etc hidden in the box (credentials and keys).
+const MASKED_FILES: &[&str] = &[
+    "etc/shadow",
+    "etc/shadow-",
+    "etc/gshadow",
+    "etc/gshadow-",
+    "etc/sudoers",
+];
+const MASKED_DIRS: &[&str] = &["etc/ssh", "etc/sudoers.d", "etc/ssl/private"];
+const DEV_FILES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn build_root(cfg: &BoxConfig) -> Res<PathBuf> {
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        || "making mounts private".to_string(),
+    )?;
+    let root = cfg.scratch.join("root");
+    mkdir_p(&root)?;
+    tmpfs(&root, 16 << 20, "0755")?;
+    for d in SYSTEM_DIRS {
+        let host = Path::new("/").join(d);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let inside = root.join(d);
+        if meta.file_type().is_symlink() {
+            let target = ctx(std::fs::read_link(&host), || {
+                format!("reading link {}", host.display())
+            })?;
+            ctx(std::os::unix::fs::symlink(&target, &inside), || {
+                format!("linking {}", inside.display())
+            })?;
+        } else if meta.is_dir() {
+            mkdir_p(&inside)?;
+            bind(&host, &inside, true)?;
+        }
+    }
+    for f in MASKED_FILES {
+        let p = root.join(f);
+        if p.exists() {
+            bind(Path::new("/dev/null"), &p, true)?;
+        }
+    }
+    for d in MASKED_DIRS {
+        let p = root.join(d);
+        if p.is_dir() {
+            tmpfs(&p, 4096, "0755")?;
+        }
+    }
+    // Read-only extras at their host paths (the mirror's objects, for git alternates).
+    for p in &cfg.ro_binds {
+        let inside = root.join(p.strip_prefix("/").unwrap_or(p));
+        mkdir_p(&inside)?;
+        bind(p, &inside, true)?;
+    }
+    let ws = root.join(WORKSPACE.trim_start_matches('/'));
+    mkdir_p(&ws)?;
+    bind(&cfg.workspace, &ws, cfg.workspace_readonly)?;
+    let tmp = root.join("tmp");
+    mkdir_p(&tmp)?;
+    tmpfs(&tmp, cfg.limits.tmp_bytes, "1777")?;
+    let home = root.join("home/agent");
+    mkdir_p(&home)?;
+    tmpfs(&home, cfg.limits.tmp_bytes, "0755")?;
+    let dev = root.join("dev");
+    mkdir_p(&dev)?;
+    tmpfs(&dev, 1 << 20, "0755")?;
+    for f in DEV_FILES {
+        let host = Path::new("/dev").join(f);
+        if host.exists() {
+            let inside = dev.join(f);
+            ctx(std::fs::write(&inside, b""), || {
+                format!("creating {}", inside.display())
+            })?;
+            bind(&host, &inside, false)?;
+        }
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, dev.join(name));
+    }
+    let shm = dev.join("shm");
+    mkdir_p(&shm)?;
+    tmpfs(&shm, 64 << 20, "1777")?;
+    let proc_dir = root.join("proc");
+    mkdir_p(&proc_dir)?;
+    ctx(
+        mount(
+            Some("proc"),
+            &proc_dir,
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ),
+        || "mounting /proc".to_string(),
+    )?;
+    // The root itself becomes read-only once everything is mounted on it.
+    Ok(root)
+}
+
+fn pivot(root: &Path) -> Res<()> {
+    ctx(nix::unistd::chdir(root), || {
+        format!("chdir {}", root.display())
+    })?;
+    ctx(nix::unistd::pivot_root(".", "."), || {
+        "pivot_root".to_string()
+    })?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "detaching the old root".to_string()
+    })?;
+    ctx(nix::unistd::chdir("/"), || "chdir /".to_string())?;
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            None::<&str>,
+        ),
+        || "remounting / read-only".to_string(),
+    )
+}
+
+/// Brings the loopback interface up inside a fresh network namespace.
+fn loopback_up() -> Res<()> {
+    // SAFETY: plain socket/ioctl syscalls on a zeroed ifreq we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(format!(
+                "socket for loopback: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(format!("reading loopback flags: {e}"));
+        }
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
+        let e = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc < 0 {
+            return Err(format!("raising loopback: {e}"));
+        }
+    }
+    Ok(())
+}
+
+fn landlock(cfg: &BoxConfig) -> (Option<i32>, String) {
+    use landlock::{
+        ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+        RulesetCreatedAttr, RulesetStatus,
+    };
+    let abi = ABI::V5;
+    let run = || -> Result<RulesetStatus, String> {
+        let all = AccessFs::from_all(abi);
+        let read = AccessFs::from_read(abi);
+        let mut rs = Ruleset::default()
+            .set_compatibility(CompatLevel::BestEffort)
+            .handle_access(all)
+            .map_err(|e| e.to_string())?
+            .create()
+            .map_err(|e| e.to_string())?;
+        let mut rules: Vec<(&str, landlock::BitFlags<AccessFs>)> = vec![
+            ("/", read),
+            ("/tmp", all),
+            ("/home/agent", all),
+            ("/dev/shm", all),
+        ];
+        rules.push(("/dev", read | AccessFs::WriteFile));
+        rules.push((WORKSPACE, if cfg.workspace_readonly { read } else { all }));
+        for (path, access) in rules {
+            let fd = PathFd::new(path).map_err(|e| format!("{path}: {e}"))?;
+            rs = rs
+                .add_rule(PathBeneath::new(fd, access))
+                .map_err(|e| e.to_string())?;
+        }
+        let status = rs.restrict_self().map_err(|e| e.to_string())?;
+        Ok(status.ruleset)
+    };
+    // SAFETY: the version query passes no pointers.
+    let version = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    let version = (version > 0).then_some(version as i32);
+    match run() {
+        Ok(RulesetStatus::FullyEnforced) => (version, "enforced".into()),
+        Ok(RulesetStatus::PartiallyEnforced) => {
+            (version, "partially enforced (older kernel ABI)".into())
+        }
+        Ok(RulesetStatus::NotEnforced) => (version, "not available on this kernel".into()),
+        Err(e) => (version, format!("failed: {e}")),
+    }
+}
+
+struct Tracked {
+    /// pid → command id, for commands still running.
+    running: HashMap<i32, u64>,
+    /// id → pid (the process group to kill).
+    groups: HashMap<u64, i32>,
+}
+
+/// PID 1 of the box.
+fn pid1(cfg: &BoxConfig) -> Res<()> {
+    let root = build_root(cfg)?;
+    pivot(&root)?;
+    let _ = nix::unistd::sethostname(&cfg.hostname);
+    let mut net = "host network (open)".to_string();
+    if cfg.net != NetMode::Open {
+        loopback_up()?;
+        net = "own network namespace with loopback only".into();
+    }
+    ctx(nix::sys::prctl::set_no_new_privs(), || {
+        "setting no_new_privs".to_string()
+    })?;
+    let (landlock_abi, landlock_status) = landlock(cfg);
+    super::seccomp::install(cfg.net)?;
+    let report = Enforced {
+        namespaces: if cfg.net == NetMode::Open {
+            "user, mount, pid, ipc, uts"
+        } else {
+            "user, mount, pid, net, ipc, uts"
+        }
+        .into(),
+        network: net,
+        landlock_abi,
+        landlock: landlock_status,
+        seccomp: "enforced".into(),
+        no_new_privs: true,
+        cgroups: cfg
+            .cgroups
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+    };
+    ctx(
+        proto::send(CONTROL_FD, &Reply::Ready { report }, &[]),
+        || "reporting ready".to_string(),
+    )?;
+
+    let tracked = Arc::new(Mutex::new(Tracked {
+        running: HashMap::new(),
+        groups: HashMap::new(),
+    }));
+    {
+        let tracked = tracked.clone();
+        std::thread::spawn(move || reaper(tracked));
+    }
+    let mut buf = vec![0u8; proto::MAX_MSG];
+    loop {
+        let (bytes, fds) = match proto::recv(CONTROL_FD, &mut buf) {
+            Ok(Some(m)) => m,
+            // The host closed the socket: the box ends, and everything in it dies with PID 1.
+            Ok(None) | Err(_) => return Ok(()),
+        };
+        let req: Request = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        match req {
+            Request::Exec { id, argv, cwd, env } => exec(cfg, &tracked, id, argv, cwd, env, fds),
+            Request::Kill { id } => {
+                let pgid = tracked
+                    .lock()
+                    .map(|t| t.groups.get(&id).copied())
+                    .unwrap_or(None);
+                if let Some(pgid) = pgid {
+                    let _ = nix::sys::signal::killpg(
+                        Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn exec(
+    cfg: &BoxConfig,
+    tracked: &Arc<Mutex<Tracked>>,
+    id: u64,
+    argv: Vec<String>,
+    cwd: String,
+    env: Vec<(String, String)>,
+    mut fds: Vec<OwnedFd>,
+) {
+    let reply = |r: Reply| {
+        let _ = proto::send(CONTROL_FD, &r, &[]);
+    };
+    if fds.len() != 2 || argv.is_empty() {
+        reply(Reply::SpawnFailed {
+            id,
+            error: "malformed exec request".into(),
+        });
+        return;
+    }
+    let stderr = fds.pop();
+    let stdout = fds.pop();
+    let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(&cwd)
+        .env_clear()
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(stdout))
+        .stderr(std::process::Stdio::from(stderr));
+    let limits = cfg.limits.clone();
+    // SAFETY: only async-signal-safe syscalls run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setpgid(0, 0);
+            let set = |res, v: u64| {
+                let r = libc::rlimit {
+                    rlim_cur: v as libc::rlim_t,
+                    rlim_max: v as libc::rlim_t,
+                };
+                libc::setrlimit(res, &r);
+            };
+            set(libc::RLIMIT_CORE, 0);
+            set(libc::RLIMIT_NOFILE, limits.nofile);
+            if let Some(f) = limits.file_size_bytes {
+                set(libc::RLIMIT_FSIZE, f);
+            }
+            if let Some(a) = limits.address_space_bytes {
+                set(libc::RLIMIT_AS, a);
+            }
+            if let Some(p) = limits.nproc {
+                set(libc::RLIMIT_NPROC, p);
+            }
+            // Signals ignored by PID 1 must not stay ignored in commands.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut t = match tracked.lock() {
+        Ok(t) => t,
+        Err(p) => p.into_inner(),
+    };
+    match cmd.spawn() {
+        Ok(child) => {
+            let pid = child.id() as i32;
+            t.running.insert(pid, id);
+            t.groups.insert(id, pid);
+            drop(t);
+            // The reaper waits for it; dropping Child does not.
+            drop(child);
+            reply(Reply::Started { id, pid });
+        }
+        Err(e) => {
+            drop(t);
+            reply(Reply::SpawnFailed {
+                id,
+                error: format!("{}: {e}", argv[0]),
+            });
+        }
+    }
+}
+
+/// Reaps every child of PID 1 (commands and orphans); reports commands' exits.
+fn reaper(tracked: Arc<Mutex<Tracked>>) {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, code)) => report_exit(&tracked, pid, Some(code), None),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                report_exit(&tracked, pid, None, Some(sig as i32))
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::ECHILD) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn report_exit(tracked: &Arc<Mutex<Tracked>>, pid: Pid, code: Option<i32>, signal: Option<i32>) {
+    let id = {
+        let mut t = match tracked.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        t.running.remove(&pid.as_raw())
+    };
+    if let Some(id) = id {
+        let _ = proto::send(CONTROL_FD, &Reply::Exited { id, code, signal }, &[]);
+    }
+}
+
+/// Keeps the unused-import lint quiet for `AsRawFd` on some targets.
+#[allow(dead_code)]
+fn _fd(f: &OwnedFd) -> RawFd {
+    f.as_raw_fd()
+}

@@ -1,0 +1,732 @@
+//! The namespace box: user, mount, PID, network, IPC and UTS namespaces, a read-only view of
+//! the host's system directories, a read-write workspace, private `/tmp` and `$HOME`,
+//! `no_new_privs`, Landlock, seccomp, rlimits and (where the host delegates them) cgroups.
+//!
+//! The box is a re-executed `errand` process: any binary that creates boxes must call
+//! [`maybe_run_box`] first thing in `main`, before starting threads.
+
+mod init;
+pub mod proto;
+mod seccomp;
+
+use crate::{
+    BoxSpec, ExecRequest, ExecResult, OutputChunk, Result, SandboxBackend, SandboxBox,
+    SandboxError, Stream, resolve_workdir,
+};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot};
+
+/// Where the workspace appears inside the box.
+pub const WORKSPACE: &str = "/workspace";
+const ENV_INIT: &str = "ERRAND_BOX_INIT";
+
+/// If this process was started as a box, runs it and exits. Call first thing in `main`.
+pub fn maybe_run_box() {
+    if let Some(cfg) = std::env::var_os(ENV_INIT) {
+        let cfg = cfg.to_string_lossy().into_owned();
+        // SAFETY: single-threaded at this point; nothing else reads the environment.
+        unsafe { std::env::remove_var(ENV_INIT) };
+        std::process::exit(init::stage1(&cfg));
+    }
+}
+
+/// Network mode of a box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetMode {
+    /// Own network namespace with loopback only; IP sockets denied by seccomp.
+    Off,
+    /// Own network namespace; traffic goes through the egress proxy.
+    Allowlist,
+    /// The host's network (explicit opt-in, logged).
+    Open,
+}
+
+impl std::str::FromStr for NetMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(NetMode::Off),
+            "allowlist" => Ok(NetMode::Allowlist),
+            "open" => Ok(NetMode::Open),
+            other => Err(format!(
+                "unknown network mode '{other}'; expected off, allowlist or open"
+            )),
+        }
+    }
+}
+
+/// Resource limits of a box.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory for the whole box (cgroup), else per process address space.
+    pub memory_bytes: Option<u64>,
+    /// Processes and threads in the whole box (cgroup), else an rlimit.
+    pub pids: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+    pub nofile: u64,
+    /// Size of the private `/tmp` and `$HOME`.
+    pub tmp_bytes: u64,
+    /// Workspace quota, checked while commands run.
+    pub disk_bytes: Option<u64>,
+    /// Filled in from the above when cgroups are unavailable.
+    #[serde(default)]
+    pub address_space_bytes: Option<u64>,
+    #[serde(default)]
+    pub nproc: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: Some(4 << 30),
+            pids: Some(1024),
+            file_size_bytes: Some(1 << 30),
+            nofile: 4096,
+            tmp_bytes: 1 << 30,
+            disk_bytes: Some(10 << 30),
+            address_space_bytes: None,
+            nproc: None,
+        }
+    }
+}
+
+/// Sent to the box process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BoxConfig {
+    pub workspace: PathBuf,
+    pub workspace_readonly: bool,
+    pub scratch: PathBuf,
+    pub ro_binds: Vec<PathBuf>,
+    pub net: NetMode,
+    pub limits: Limits,
+    pub cgroups: Vec<PathBuf>,
+    pub hostname: String,
+}
+
+/// What a box enforces, as reported by the box itself once it is up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Enforced {
+    pub namespaces: String,
+    pub network: String,
+    pub landlock_abi: Option<i32>,
+    pub landlock: String,
+    pub seccomp: String,
+    pub no_new_privs: bool,
+    pub cgroups: Vec<String>,
+}
+
+impl Enforced {
+    pub fn summary(&self) -> String {
+        format!(
+            "sandbox: box — namespaces {}; {}; landlock {}{}; seccomp {}; no_new_privs; {}",
+            self.namespaces,
+            self.network,
+            self.landlock,
+            self.landlock_abi
+                .map(|a| format!(" (ABI {a})"))
+                .unwrap_or_default(),
+            self.seccomp,
+            if self.cgroups.is_empty() {
+                "limits by rlimit (no delegated cgroups)".to_string()
+            } else {
+                "cgroup memory/pids limits".to_string()
+            }
+        )
+    }
+}
+
+/// Settings for boxes made by [`NamespaceBackend`].
+#[derive(Debug, Clone)]
+pub struct NsOptions {
+    pub net: NetMode,
+    pub limits: Limits,
+    /// The executable to re-run as the box (default: this process's executable).
+    pub exe: Option<PathBuf>,
+    pub workspace_readonly: bool,
+}
+
+impl Default for NsOptions {
+    fn default() -> Self {
+        NsOptions {
+            net: NetMode::Off,
+            limits: Limits::default(),
+            exe: None,
+            workspace_readonly: false,
+        }
+    }
+}
+
+/// The namespace back end.
+#[derive(Debug, Clone)]
+pub struct NamespaceBackend {
+    pub options: NsOptions,
+}
+
+impl NamespaceBackend {
+    pub fn new(options: NsOptions) -> Result<Self> {
+        if options.net == NetMode::Allowlist {
+            return Err(SandboxError::Refused(
+                "network mode 'allowlist' needs the egress proxy, which this build does not have yet; use --net off (default) or --net open".into(),
+            ));
+        }
+        Ok(NamespaceBackend { options })
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for NamespaceBackend {
+    fn name(&self) -> &str {
+        "box"
+    }
+    fn isolated(&self) -> bool {
+        true
+    }
+    fn description(&self) -> String {
+        format!(
+            "sandbox: box — user/mount/pid/{}ipc/uts namespaces, read-only system, private /tmp and $HOME, landlock, seccomp, no_new_privs; network {}",
+            if self.options.net == NetMode::Open {
+                ""
+            } else {
+                "net/"
+            },
+            match self.options.net {
+                NetMode::Off => "off",
+                NetMode::Allowlist => "allowlist",
+                NetMode::Open => "OPEN (host network)",
+            }
+        )
+    }
+    async fn create(&self, spec: BoxSpec) -> Result<Box<dyn SandboxBox>> {
+        Ok(Box::new(NsBox::start(&self.options, spec).await?))
+    }
+}
+
+type Exit = (Option<i32>, Option<i32>);
+
+#[derive(Default)]
+struct Waiters {
+    started: HashMap<u64, oneshot::Sender<std::result::Result<i32, String>>>,
+    exited: HashMap<u64, oneshot::Sender<Exit>>,
+}
+
+/// Host side of a live box.
+pub struct NsBox {
+    child: Mutex<Option<tokio::process::Child>>,
+    sock: Arc<AsyncFd<OwnedFd>>,
+    waiters: Arc<Mutex<Waiters>>,
+    next_id: AtomicU64,
+    spec: BoxSpec,
+    limits: Limits,
+    cgroups: Vec<PathBuf>,
+    destroyed: AtomicBool,
+    closed: Arc<AtomicBool>,
+    pub enforced: Enforced,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let context = context.into();
+    move |source| SandboxError::Io { context, source }
+}
+
+/// Creates per-box cgroups (v1 `pids` and `memory` hierarchies, or v2) when the host lets us.
+fn make_cgroups(name: &str, limits: &Limits) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
+    if v2.exists() {
+        let dir = Path::new("/sys/fs/cgroup/errand").join(name);
+        let ok = std::fs::create_dir_all(&dir).is_ok()
+            && limits
+                .pids
+                .is_none_or(|p| std::fs::write(dir.join("pids.max"), p.to_string()).is_ok())
+            && limits
+                .memory_bytes
+                .is_none_or(|m| std::fs::write(dir.join("memory.max"), m.to_string()).is_ok());
+        if ok {
+            let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+            out.push(dir);
+        } else {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        return out;
+    }
+    if let Some(p) = limits.pids {
+        let dir = Path::new("/sys/fs/cgroup/pids/errand").join(name);
+        if std::fs::create_dir_all(&dir).is_ok()
+            && std::fs::write(dir.join("pids.max"), p.to_string()).is_ok()
+        {
+            out.push(dir);
+        } else {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    if let Some(m) = limits.memory_bytes {
+        let dir = Path::new("/sys/fs/cgroup/memory/errand").join(name);
+        if std::fs::create_dir_all(&dir).is_ok()
+            && std::fs::write(dir.join("memory.limit_in_bytes"), m.to_string()).is_ok()
+        {
+            let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), m.to_string());
+            out.push(dir);
+        } else {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    out
+}
+
+fn memory_events(cgroups: &[PathBuf]) -> u64 {
+    for dir in cgroups {
+        if let Ok(s) = std::fs::read_to_string(dir.join("memory.failcnt")) {
+            return s.trim().parse().unwrap_or(0);
+        }
+        if let Ok(s) = std::fs::read_to_string(dir.join("memory.events")) {
+            return s
+                .lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum();
+        }
+    }
+    0
+}
+
+impl NsBox {
+    async fn start(opts: &NsOptions, spec: BoxSpec) -> Result<NsBox> {
+        let exe = match &opts.exe {
+            Some(e) => e.clone(),
+            None => std::env::current_exe().map_err(io_err("finding the errand executable"))?,
+        };
+        tokio::fs::create_dir_all(&spec.scratch)
+            .await
+            .map_err(io_err(format!("creating {}", spec.scratch.display())))?;
+        let workspace = spec
+            .workspace
+            .canonicalize()
+            .map_err(io_err(format!("workspace {}", spec.workspace.display())))?;
+        let name = format!(
+            "box-{}-{}",
+            std::process::id(),
+            NEXT_BOX.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut limits = opts.limits.clone();
+        let cgroups = make_cgroups(&name, &limits);
+        let has = |kind: &str| cgroups.iter().any(|c| c.to_string_lossy().contains(kind));
+        let v2 = cgroups
+            .iter()
+            .any(|c| c.starts_with("/sys/fs/cgroup/errand"));
+        if !v2 && !has("/memory/") {
+            limits.address_space_bytes = limits.memory_bytes;
+        }
+        if !v2 && !has("/pids/") {
+            limits.nproc = limits.pids;
+        }
+        let cfg = BoxConfig {
+            workspace,
+            workspace_readonly: opts.workspace_readonly,
+            scratch: spec.scratch.clone(),
+            ro_binds: spec.ro_binds.clone(),
+            net: opts.net,
+            limits: limits.clone(),
+            cgroups: cgroups.clone(),
+            hostname: "errand-box".into(),
+        };
+        let cfg_json =
+            serde_json::to_string(&cfg).map_err(|e| SandboxError::Refused(e.to_string()))?;
+        let (host_end, box_end) =
+            proto::socket_pair().map_err(io_err("creating the control socket"))?;
+        let box_fd = box_end.as_raw_fd();
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.env_clear()
+            .env(ENV_INIT, cfg_json)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        // SAFETY: dup2/fcntl/prctl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(box_fd, init::CONTROL_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(io_err(format!("starting the box ({})", exe.display())))?;
+        drop(box_end);
+        set_nonblocking(&host_end)?;
+        // SAFETY: `host_end` owns its descriptor, and the AsyncFd owns `host_end` from here on.
+        let sock = unsafe { AsyncFd::register(host_end) }
+            .map_err(|e| io_err("watching the control socket")(e.into()))?;
+        let sock = Arc::new(sock);
+        // Wait for Ready or SetupFailed.
+        let first = tokio::time::timeout(Duration::from_secs(20), read_reply(&sock))
+            .await
+            .map_err(|_| SandboxError::Refused("the box did not start within 20 s".into()))?;
+        let enforced = match first {
+            Ok(Some(proto::Reply::Ready { report })) => report,
+            Ok(Some(proto::Reply::SetupFailed { error })) => {
+                cleanup_cgroups(&cgroups);
+                return Err(SandboxError::Refused(error));
+            }
+            Ok(_) => {
+                cleanup_cgroups(&cgroups);
+                return Err(SandboxError::Refused("the box exited during setup".into()));
+            }
+            Err(e) => {
+                cleanup_cgroups(&cgroups);
+                return Err(e);
+            }
+        };
+        let waiters = Arc::new(Mutex::new(Waiters::default()));
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (sock, waiters, closed) = (sock.clone(), waiters.clone(), closed.clone());
+            tokio::spawn(async move {
+                loop {
+                    match read_reply(&sock).await {
+                        Ok(Some(r)) => dispatch(&waiters, r),
+                        _ => break,
+                    }
+                }
+                closed.store(true, Ordering::SeqCst);
+                // Fail everyone still waiting: the box is gone.
+                if let Ok(mut w) = waiters.lock() {
+                    w.started.clear();
+                    w.exited.clear();
+                }
+            })
+        };
+        Ok(NsBox {
+            child: Mutex::new(Some(child)),
+            sock,
+            waiters,
+            next_id: AtomicU64::new(1),
+            spec,
+            limits,
+            cgroups,
+            destroyed: AtomicBool::new(false),
+            closed,
+            enforced,
+            reader,
+        })
+    }
+
+    async fn send(&self, req: &proto::Request, fds: &[std::os::fd::RawFd]) -> Result<()> {
+        loop {
+            let mut guard = self
+                .sock
+                .writable()
+                .await
+                .map_err(io_err("control socket"))?;
+            match guard.try_io(|inner| proto::send(inner.get_ref().as_raw_fd(), req, fds)) {
+                Ok(r) => return r.map_err(io_err("sending to the box")),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn workspace_size(&self) -> u64 {
+        fn walk(p: &Path, total: &mut u64, budget: &mut u32) {
+            let Ok(rd) = std::fs::read_dir(p) else { return };
+            for e in rd.flatten() {
+                *budget = budget.saturating_sub(1);
+                if *budget == 0 {
+                    return;
+                }
+                let Ok(m) = e.path().symlink_metadata() else {
+                    continue;
+                };
+                if m.is_dir() {
+                    walk(&e.path(), total, budget);
+                } else {
+                    use std::os::unix::fs::MetadataExt;
+                    *total += m.blocks() * 512;
+                }
+            }
+        }
+        let mut total = 0;
+        let mut budget = 2_000_000;
+        walk(&self.spec.workspace, &mut total, &mut budget);
+        total
+    }
+}
+
+static NEXT_BOX: AtomicU64 = AtomicU64::new(1);
+
+fn cleanup_cgroups(cgroups: &[PathBuf]) {
+    for dir in cgroups {
+        for _ in 0..50 {
+            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn dispatch(waiters: &Mutex<Waiters>, r: proto::Reply) {
+    let Ok(mut w) = waiters.lock() else { return };
+    match r {
+        proto::Reply::Started { id, pid } => {
+            if let Some(tx) = w.started.remove(&id) {
+                let _ = tx.send(Ok(pid));
+            }
+        }
+        proto::Reply::SpawnFailed { id, error } => {
+            if let Some(tx) = w.started.remove(&id) {
+                let _ = tx.send(Err(error));
+            }
+            w.exited.remove(&id);
+        }
+        proto::Reply::Exited { id, code, signal } => {
+            if let Some(tx) = w.exited.remove(&id) {
+                let _ = tx.send((code, signal));
+            }
+        }
+        proto::Reply::Ready { .. } | proto::Reply::SetupFailed { .. } => {}
+    }
+}
+
+async fn read_reply(sock: &AsyncFd<OwnedFd>) -> Result<Option<proto::Reply>> {
+    let mut buf = vec![0u8; proto::MAX_MSG];
+    loop {
+        let mut guard = sock.readable().await.map_err(io_err("control socket"))?;
+        match guard.try_io(|inner| proto::recv(inner.get_ref().as_raw_fd(), &mut buf)) {
+            Ok(Ok(Some((bytes, _fds)))) => {
+                return serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| SandboxError::Refused(format!("bad message from the box: {e}")));
+            }
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(e)) => return Err(io_err("reading from the box")(e)),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags =
+        fcntl(fd, FcntlArg::F_GETFL).map_err(|e| io_err("fcntl")(std::io::Error::from(e)))?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(|e| io_err("fcntl")(std::io::Error::from(e)))?;
+    Ok(())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io_err("creating a pipe")(std::io::Error::from(e)))
+}
+
+async fn pump(fd: OwnedFd, stream: Stream, tx: mpsc::Sender<OutputChunk>) {
+    let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx
+                    .send(OutputChunk {
+                        stream,
+                        data: buf[..n].to_vec(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Default `PATH` inside the box.
+const BOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl NsBox {
+    /// Runs `argv` (no shell) in the box.
+    pub async fn exec_argv(
+        &self,
+        argv: Vec<String>,
+        workdir: Option<&str>,
+        timeout: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<ExecResult> {
+        if self.destroyed.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst) {
+            return Err(SandboxError::Destroyed);
+        }
+        let host_dir = resolve_workdir(&self.spec.workspace, workdir)?;
+        let ws = self
+            .spec
+            .workspace
+            .canonicalize()
+            .map_err(io_err("workspace"))?;
+        let rel = host_dir.strip_prefix(&ws).unwrap_or(Path::new(""));
+        let cwd = Path::new(WORKSPACE).join(rel).display().to_string();
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), BOX_PATH.into()),
+            ("HOME".into(), "/home/agent".into()),
+            ("TMPDIR".into(), "/tmp".into()),
+            ("TERM".into(), "dumb".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("USER".into(), "agent".into()),
+            ("ERRAND_SANDBOX".into(), "box".into()),
+            ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+        ];
+        env.extend(self.spec.env.iter().cloned());
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (started_tx, started_rx) = oneshot::channel();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        if let Ok(mut w) = self.waiters.lock() {
+            w.started.insert(id, started_tx);
+            w.exited.insert(id, exit_tx);
+        }
+        let mut full = vec!["/usr/bin/env".to_string(), "--".to_string()];
+        full.extend(argv);
+        let mem_before = memory_events(&self.cgroups);
+        let start = Instant::now();
+        self.send(
+            &proto::Request::Exec {
+                id,
+                argv: full,
+                cwd,
+                env,
+            },
+            &[out_w.as_raw_fd(), err_w.as_raw_fd()],
+        )
+        .await?;
+        drop(out_w);
+        drop(err_w);
+        let out_task = tokio::spawn(pump(out_r, Stream::Stdout, output.clone()));
+        let err_task = tokio::spawn(pump(err_r, Stream::Stderr, output));
+        match started_rx.await {
+            Ok(Ok(_pid)) => {}
+            Ok(Err(e)) => {
+                return Err(SandboxError::Refused(format!(
+                    "could not start the command: {e}"
+                )));
+            }
+            Err(_) => return Err(SandboxError::Destroyed),
+        }
+        let mut killed_by: Option<String> = None;
+        let mut exit_rx = exit_rx;
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut quota_tick = tokio::time::interval(Duration::from_secs(2));
+        quota_tick.tick().await;
+        let exit = loop {
+            tokio::select! {
+                r = &mut exit_rx => break r.ok(),
+                _ = &mut deadline, if killed_by.is_none() => {
+                    killed_by = Some("timeout".into());
+                    let _ = self.send(&proto::Request::Kill { id }, &[]).await;
+                }
+                _ = cancel.cancelled(), if killed_by.is_none() => {
+                    killed_by = Some("cancelled".into());
+                    let _ = self.send(&proto::Request::Kill { id }, &[]).await;
+                }
+                _ = quota_tick.tick(), if killed_by.is_none() && self.limits.disk_bytes.is_some() => {
+                    if let Some(q) = self.limits.disk_bytes
+                        && self.workspace_size() > q
+                    {
+                        killed_by = Some("disk_quota".into());
+                        let _ = self.send(&proto::Request::Kill { id }, &[]).await;
+                    }
+                }
+            }
+        };
+        let Some((code, signal)) = exit else {
+            return Err(SandboxError::Destroyed);
+        };
+        let drain = async {
+            let _ = out_task.await;
+            let _ = err_task.await;
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+        if killed_by.is_none() {
+            if signal == Some(libc::SIGKILL) && memory_events(&self.cgroups) > mem_before {
+                killed_by = Some("memory".into());
+            } else if signal == Some(libc::SIGXFSZ) {
+                killed_by = Some("file_size".into());
+            } else if let Some(q) = self.limits.disk_bytes
+                && self.workspace_size() > q
+            {
+                killed_by = Some("disk_quota".into());
+            }
+        }
+        Ok(ExecResult {
+            exit_code: code,
+            signal,
+            duration: start.elapsed(),
+            killed_by,
+        })
+    }
+}
+
+#[async_trait]
+impl SandboxBox for NsBox {
+    async fn exec(
+        &self,
+        req: ExecRequest,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<ExecResult> {
+        let argv = vec!["bash".to_string(), "-c".to_string(), req.command];
+        self.exec_argv(
+            argv,
+            req.workdir.as_deref(),
+            req.timeout,
+            req.cancel,
+            output,
+        )
+        .await
+    }
+
+    fn as_ns(&self) -> Option<&NsBox> {
+        Some(self)
+    }
+
+    async fn destroy(&self) -> Result<()> {
+        if self.destroyed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let child = self.child.lock().ok().and_then(|mut c| c.take());
+        if let Some(mut child) = child {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+        self.reader.abort();
+        let cgroups = self.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || cleanup_cgroups(&cgroups)).await;
+        Ok(())
+    }
+}
+
+impl Drop for NsBox {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.child.lock()
+            && let Some(child) = c.as_mut()
+        {
+            let _ = child.start_kill();
+        }
+        self.reader.abort();
+    }
+}
