@@ -110,6 +110,22 @@ struct ServeArgs {
     /// Lease length for attempts; a worker silent this long loses its attempt.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     lease_ttl: std::time::Duration,
+    /// box (default): every command runs in an isolated box; none: no isolation, for trusted
+    /// local use only (every event of such an attempt is marked unisolated).
+    #[arg(long, default_value = "box")]
+    sandbox: String,
+    /// Memory limit of each attempt's box, like 4G.
+    #[arg(long, default_value = "4G")]
+    memory: String,
+    /// Process limit of each attempt's box.
+    #[arg(long, default_value_t = 1024)]
+    pids: u64,
+    /// Workspace disk quota of each attempt, like 10G.
+    #[arg(long, default_value = "10G")]
+    disk: String,
+    /// Wall-time limit of one attempt.
+    #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+    attempt_timeout: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -264,6 +280,11 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
     opts.config = a.config;
     opts.lease_ttl = a.lease_ttl;
     opts.heartbeat_every = (a.lease_ttl / 6).max(std::time::Duration::from_millis(100));
+    opts.sandbox = a.sandbox.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    opts.limits.memory_bytes = Some(sandbox_cmd::parse_size(&a.memory).context("--memory")?);
+    opts.limits.pids = Some(a.pids);
+    opts.limits.disk_bytes = Some(sandbox_cmd::parse_size(&a.disk).context("--disk")?);
+    opts.attempt_timeout = a.attempt_timeout;
     let handle = errand_server::start(opts).await?;
     // Tests and scripts read this line to find the port.
     println!(

@@ -277,7 +277,12 @@ impl Renderer {
         }
         let ts = format_ts(e.ts_ms);
         let clock = ts.get(11..23).unwrap_or(&ts);
-        println!("{clock} {:>4} {}", format!("#{}", e.seq), describe(&e.kind));
+        let mark = if e.unisolated { "[UNISOLATED] " } else { "" };
+        println!(
+            "{clock} {:>4} {mark}{}",
+            format!("#{}", e.seq),
+            describe(&e.kind)
+        );
         let _ = std::io::stdout().flush();
     }
 }

@@ -55,9 +55,11 @@ async fn run_follow_show_logs_diff_on_a_real_repo() {
         "the log must label the scripted model:\n{out}"
     );
     assert!(
-        out.contains("UNISOLATED"),
-        "the first event must say the run is unisolated:\n{out}"
+        out.contains("sandbox: box"),
+        "the first event must say how commands are isolated:
+{out}"
     );
+    assert!(!out.contains("UNISOLATED"), "{out}");
     assert!(out.contains("to-stderr"), "{out}");
     assert!(out.contains("check tests: PASSED"), "{out}");
 
@@ -122,7 +124,11 @@ async fn run_follow_show_logs_diff_on_a_real_repo() {
         .collect();
     assert_contiguous(&evs);
     assert_eq!(evs[0]["type"], "claimed");
-    assert_eq!(evs[0]["isolated"], false);
+    assert_eq!(evs[0]["isolated"], true);
+    assert!(
+        evs.iter().all(|e| e.get("unisolated").is_none()),
+        "boxed runs carry no unisolated mark"
+    );
     let empty = evs.iter().find(|e| {
         e["type"] == "tool_result" && e["output"].as_str().unwrap().contains("printed nothing")
     });
@@ -527,7 +533,7 @@ async fn demo_runs_the_whole_pipeline_offline() {
     let text = ok(out);
     for needle in [
         "SCRIPTED",
-        "UNISOLATED",
+        "sandbox: box",
         "FAILED (failures=2)",
         "-    end = start + per_page - 1",
         "+    end = start + per_page",
@@ -539,4 +545,92 @@ async fn demo_runs_the_whole_pipeline_offline() {
             "demo output lacks {needle:?}:\n{text}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandbox_none_marks_every_event_unisolated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path());
+    let script = write_script(
+        tmp.path(),
+        "s.json",
+        json!({"turns": [{"tool_calls": [
+        {"name": "shell", "arguments": {"command": "echo \"$ERRAND_SANDBOX\""}},
+        {"name": "finish", "arguments": {"summary": "ok"}}]}]}),
+    );
+    let server = Server::start(&tmp.path().join("data"), &["--sandbox", "none"]);
+    let out = ok(server.cli(&[
+        "run",
+        "x",
+        "--repo",
+        &repo.display().to_string(),
+        "--model",
+        &format!("scripted:{}", script.display()),
+        "--follow",
+    ]));
+    assert!(out.contains("sandbox: none — UNISOLATED"), "{out}");
+    let event_lines: Vec<&str> = out.lines().filter(|l| l.contains(" #")).collect();
+    assert!(!event_lines.is_empty());
+    assert!(
+        event_lines.iter().all(|l| l.contains("[UNISOLATED]")),
+        "{out}"
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&ok(server.cli(&["ls", "--json"]))).unwrap()
+        ["tasks"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let evs = events(&server, &id).await;
+    assert!(evs.len() > 5);
+    assert!(evs.iter().all(|e| e["unisolated"] == true), "{evs:?}");
+    assert_eq!(evs[0]["isolated"], false);
+    assert!(
+        evs.iter()
+            .any(|e| e["type"] == "output" && e["data"] == "none\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attempts_run_boxed_and_git_works_inside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path());
+    let marker = tmp.path().join("host-secret.txt");
+    std::fs::write(&marker, "secret").unwrap();
+    let script = write_script(
+        tmp.path(),
+        "s.json",
+        json!({"turns": [{"tool_calls": [
+        {"name": "shell", "arguments": {"command": format!("git log --oneline | wc -l; git status --short; pwd; cat {} || echo no-host-file; echo \"$ERRAND_SANDBOX\"", marker.display())}},
+        {"name": "finish", "arguments": {"summary": "ok"}}]}]}),
+    );
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let out = ok(server.cli(&[
+        "run",
+        "x",
+        "--repo",
+        &repo.display().to_string(),
+        "--model",
+        &format!("scripted:{}", script.display()),
+        "--json",
+    ]));
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_status(&server, &id, &["done"], std::time::Duration::from_secs(60)).await;
+    let evs = events(&server, &id).await;
+    let text: String = evs
+        .iter()
+        .filter(|e| e["type"] == "output")
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert!(
+        text.starts_with("2\n/workspace\n"),
+        "git sees the history through the mirror's objects: {text}"
+    );
+    assert!(
+        text.contains("No such file or directory") && text.contains("no-host-file"),
+        "{text}"
+    );
+    assert!(text.ends_with("box\n"), "{text}");
 }

@@ -14,6 +14,9 @@ pub struct Event {
     pub run: i64,
     /// Milliseconds since the Unix epoch.
     pub ts_ms: i64,
+    /// Set on every event of a run whose commands ran without a sandbox (`--sandbox none`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unisolated: bool,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -182,6 +185,7 @@ mod tests {
             seq: 3,
             run: 1,
             ts_ms: 5,
+            unisolated: false,
             kind: EventKind::Status {
                 from: Status::Queued,
                 to: Status::Preparing,

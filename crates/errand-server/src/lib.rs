@@ -33,6 +33,34 @@ pub struct ServeOptions {
     pub config: Option<PathBuf>,
     pub lease_ttl: Duration,
     pub heartbeat_every: Duration,
+    /// How attempts' commands are isolated.
+    pub sandbox: SandboxMode,
+    /// Limits of each attempt's box.
+    pub limits: errand_sandbox::ns::Limits,
+    /// Wall-time limit of one attempt.
+    pub attempt_timeout: Duration,
+}
+
+/// How commands of attempts run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// The namespace box (default). The server refuses to start if the host can't provide it.
+    Box,
+    /// No isolation, for trusted local use; every event of such an attempt is marked.
+    None,
+}
+
+impl std::str::FromStr for SandboxMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "box" => Ok(SandboxMode::Box),
+            "none" => Ok(SandboxMode::None),
+            other => Err(format!(
+                "unknown sandbox '{other}'; expected box (default) or none"
+            )),
+        }
+    }
 }
 
 impl ServeOptions {
@@ -44,6 +72,9 @@ impl ServeOptions {
             config: None,
             lease_ttl: Duration::from_secs(30),
             heartbeat_every: Duration::from_secs(5),
+            sandbox: SandboxMode::Box,
+            limits: errand_sandbox::ns::Limits::default(),
+            attempt_timeout: Duration::from_secs(2 * 3600),
         }
     }
 }
@@ -162,7 +193,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<ServerHandle> {
     std::fs::create_dir_all(&work_root)
         .with_context(|| format!("creating {}", work_root.display()))?;
     let mirrors = Arc::new(MirrorCache::new(data_dir.join("mirrors")));
-    let sandbox: Arc<dyn SandboxBackend> = Arc::new(errand_sandbox::unisolated::Unisolated);
+    let sandbox = make_sandbox(&opts, &data_dir).await?;
 
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
@@ -180,6 +211,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<ServerHandle> {
         let mut wc = WorkerConfig::new(format!("{}-w{}", hostname_tag(), i + 1), &work_root);
         wc.lease_ttl = opts.lease_ttl;
         wc.heartbeat_every = opts.heartbeat_every;
+        wc.attempt_timeout = opts.attempt_timeout;
         let worker = Arc::new(Worker::new(
             wc,
             Arc::new(LocalClient::new(store.clone())),
@@ -233,6 +265,48 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<ServerHandle> {
         shutdown,
         task,
     })
+}
+
+/// Builds the sandbox back end and proves it works by starting one box; a host that can't
+/// isolate gets a refusal that says why, never a silent unisolated run.
+async fn make_sandbox(
+    opts: &ServeOptions,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<dyn SandboxBackend>> {
+    use errand_sandbox::ns::{NamespaceBackend, NsOptions};
+    match opts.sandbox {
+        SandboxMode::None => {
+            tracing::warn!("--sandbox none: agent commands run WITHOUT isolation on this host");
+            Ok(Arc::new(errand_sandbox::unisolated::Unisolated))
+        }
+        SandboxMode::Box => {
+            let backend = NamespaceBackend::new(NsOptions {
+                limits: opts.limits.clone(),
+                ..Default::default()
+            })?;
+            let probe = data_dir.join("work").join("probe");
+            std::fs::create_dir_all(probe.join("ws"))
+                .with_context(|| format!("creating {}", probe.display()))?;
+            let spec = errand_sandbox::BoxSpec {
+                workspace: probe.join("ws"),
+                scratch: probe.join("scratch"),
+                ro_binds: vec![],
+                env: vec![],
+            };
+            let created = backend.create(spec).await;
+            let result = match created {
+                Ok(b) => {
+                    let _ = b.destroy().await;
+                    Ok(Arc::new(backend) as Arc<dyn SandboxBackend>)
+                }
+                Err(e) => Err(anyhow::anyhow!(
+                    "this host cannot run the agent sandbox: {e}. Run `errand sandbox check` for details; to run tasks without any isolation (trusted local use only), pass --sandbox none"
+                )),
+            };
+            let _ = std::fs::remove_dir_all(&probe);
+            result
+        }
+    }
 }
 
 fn hostname_tag() -> String {

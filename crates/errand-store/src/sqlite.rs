@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_isolation.sql"),
+];
 const READERS: usize = 3;
 
 struct Inner {
@@ -256,16 +259,16 @@ fn append_in(
     events: &[EventKind],
 ) -> Result<i64> {
     let n = events.len() as i64;
-    let row: Option<(i64, i64)> = tx
+    let row: Option<(i64, i64, bool)> = tx
         .query_row(
             "UPDATE attempts SET last_seq = last_seq + ?2
              WHERE id = ?1 AND (?3 IS NULL OR lease_owner = ?3)
-             RETURNING last_seq, runs",
+             RETURNING last_seq, runs, isolated",
             params![attempt_id, n, lease_owner],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? == 0)),
         )
         .optional()?;
-    let Some((last, run)) = row else {
+    let Some((last, run, unisolated)) = row else {
         let exists: bool = tx
             .query_row("SELECT 1 FROM attempts WHERE id = ?1", [attempt_id], |_| {
                 Ok(true)
@@ -280,7 +283,7 @@ fn append_in(
     };
     let ts = now_ms();
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO events (attempt_id, seq, run, ts, kind, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO events (attempt_id, seq, run, ts, kind, data, unisolated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let first = last - n + 1;
     for (i, ev) in events.iter().enumerate() {
@@ -290,7 +293,8 @@ fn append_in(
             run,
             ts,
             ev.type_name(),
-            json(ev)?
+            json(ev)?,
+            unisolated
         ])?;
     }
     Ok(last)
@@ -528,7 +532,7 @@ impl Store for SqliteStore {
                 let run = runs + 1;
                 let changed = tx.execute(
                     "UPDATE attempts SET status = 'preparing', runs = ?2, lease_owner = ?3,
-                         lease_expires_at = ?4, worker = ?3, resumed_from = 'start',
+                         lease_expires_at = ?4, worker = ?3, resumed_from = 'start', isolated = ?6,
                          started_at = COALESCE(started_at, ?5)
                      WHERE id = ?1 AND status = 'queued'",
                     params![
@@ -536,7 +540,8 @@ impl Store for SqliteStore {
                         run,
                         claim.worker,
                         now.saturating_add(claim.lease_ttl_ms),
-                        now
+                        now,
+                        claim.isolated
                     ],
                 )?;
                 if changed != 1 {
@@ -779,7 +784,7 @@ impl Store for SqliteStore {
         let limit = limit.clamp(1, 10_000) as i64;
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, run, ts, data FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT seq, run, ts, data, unisolated FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![aid, after_seq, limit], |r| {
                 Ok(Event {
@@ -788,6 +793,7 @@ impl Store for SqliteStore {
                     run: r.get(1)?,
                     ts_ms: r.get(2)?,
                     kind: from_json(&r.get::<_, String>(3)?, "event")?,
+                    unisolated: r.get::<_, i64>(4)? != 0,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

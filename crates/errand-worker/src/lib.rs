@@ -35,6 +35,8 @@ pub struct WorkerConfig {
     /// How often to look for work when no wake-up arrives.
     pub poll_every: Duration,
     pub check_timeout: Duration,
+    /// Wall-time limit of one attempt (agent and checks).
+    pub attempt_timeout: Duration,
     pub agent: AgentConfig,
 }
 
@@ -47,6 +49,7 @@ impl WorkerConfig {
             heartbeat_every: Duration::from_secs(5),
             poll_every: Duration::from_secs(1),
             check_timeout: Duration::from_secs(20 * 60),
+            attempt_timeout: Duration::from_secs(2 * 3600),
             agent: AgentConfig::default(),
         }
     }
@@ -120,6 +123,8 @@ impl EventSink for AttemptSink {
 const LEASE_HELD: u8 = 0;
 const LEASE_CANCELLED: u8 = 1;
 const LEASE_LOST: u8 = 2;
+/// The attempt ran past its wall-time limit (the lease is still held).
+const LEASE_WALL_TIME: u8 = 3;
 
 impl Worker {
     pub fn new(
@@ -198,6 +203,20 @@ impl Worker {
         tracing::info!(attempt = %attempt_id, task = %c.task.id, run = c.run, "attempt claimed");
         let cancel = shutdown.child_token();
         let lease = Arc::new(AtomicU8::new(LEASE_HELD));
+        let wall = {
+            let (cancel, lease, limit) =
+                (cancel.clone(), lease.clone(), self.config.attempt_timeout);
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                let _ = lease.compare_exchange(
+                    LEASE_HELD,
+                    LEASE_WALL_TIME,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                cancel.cancel();
+            })
+        };
         let heartbeat = {
             let client = self.client.clone();
             let (aid, w) = (attempt_id.clone(), worker.clone());
@@ -236,8 +255,9 @@ impl Worker {
             sandbox_box: None,
             outcome: AttemptOutcome::default(),
         };
-        let result = self.drive(&c, &dir, &cancel, &mut state).await;
+        let result = self.drive(&c, &dir, &cancel, &lease, &mut state).await;
         heartbeat.abort();
+        wall.abort();
         if let Some(b) = state.sandbox_box.take()
             && let Err(e) = b.destroy().await
         {
@@ -267,7 +287,7 @@ impl Worker {
                         )
                         .await;
                 }
-                if shutdown.is_cancelled() && lease.load(Ordering::SeqCst) == LEASE_HELD {
+                if shutdown.is_cancelled() && lease.load(Ordering::SeqCst) != LEASE_CANCELLED {
                     // The server is stopping: leave the attempt to be re-queued on restart.
                     tracing::info!(attempt = %attempt_id, "shutting down; attempt will be re-queued");
                 } else {
@@ -306,6 +326,7 @@ impl Worker {
         c: &ClaimedAttempt,
         dir: &std::path::Path,
         cancel: &CancellationToken,
+        lease: &AtomicU8,
         state: &mut RunState,
     ) -> Result<(), RunError> {
         let aid = c.attempt.id.as_str();
@@ -411,6 +432,14 @@ impl Worker {
                 "stopped after {} model turns (max_turns)",
                 outcome.turns
             )),
+            EndReason::Cancelled if lease.load(Ordering::SeqCst) == LEASE_WALL_TIME => {
+                let msg = format!(
+                    "stopped: the attempt ran past its wall-time limit of {}s",
+                    self.config.attempt_timeout.as_secs()
+                );
+                self.notice(aid, msg.clone()).await?;
+                Some(msg)
+            }
             EndReason::Cancelled => Some("cancelled".into()),
         };
 

@@ -219,12 +219,6 @@ fn build_root(cfg: &BoxConfig) -> Res<PathBuf> {
             tmpfs(&p, 4096, "0755")?;
         }
     }
-    // Read-only extras at their host paths (the mirror's objects, for git alternates).
-    for p in &cfg.ro_binds {
-        let inside = root.join(p.strip_prefix("/").unwrap_or(p));
-        mkdir_p(&inside)?;
-        bind(p, &inside, true)?;
-    }
     let ws = root.join(WORKSPACE.trim_start_matches('/'));
     mkdir_p(&ws)?;
     bind(&cfg.workspace, &ws, cfg.workspace_readonly)?;
@@ -234,6 +228,12 @@ fn build_root(cfg: &BoxConfig) -> Res<PathBuf> {
     let home = root.join("home/agent");
     mkdir_p(&home)?;
     tmpfs(&home, cfg.limits.tmp_bytes, "0755")?;
+    // Read-only extras (after /tmp and $HOME, which they may be under) at their host paths (the mirror's objects, for git alternates).
+    for p in &cfg.ro_binds {
+        let inside = root.join(p.strip_prefix("/").unwrap_or(p));
+        mkdir_p(&inside)?;
+        bind(p, &inside, true)?;
+    }
     let dev = root.join("dev");
     mkdir_p(&dev)?;
     tmpfs(&dev, 1 << 20, "0755")?;
