@@ -158,6 +158,16 @@ struct RunArgs {
 fn main() -> ExitCode {
     // A box re-executes this binary; that must happen before any thread starts.
     errand_sandbox::ns::maybe_run_box();
+    let cli = Cli::parse();
+    // Servers that run boxes get their own mount namespace (before any thread starts) so that
+    // attempt workspaces can be copy-on-write overlays.
+    let cow = match &cli.command {
+        Command::Serve(a) if a.sandbox == "box" => {
+            Some(errand_sandbox::cow::enter_private_namespace())
+        }
+        Command::Demo { .. } => Some(errand_sandbox::cow::enter_private_namespace()),
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -168,11 +178,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async_main())
+    runtime.block_on(async_main(cli, cow))
 }
 
-async fn async_main() -> ExitCode {
-    let cli = Cli::parse();
+async fn async_main(cli: Cli, cow: Option<Result<(), String>>) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ERRAND_LOG").unwrap_or_else(|_| {
         let default = if matches!(cli.command, Command::Serve(_)) {
             "info"
@@ -185,6 +194,9 @@ async fn async_main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(Err(e)) = cow {
+        tracing::warn!(error = %e, "copy-on-write workspaces are unavailable; attempts get full checkouts");
+    }
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {

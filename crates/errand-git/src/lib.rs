@@ -567,3 +567,64 @@ mod tests {
         assert_eq!(st.files[2].path, "old.rs => new.rs");
     }
 }
+
+/// Creates (once) a read-only base checkout of `commit` at `dest`, to be used as the lower
+/// layer of copy-on-write workspaces: the files plus a `.git` that borrows the mirror's objects
+/// and has an index matching the files. Returns whether it had to be created.
+pub async fn prepare_base(mirror: &Path, commit: &str, dest: &Path) -> Result<bool> {
+    if dest.join(".git/HEAD").exists() {
+        return Ok(false);
+    }
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let tmp = dest.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        errand_core::new_id()
+    ));
+    let t = tmp.to_string_lossy().to_string();
+    run_ok(None, &["init", "--quiet", &t]).await?;
+    let objects = mirror.join("objects").canonicalize()?;
+    tokio::fs::write(
+        tmp.join(".git/objects/info/alternates"),
+        format!("{}\n", objects.display()),
+    )
+    .await?;
+    for (k, v) in [
+        ("gc.auto", "0"),
+        // The overlay changes inode and device numbers; compare only size and mtime so that
+        // `git status` in a fresh workspace does not rehash every file.
+        ("core.checkStat", "minimal"),
+        ("core.trustctime", "false"),
+    ] {
+        run_ok(Some(&tmp), &["config", k, v]).await?;
+    }
+    run_ok(Some(&tmp), &["checkout", "--quiet", "--detach", commit]).await?;
+    match tokio::fs::rename(&tmp, dest).await {
+        Ok(()) => Ok(true),
+        Err(_) if dest.join(".git/HEAD").exists() => {
+            // Another attempt made the same base meanwhile.
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Writes the attempt's branch into the upper layer of a copy-on-write workspace: `HEAD`
+/// pointing at `refs/heads/<branch>`, which points at `commit`.
+pub fn write_attempt_head(upper: &Path, branch: &str, commit: &str) -> Result<()> {
+    check_agent_branch(branch)?;
+    let git = upper.join(".git");
+    let ref_path = git.join("refs/heads").join(branch);
+    if let Some(parent) = ref_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&ref_path, format!("{commit}\n"))?;
+    std::fs::write(git.join("HEAD"), format!("ref: refs/heads/{branch}\n"))?;
+    Ok(())
+}

@@ -11,6 +11,7 @@
 //! workspace on the host, for trusted local use, and every log says so). The namespace box and
 //! remote back ends (Kubernetes) implement the same traits.
 
+pub mod cow;
 pub mod ns;
 pub mod unisolated;
 

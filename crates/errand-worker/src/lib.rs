@@ -30,6 +30,8 @@ pub struct WorkerConfig {
     pub name: String,
     /// Attempt workspaces are created under `<work_root>/<attempt>-r<run>`.
     pub work_root: PathBuf,
+    /// Cached base checkouts (lower layers of copy-on-write workspaces).
+    pub checkout_root: PathBuf,
     pub lease_ttl: Duration,
     pub heartbeat_every: Duration,
     /// How often to look for work when no wake-up arrives.
@@ -42,9 +44,11 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     pub fn new(name: impl Into<String>, work_root: impl Into<PathBuf>) -> Self {
+        let work_root: PathBuf = work_root.into();
         WorkerConfig {
             name: name.into(),
-            work_root: work_root.into(),
+            checkout_root: work_root.with_file_name("checkouts"),
+            work_root,
             lease_ttl: Duration::from_secs(30),
             heartbeat_every: Duration::from_secs(5),
             poll_every: Duration::from_secs(1),
@@ -302,11 +306,59 @@ impl Worker {
                 }
             }
         }
+        errand_sandbox::cow::unmount(&dir.join("repo"));
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(dir = %dir.display(), error = %e, "removing the workspace failed");
         }
+    }
+
+    /// Prepares the attempt's workspace at `ws`: an overlay over a cached base checkout when
+    /// this process can mount one, otherwise a checkout sharing the mirror's objects.
+    /// Returns how, for the log.
+    async fn make_workspace(
+        &self,
+        mirror: &std::path::Path,
+        dir: &std::path::Path,
+        ws: &std::path::Path,
+        branch: &str,
+        commit: &str,
+    ) -> Result<String, RunError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| RunError::Failed(format!("{what}: {e}"));
+        if errand_sandbox::cow::in_private_namespace() {
+            let name = mirror
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let base = self.config.checkout_root.join(name).join(commit);
+            let created = {
+                let _guard = self.mirrors.lock(&base).await;
+                errand_git::prepare_base(mirror, commit, &base)
+                    .await
+                    .map_err(|e| fail("preparing the base checkout", &e))?
+            };
+            let upper = dir.join("upper");
+            errand_git::write_attempt_head(&upper, branch, commit)
+                .map_err(|e| fail("writing the branch", &e))?;
+            match errand_sandbox::cow::mount_overlay(&base, &upper, &dir.join("overlay-work"), ws) {
+                Ok(()) => {
+                    return Ok(if created {
+                        "copy-on-write overlay (base checkout created)".into()
+                    } else {
+                        "copy-on-write overlay over the cached base checkout".into()
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "overlay mount failed; falling back to a checkout");
+                    let _ = tokio::fs::remove_dir_all(&upper).await;
+                }
+            }
+        }
+        errand_git::create_workspace(mirror, ws, branch, commit)
+            .await
+            .map_err(|e| fail("creating the workspace", &e))?;
+        Ok("checkout sharing the mirror's objects".into())
     }
 
     async fn emit(&self, attempt: &str, events: Vec<EventKind>) -> Result<(), RunError> {
@@ -347,13 +399,13 @@ impl Worker {
         let fetched = t.elapsed();
         let ws = dir.join("repo");
         let t = Instant::now();
-        errand_git::create_workspace(&mirror, &ws, &c.attempt.branch, &task.base_commit)
-            .await
-            .map_err(|e| fail("creating the workspace", &e))?;
+        let how = self
+            .make_workspace(&mirror, dir, &ws, &c.attempt.branch, &task.base_commit)
+            .await?;
         self.notice(
             aid,
             format!(
-                "workspace ready: {} at {} ({}) on branch {} — fetch {} ms, checkout {} ms",
+                "workspace ready: {} at {} ({}) on branch {} — fetch {} ms, {how} {} ms",
                 task.repo,
                 task.base_ref,
                 errand_core::text::title_of(&task.base_commit, 12).trim_end_matches('…'),

@@ -35,6 +35,11 @@ fn fail(msg: String) -> i32 {
 
 /// Stage 1. Returns the process exit code.
 pub fn stage1(config_json: &str) -> i32 {
+    // Nothing the host process happened to inherit may reach the box, and the control
+    // socket must not reach the commands (they could forge replies, like a command's exit).
+    close_inherited_fds();
+    // SAFETY: fcntl on a descriptor number; no pointers.
+    unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     let cfg: BoxConfig = match serde_json::from_str(config_json) {
         Ok(c) => c,
         Err(e) => return fail(format!("bad box configuration: {e}")),
@@ -96,6 +101,29 @@ pub fn stage1(config_json: &str) -> i32 {
                 Err(_) => return 71,
             }
         },
+    }
+}
+
+/// Closes every descriptor above the control socket (stdin, stdout and stderr stay).
+fn close_inherited_fds() {
+    let first = (CONTROL_FD + 1) as libc::c_uint;
+    // SAFETY: close_range takes no pointers; we are single-threaded and own no other fds.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0u32) };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.9: close what /proc/self/fd lists (collected first, then closed).
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|fd| *fd > CONTROL_FD)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: closing descriptors this process inherited and does not use.
+        unsafe { libc::close(fd) };
     }
 }
 
@@ -406,6 +434,11 @@ fn pid1(cfg: &BoxConfig) -> Res<()> {
     })?;
     let (landlock_abi, landlock_status) = landlock(cfg);
     super::seccomp::install(cfg.net)?;
+    // Commands run as the same user as PID 1: without this they could open /proc/1/fd/*
+    // (PID 1's stderr is the host's) or read /proc/1/environ and /proc/1/mem.
+    ctx(nix::sys::prctl::set_dumpable(false), || {
+        "making PID 1 non-dumpable".to_string()
+    })?;
     let report = Enforced {
         namespaces: if cfg.net == NetMode::Open {
             "user, mount, pid, ipc, uts"

@@ -284,8 +284,19 @@ fn make_cgroups(name: &str, limits: &Limits) -> Vec<PathBuf> {
     out
 }
 
+/// How many times the box's memory limit was hit (OOM kills where the kernel counts them).
 fn memory_events(cgroups: &[PathBuf]) -> u64 {
     for dir in cgroups {
+        // v1: `oom_kill N` in memory.oom_control (4.13+). memory.failcnt is only a fallback:
+        // recent kernels (seen on 6.18) leave it at 0 after an OOM kill.
+        if let Ok(s) = std::fs::read_to_string(dir.join("memory.oom_control"))
+            && let Some(n) = s
+                .lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .find_map(|v| v.trim().parse::<u64>().ok())
+        {
+            return n;
+        }
         if let Ok(s) = std::fs::read_to_string(dir.join("memory.failcnt")) {
             return s.trim().parse().unwrap_or(0);
         }

@@ -1,5 +1,6 @@
-//! The box's seccomp filter: a deny list. Denied calls fail with `EPERM` (`clone3` with
-//! `ENOSYS`, so that libc falls back to `clone`, whose flags can be checked).
+//! The box's seccomp filter: a deny list (socket families: an allow list). Denied calls fail
+//! with `EPERM` (`clone3` with `ENOSYS`, so that libc falls back to `clone`, whose flags can
+//! be checked).
 
 use super::NetMode;
 use seccompiler::{
@@ -13,6 +14,8 @@ const DENIED: &[i64] = &[
     libc::SYS_ptrace,
     libc::SYS_process_vm_readv,
     libc::SYS_process_vm_writev,
+    // Would copy PID 1's descriptors (its control socket, the host's stderr) into a command.
+    libc::SYS_pidfd_getfd,
     libc::SYS_mount,
     libc::SYS_umount2,
     libc::SYS_pivot_root,
@@ -85,18 +88,19 @@ fn deny_filter(net: NetMode) -> Result<BpfProgram, String> {
     for sys in DENIED {
         rules.insert(*sys, vec![]);
     }
-    // Sockets: packet sockets always; IP sockets when the network is off.
-    let mut families = vec![libc::AF_PACKET];
-    if net == NetMode::Off {
-        families.extend([libc::AF_INET, libc::AF_INET6]);
+    // Sockets: an allow list of families. Unix and netlink always; IP unless the network is
+    // off. Everything else (packet, vsock — which reaches a VM's host whatever the network
+    // namespace —, AF_ALG, Bluetooth, CAN, XDP, …) is denied: a socket() whose family is
+    // none of the allowed ones matches the rule (conditions are ANDed) and fails with EPERM.
+    let mut allowed = vec![libc::AF_UNIX, libc::AF_NETLINK];
+    if net != NetMode::Off {
+        allowed.extend([libc::AF_INET, libc::AF_INET6]);
     }
-    let socket_rules = families
+    let not_allowed = allowed
         .into_iter()
-        .map(|f| {
-            cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, f as u64).and_then(|c| rule(vec![c]))
-        })
+        .map(|f| cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, f as u64))
         .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_socket, socket_rules);
+    rules.insert(libc::SYS_socket, vec![rule(not_allowed)?]);
     // New namespaces through clone flags.
     let ns_flags = [
         libc::CLONE_NEWUSER,
