@@ -393,6 +393,14 @@ pub async fn create_workspace(
         tokio::fs::remove_dir_all(dest).await?;
     }
     tokio::fs::create_dir_all(dest).await?;
+    init_borrowing(mirror, dest, &[]).await?;
+    run_ok(Some(dest), &["checkout", "--quiet", "-b", branch, commit]).await?;
+    Ok(())
+}
+
+/// `git init` at `dest` with the mirror's objects borrowed through alternates (nothing is
+/// copied), automatic gc off, and extra config.
+async fn init_borrowing(mirror: &Path, dest: &Path, config: &[(&str, &str)]) -> Result<()> {
     let d = dest.to_string_lossy().to_string();
     run_ok(None, &["init", "--quiet", &d]).await?;
     let objects = mirror.join("objects").canonicalize()?;
@@ -402,7 +410,9 @@ pub async fn create_workspace(
     )
     .await?;
     run_ok(Some(dest), &["config", "gc.auto", "0"]).await?;
-    run_ok(Some(dest), &["checkout", "--quiet", "-b", branch, commit]).await?;
+    for (k, v) in config {
+        run_ok(Some(dest), &["config", k, v]).await?;
+    }
     Ok(())
 }
 
@@ -583,23 +593,14 @@ pub async fn prepare_base(mirror: &Path, commit: &str, dest: &Path) -> Result<bo
         std::process::id(),
         errand_core::new_id()
     ));
-    let t = tmp.to_string_lossy().to_string();
-    run_ok(None, &["init", "--quiet", &t]).await?;
-    let objects = mirror.join("objects").canonicalize()?;
-    tokio::fs::write(
-        tmp.join(".git/objects/info/alternates"),
-        format!("{}\n", objects.display()),
+    // The overlay changes inode and device numbers; compare only size and mtime so that
+    // `git status` in a fresh workspace does not rehash every file.
+    init_borrowing(
+        mirror,
+        &tmp,
+        &[("core.checkStat", "minimal"), ("core.trustctime", "false")],
     )
     .await?;
-    for (k, v) in [
-        ("gc.auto", "0"),
-        // The overlay changes inode and device numbers; compare only size and mtime so that
-        // `git status` in a fresh workspace does not rehash every file.
-        ("core.checkStat", "minimal"),
-        ("core.trustctime", "false"),
-    ] {
-        run_ok(Some(&tmp), &["config", k, v]).await?;
-    }
     run_ok(Some(&tmp), &["checkout", "--quiet", "--detach", commit]).await?;
     match tokio::fs::rename(&tmp, dest).await {
         Ok(()) => Ok(true),
