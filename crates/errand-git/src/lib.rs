@@ -535,48 +535,6 @@ pub fn parse_numstat_z(s: &str) -> DiffStats {
     stats
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_and_paths() {
-        assert!(is_url("https://example.com/a/b.git"));
-        assert!(is_url("git@example.com:a/b.git"));
-        assert!(is_url("file:///tmp/x"));
-        assert!(!is_url("/tmp/x"));
-        assert!(!is_url("./a:b"));
-    }
-
-    #[test]
-    fn branches() {
-        assert_eq!(branch_name("abc", "fix-it", 1), "errand/abc-fix-it");
-        assert_eq!(branch_name("abc", "fix-it", 3), "errand/abc-fix-it-3");
-        assert!(check_agent_branch("errand/abc-fix").is_ok());
-        for bad in [
-            "main",
-            "master",
-            "errand/",
-            "errand/../main",
-            "refs/heads/main",
-            "errand/a b",
-            "feature/x",
-        ] {
-            assert!(check_agent_branch(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn numstat() {
-        let s = "1\t2\ta.txt\0-\t-\tbin.png\0".to_string() + "3\t0\t\0old.rs\0new.rs\0";
-        let st = parse_numstat_z(&s);
-        assert_eq!(st.files_changed, 3);
-        assert_eq!(st.insertions, 4);
-        assert_eq!(st.deletions, 2);
-        assert_eq!(st.files[1].insertions, None);
-        assert_eq!(st.files[2].path, "old.rs => new.rs");
-    }
-}
 
 /// Creates (once) a read-only base checkout of `commit` at `dest`, to be used as the lower
 /// layer of copy-on-write workspaces: the files plus a `.git` that borrows the mirror's objects
@@ -628,4 +586,47 @@ pub fn write_attempt_head(upper: &Path, branch: &str, commit: &str) -> Result<()
     std::fs::write(&ref_path, format!("{commit}\n"))?;
     std::fs::write(git.join("HEAD"), format!("ref: refs/heads/{branch}\n"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_paths() {
+        assert!(is_url("https://example.com/a/b.git"));
+        assert!(is_url("git@example.com:a/b.git"));
+        assert!(is_url("file:///tmp/x"));
+        assert!(!is_url("/tmp/x"));
+        assert!(!is_url("./a:b"));
+    }
+
+    #[test]
+    fn branches() {
+        assert_eq!(branch_name("abc", "fix-it", 1), "errand/abc-fix-it");
+        assert_eq!(branch_name("abc", "fix-it", 3), "errand/abc-fix-it-3");
+        assert!(check_agent_branch("errand/abc-fix").is_ok());
+        for bad in [
+            "main",
+            "master",
+            "errand/",
+            "errand/../main",
+            "refs/heads/main",
+            "errand/a b",
+            "feature/x",
+        ] {
+            assert!(check_agent_branch(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numstat() {
+        let s = "1\t2\ta.txt\0-\t-\tbin.png\0".to_string() + "3\t0\t\0old.rs\0new.rs\0";
+        let st = parse_numstat_z(&s);
+        assert_eq!(st.files_changed, 3);
+        assert_eq!(st.insertions, 4);
+        assert_eq!(st.deletions, 2);
+        assert_eq!(st.files[1].insertions, None);
+        assert_eq!(st.files[2].path, "old.rs => new.rs");
+    }
 }

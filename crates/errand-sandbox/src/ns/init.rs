@@ -201,6 +201,8 @@ const MASKED_FILES: &[&str] = &[
     "etc/sudoers",
 ];
 const MASKED_DIRS: &[&str] = &["etc/ssh", "etc/sudoers.d", "etc/ssl/private"];
+/// Files of the box's /proc masked like the credentials of /etc.
+const MASKED_PROC: &[&str] = &["keys", "key-users"];
 const DEV_FILES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 fn build_root(cfg: &BoxConfig) -> Res<PathBuf> {
@@ -298,6 +300,14 @@ fn build_root(cfg: &BoxConfig) -> Res<PathBuf> {
         ),
         || "mounting /proc".to_string(),
     )?;
+    // The keyrings of the host user the box runs as (descriptions and ids) are not the
+    // box's business; keyctl is denied anyway.
+    for f in MASKED_PROC {
+        let p = proc_dir.join(f);
+        if p.exists() {
+            bind(Path::new("/dev/null"), &p, true)?;
+        }
+    }
     // The root itself becomes read-only once everything is mounted on it.
     Ok(root)
 }

@@ -407,11 +407,8 @@ impl NsBox {
         let reader = {
             let (sock, waiters, closed) = (sock.clone(), waiters.clone(), closed.clone());
             tokio::spawn(async move {
-                loop {
-                    match read_reply(&sock).await {
-                        Ok(Some(r)) => dispatch(&waiters, r),
-                        _ => break,
-                    }
+                while let Ok(Some(r)) = read_reply(&sock).await {
+                    dispatch(&waiters, r);
                 }
                 closed.store(true, Ordering::SeqCst);
                 // Fail everyone still waiting: the box is gone.
