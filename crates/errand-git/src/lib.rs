@@ -535,7 +535,6 @@ pub fn parse_numstat_z(s: &str) -> DiffStats {
     stats
 }
 
-
 /// Creates (once) a read-only base checkout of `commit` at `dest`, to be used as the lower
 /// layer of copy-on-write workspaces: the files plus a `.git` that borrows the mirror's objects
 /// and has an index matching the files. Returns whether it had to be created.
