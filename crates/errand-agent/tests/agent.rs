@@ -93,6 +93,7 @@ impl Env {
                 workspace: self.ws.clone(),
                 scratch: self.scratch.clone(),
                 ro_binds: vec![],
+                rootfs: None,
                 env: vec![],
             })
             .await

@@ -25,6 +25,9 @@ pub struct RunArgs {
     /// Directory mounted read-write at /workspace (default: the current directory).
     #[arg(long)]
     workspace: Option<PathBuf>,
+    /// A root filesystem folder (usr/, etc/, …) to use instead of the host's system directories.
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
     /// Memory limit for the whole box, like 512M or 2G.
     #[arg(long, default_value = "4G")]
     memory: String,
@@ -115,11 +118,20 @@ async fn run_one(a: RunArgs) -> Result<ExitCode> {
         limits,
         ..Default::default()
     })?;
+    if let Some(r) = &a.rootfs
+        && !r.join("usr").is_dir()
+    {
+        bail!(
+            "--rootfs {} has no usr/ directory; point it at a root filesystem folder",
+            r.display()
+        );
+    }
     let scratch = tempdir()?;
     let spec = BoxSpec {
         workspace,
         scratch: scratch.clone(),
         ro_binds: vec![],
+        rootfs: a.rootfs.clone(),
         env: vec![],
     };
     let result = run_in(&backend, spec, a.command, a.timeout).await;
@@ -265,6 +277,7 @@ async fn check() -> Result<ExitCode> {
         workspace: ws.clone(),
         scratch,
         ro_binds: vec![],
+        rootfs: None,
         env: vec![],
     };
     match backend.create(spec).await {

@@ -274,3 +274,51 @@ fn exit_codes_and_output_pass_through() {
     // 128 + SIGTERM.
     k.expect_code(143);
 }
+
+/// An environment's `rootfs` replaces the host's system directories: the box sees the rootfs'
+/// /etc (with its marker) and not the host's.
+#[test]
+fn a_rootfs_folder_replaces_the_host_system() {
+    let ws = tempfile::tempdir().unwrap();
+    let rootfs = tempfile::tempdir().unwrap();
+    let r = rootfs.path();
+    std::fs::create_dir_all(r.join("usr/lib")).unwrap();
+    std::fs::create_dir_all(r.join("etc")).unwrap();
+    // Hard links: a cheap copy of what bash, env and cat need.
+    for d in ["bin", "lib64", "lib/x86_64-linux-gnu"] {
+        let src = Path::new("/usr").join(d);
+        if src.exists() {
+            let ok = std::process::Command::new("cp")
+                .arg("-al")
+                .arg(&src)
+                .arg(r.join("usr").join(d))
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+    }
+    for l in ["bin", "lib", "lib64"] {
+        std::os::unix::fs::symlink(format!("usr/{l}"), r.join(l)).unwrap();
+    }
+    write(r, "etc/errand-rootfs-marker", "from the rootfs\n");
+    let rootfs_arg = r.display().to_string();
+    let out = sh(
+        ws.path(),
+        &["--rootfs", &rootfs_arg],
+        "cat /etc/errand-rootfs-marker; test -e /etc/passwd && echo host-etc || echo no-host-etc",
+    );
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout,
+        "from the rootfs\nno-host-etc\n",
+        "{}",
+        out.dump()
+    );
+    let bad = run(ws.path(), &["--rootfs", "/nonexistent-rootfs"], &["true"]);
+    assert_eq!(bad.code, Some(1), "{}", bad.dump());
+    assert!(
+        bad.stderr.contains("has no usr/ directory"),
+        "{}",
+        bad.dump()
+    );
+}

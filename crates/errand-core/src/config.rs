@@ -36,6 +36,10 @@ pub struct EnvironmentConfig {
     /// Plain (non-secret) environment variables for commands.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A root filesystem folder (with `usr/`, `etc/`, …) the box uses instead of the host's
+    /// system directories.
+    #[serde(default)]
+    pub rootfs: Option<String>,
 }
 
 /// The whole `errand.toml`.
@@ -68,6 +72,17 @@ impl Config {
                         "environment name '{name}' may only use letters, digits, '-', '_' and '.'"
                     ),
                 });
+            }
+            if let Some(r) = &env.rootfs {
+                let p = std::path::Path::new(r);
+                if !p.is_absolute() {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_string(),
+                        message: format!(
+                            "environment '{name}': rootfs '{r}' must be an absolute path"
+                        ),
+                    });
+                }
             }
             for c in &env.checks {
                 if c.command.trim().is_empty() {

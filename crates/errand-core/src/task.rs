@@ -42,6 +42,8 @@ pub struct EnvironmentSnapshot {
     pub checks: Vec<crate::CheckSpec>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
 }
 
 /// A validated, fully resolved task, ready to be stored.

@@ -51,6 +51,8 @@ pub struct BoxSpec {
     /// Host paths the box may read, visible at the same path (for example the mirror's
     /// objects that the workspace's git borrows through alternates).
     pub ro_binds: Vec<PathBuf>,
+    /// A root filesystem folder to use instead of the host's system directories.
+    pub rootfs: Option<PathBuf>,
     /// Extra environment variables for every command (already filtered: no secrets unless the
     /// environment exposes them).
     pub env: Vec<(String, String)>,
@@ -149,4 +151,29 @@ pub fn resolve_workdir(root: &std::path::Path, workdir: Option<&str>) -> Result<
         return Err(SandboxError::NoSuchWorkdir(w.to_string()));
     }
     Ok(canon)
+}
+
+/// Reads a command's output stream into chunks until end of file (or until nobody listens).
+pub(crate) async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    reader: Option<R>,
+    stream: Stream,
+    tx: mpsc::Sender<OutputChunk>,
+) {
+    use tokio::io::AsyncReadExt;
+    let Some(mut reader) = reader else { return };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let chunk = OutputChunk {
+                    stream,
+                    data: buf[..n].to_vec(),
+                };
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Instant;
-use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
@@ -123,8 +122,8 @@ impl SandboxBox for UnisolatedBox {
         }
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let out_task = tokio::spawn(pump(stdout, Stream::Stdout, output.clone()));
-        let err_task = tokio::spawn(pump(stderr, Stream::Stderr, output));
+        let out_task = tokio::spawn(crate::pump(stdout, Stream::Stdout, output.clone()));
+        let err_task = tokio::spawn(crate::pump(stderr, Stream::Stderr, output));
 
         let mut killed_by = None;
         let status = tokio::select! {
@@ -190,32 +189,6 @@ impl Drop for UnisolatedBox {
     }
 }
 
-async fn pump<R: tokio::io::AsyncRead + Unpin>(
-    reader: Option<R>,
-    stream: Stream,
-    tx: mpsc::Sender<OutputChunk>,
-) {
-    let Some(mut reader) = reader else { return };
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if tx
-                    .send(OutputChunk {
-                        stream,
-                        data: buf[..n].to_vec(),
-                    })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +228,7 @@ mod tests {
                 workspace: dir.path().to_path_buf(),
                 scratch: scratch.path().to_path_buf(),
                 ro_binds: vec![],
+                rootfs: None,
                 env: vec![("FOO".into(), "bar".into())],
             })
             .await
@@ -281,6 +255,7 @@ mod tests {
                 workspace: dir.path().to_path_buf(),
                 scratch: dir.path().join(".scratch"),
                 ro_binds: vec![],
+                rootfs: None,
                 env: vec![],
             })
             .await

@@ -203,6 +203,14 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             TRIGGERS.join(", ")
         )));
     }
+    if let Some((name, e)) = &env
+        && let Some(r) = &e.rootfs
+        && !std::path::Path::new(r).join("usr").is_dir()
+    {
+        return Err(ApiError::bad_request(format!(
+            "environment '{name}': rootfs '{r}' has no usr/ directory; point it at a root filesystem folder (for example one made by debootstrap)"
+        )));
+    }
     let checks = match req.checks.clone() {
         Some(c) => c,
         None => env
@@ -238,6 +246,7 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
         environment: EnvironmentSnapshot {
             name: env.as_ref().map(|(n, _)| n.clone()),
             checks,
+            rootfs: env.as_ref().and_then(|(_, e)| e.rootfs.clone()),
             env: env.map(|(_, e)| e.env).unwrap_or_default(),
         },
         model,

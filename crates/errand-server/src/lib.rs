@@ -291,6 +291,7 @@ async fn make_sandbox(
                 workspace: probe.join("ws"),
                 scratch: probe.join("scratch"),
                 ro_binds: vec![],
+                rootfs: None,
                 env: vec![],
             };
             let created = backend.create(spec).await;

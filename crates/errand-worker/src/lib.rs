@@ -419,6 +419,7 @@ impl Worker {
             workspace: ws.clone(),
             scratch: dir.join("scratch"),
             ro_binds: vec![mirror.join("objects")],
+            rootfs: task.environment.rootfs.as_ref().map(PathBuf::from),
             env: task
                 .environment
                 .env

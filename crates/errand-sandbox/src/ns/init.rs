@@ -220,7 +220,7 @@ fn build_root(cfg: &BoxConfig) -> Res<PathBuf> {
     mkdir_p(&root)?;
     tmpfs(&root, 16 << 20, "0755")?;
     for d in SYSTEM_DIRS {
-        let host = Path::new("/").join(d);
+        let host = cfg.rootfs.as_deref().unwrap_or(Path::new("/")).join(d);
         let Ok(meta) = std::fs::symlink_metadata(&host) else {
             continue;
         };

@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
@@ -107,6 +106,9 @@ pub struct BoxConfig {
     pub workspace_readonly: bool,
     pub scratch: PathBuf,
     pub ro_binds: Vec<PathBuf>,
+    /// System directories come from here instead of the host's `/`.
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
     pub net: NetMode,
     pub limits: Limits,
     pub cgroups: Vec<PathBuf>,
@@ -346,6 +348,7 @@ impl NsBox {
             workspace_readonly: opts.workspace_readonly,
             scratch: spec.scratch.clone(),
             ro_binds: spec.ro_binds.clone(),
+            rootfs: spec.rootfs.clone(),
             net: opts.net,
             limits: limits.clone(),
             cgroups: cgroups.clone(),
@@ -541,27 +544,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 async fn pump(fd: OwnedFd, stream: Stream, tx: mpsc::Sender<OutputChunk>) {
-    let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
-        return;
-    };
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if tx
-                    .send(OutputChunk {
-                        stream,
-                        data: buf[..n].to_vec(),
-                    })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-    }
+    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok();
+    crate::pump(rx, stream, tx).await
 }
 
 /// Default `PATH` inside the box.

@@ -55,6 +55,7 @@ pub fn new_task_with(id: String, title: &str, attempts: usize) -> NewTask {
                 command: "cargo test".into(),
             }],
             env: BTreeMap::from([("RUST_LOG".to_string(), "debug".to_string())]),
+            rootfs: None,
         },
         model: model.clone(),
         model_payload: None,
