@@ -280,6 +280,10 @@ async fn make_sandbox(
             Ok(Arc::new(errand_sandbox::unisolated::Unisolated))
         }
         SandboxMode::Box => {
+            let swept = errand_sandbox::ns::sweep_stale_cgroups();
+            if swept > 0 {
+                tracing::info!(count = swept, "removed cgroups left behind by dead boxes");
+            }
             let backend = NamespaceBackend::new(NsOptions {
                 limits: opts.limits.clone(),
                 ..Default::default()

@@ -722,3 +722,32 @@ impl Drop for NsBox {
         self.reader.abort();
     }
 }
+
+/// Removes box cgroups left behind by processes that no longer exist (a server killed with
+/// SIGKILL cannot clean up). Only directories named after a dead process are touched, and
+/// `rmdir` never removes a cgroup that still has tasks.
+pub fn sweep_stale_cgroups() -> usize {
+    let mut removed = 0;
+    for parent in [
+        "/sys/fs/cgroup/errand",
+        "/sys/fs/cgroup/pids/errand",
+        "/sys/fs/cgroup/memory/errand",
+    ] {
+        let Ok(rd) = std::fs::read_dir(parent) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("box-").and_then(|r| r.split('-').next()) else {
+                continue;
+            };
+            if Path::new("/proc").join(pid).exists() {
+                continue;
+            }
+            if std::fs::remove_dir(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
