@@ -253,6 +253,14 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<ServerHandle> {
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         let _lock = lock;
+        // No Nagle: an SSE stream opened on the connection that just POSTed a task must see
+        // the first event at once, not after a delayed ACK.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY");
+            }
+        });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await;
