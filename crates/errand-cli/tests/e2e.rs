@@ -633,4 +633,19 @@ async fn attempts_run_boxed_and_git_works_inside() {
         "{text}"
     );
     assert!(text.ends_with("box\n"), "{text}");
+    let enforced = evs
+        .iter()
+        .find(|e| {
+            e["type"] == "notice"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("sandbox: box — namespaces")
+        })
+        .unwrap_or_else(|| panic!("no enforcement notice: {evs:?}"));
+    let msg = enforced["message"].as_str().unwrap();
+    assert!(
+        msg.contains("landlock") && msg.contains("seccomp enforced") && msg.contains("net"),
+        "{msg}"
+    );
 }

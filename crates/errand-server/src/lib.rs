@@ -309,6 +309,12 @@ async fn make_sandbox(
             let created = backend.create(spec).await;
             let result = match created {
                 Ok(b) => {
+                    if let Some(ns) = b.as_ns() {
+                        tracing::info!("{}", ns.enforced.summary());
+                        if ns.enforced.landlock != "enforced" {
+                            tracing::warn!(landlock = %ns.enforced.landlock, "Landlock is not fully enforced on this kernel; writes are still limited by the box's read-only mounts");
+                        }
+                    }
                     let _ = b.destroy().await;
                     Ok(Arc::new(backend) as Arc<dyn SandboxBackend>)
                 }

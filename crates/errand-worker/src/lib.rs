@@ -432,6 +432,11 @@ impl Worker {
             .create(spec)
             .await
             .map_err(|e| fail("creating the box", &e))?;
+        if let Some(ns) = sandbox_box.as_ns() {
+            // What this box actually enforces, as the box itself reported it (Landlock is best
+            // effort by kernel ABI, cgroups depend on delegation).
+            self.notice(aid, ns.enforced.summary()).await?;
+        }
         state.sandbox_box = Some(sandbox_box);
         let sandbox_box: &dyn SandboxBox = state
             .sandbox_box
