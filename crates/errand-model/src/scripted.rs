@@ -45,8 +45,22 @@ impl Script {
             path: shown.clone(),
             message,
         };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        const MAX: u64 = 16 << 20;
+        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        if !meta.is_file() {
+            return Err(err("cannot read it: not a regular file".into()));
+        }
+        if meta.len() > MAX {
+            return Err(err(format!(
+                "cannot read it: {} bytes is over the 16 MiB limit",
+                meta.len()
+            )));
+        }
+        let mut text = String::new();
+        use std::io::Read;
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX).read_to_string(&mut text))
+            .map_err(|e| err(format!("cannot read it: {e}")))?;
         Script::parse(&text).map_err(err)
     }
 

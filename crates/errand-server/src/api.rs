@@ -194,8 +194,13 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             )
         })?;
     let model = normalize_model(&model)?;
-    let payload =
-        errand_model::prepare(&model).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let payload = {
+        let m = model.clone();
+        tokio::task::spawn_blocking(move || errand_model::prepare(&m))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
+    };
     let trigger = req.trigger.clone().unwrap_or_else(|| "api".into());
     if !TRIGGERS.contains(&trigger.as_str()) {
         return Err(ApiError::bad_request(format!(

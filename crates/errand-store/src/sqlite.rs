@@ -618,6 +618,11 @@ impl Store for SqliteStore {
                 return Ok(LeaseState::Lost);
             }
             if status == Status::Cancelled {
+                // The holder is still tearing down: keep its lease alive for its last events.
+                tx.execute(
+                    "UPDATE attempts SET lease_expires_at = ?2 WHERE id = ?1",
+                    params![attempt_id, now_ms().saturating_add(ttl_ms)],
+                )?;
                 return Ok(LeaseState::Cancelled);
             }
             if !status.is_active() {
@@ -845,6 +850,14 @@ impl Store for SqliteStore {
                     })?
                     .collect::<rusqlite::Result<_>>()?;
                 drop(stmt);
+                tx.execute(
+                    &format!(
+                        "UPDATE attempts SET lease_owner = NULL, lease_expires_at = NULL
+                         WHERE lease_owner IS NOT NULL AND lease_expires_at < ?1
+                           AND status NOT IN {ACTIVE_SQL}"
+                    ),
+                    [now],
+                )?;
                 requeue_where(tx, rows, &|s, w| {
                     format!(
                         "lease expired while {s}: worker {} stopped heartbeating",
@@ -870,6 +883,15 @@ impl Store for SqliteStore {
                     })?
                     .collect::<rusqlite::Result<_>>()?;
                 drop(stmt);
+                // Ended attempts whose worker died before letting go (for example between a
+                // cancel and the worker's last events) are released, so streams can end.
+                tx.execute(
+                    &format!(
+                        "UPDATE attempts SET lease_owner = NULL, lease_expires_at = NULL
+                         WHERE lease_owner IS NOT NULL AND status NOT IN {ACTIVE_SQL}"
+                    ),
+                    [],
+                )?;
                 requeue_where(tx, rows, &|s, _| format!("{reason} while the attempt was {s}"))
             })
             .await?;

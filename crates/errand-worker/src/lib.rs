@@ -235,9 +235,9 @@ impl Worker {
                     match client.heartbeat(&aid, &w, ttl.as_millis() as i64).await {
                         Ok(LeaseState::Held) => {}
                         Ok(LeaseState::Cancelled) => {
+                            // Keep heartbeating while the box is torn down and the work saved.
                             lease.store(LEASE_CANCELLED, Ordering::SeqCst);
                             cancel.cancel();
-                            break;
                         }
                         Ok(LeaseState::Lost) => {
                             lease.store(LEASE_LOST, Ordering::SeqCst);

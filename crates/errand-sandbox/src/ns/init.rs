@@ -499,7 +499,12 @@ fn pid1(cfg: &BoxConfig) -> Res<()> {
                     .map(|t| t.groups.get(&id).copied())
                     .unwrap_or(None);
                 if let Some(pgid) = pgid {
+                    // The group, and the leader itself in case it moved to another group.
                     let _ = nix::sys::signal::killpg(
+                        Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    let _ = nix::sys::signal::kill(
                         Pid::from_raw(pgid),
                         nix::sys::signal::Signal::SIGKILL,
                     );
@@ -573,7 +578,22 @@ fn exec(
         Ok(t) => t,
         Err(p) => p.into_inner(),
     };
-    match cmd.spawn() {
+    if !Path::new(&cwd).is_dir() {
+        drop(t);
+        reply(Reply::SpawnFailed {
+            id,
+            error: format!("working directory {cwd} does not exist"),
+        });
+        return;
+    }
+    // std's spawn waits for a child whose exec failed, and asserts that the wait succeeds;
+    // our reaper may have reaped it first. Such a panic must fail this command, not PID 1.
+    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()));
+    let spawned = match spawned {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::other("the command could not be executed")),
+    };
+    match spawned {
         Ok(child) => {
             let pid = child.id() as i32;
             t.running.insert(pid, id);

@@ -628,6 +628,13 @@ impl NsBox {
         let exit = loop {
             tokio::select! {
                 r = &mut exit_rx => break r.ok(),
+                // A killed command that does not go away (it left its process group) takes
+                // the whole box down with it rather than hanging the worker.
+                _ = tokio::time::sleep(Duration::from_secs(10)), if killed_by.is_some() => {
+                    tracing::warn!(command = id, "a killed command did not exit; destroying its box");
+                    let _ = self.destroy().await;
+                    break Some((None, Some(libc::SIGKILL)));
+                }
                 _ = &mut deadline, if killed_by.is_none() => {
                     killed_by = Some("timeout".into());
                     let _ = self.send(&proto::Request::Kill { id }, &[]).await;
