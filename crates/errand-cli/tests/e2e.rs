@@ -649,3 +649,63 @@ async fn attempts_run_boxed_and_git_works_inside() {
         "{msg}"
     );
 }
+
+/// Whatever the agent does to the workspace's `.git` (hooks, fsmonitor, its own commits, another
+/// branch, a `gitdir:` redirect), the worker's commit runs nothing of it on the host and keeps
+/// the work.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workspace_git_dir_is_not_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path());
+    let before = repo_fingerprint(&repo);
+    let pwned = tmp.path().join("pwned-hook");
+    let pwned2 = tmp.path().join("pwned-fsmonitor");
+    let plant = format!(
+        "mkdir -p .git/hooks && printf '#!/bin/sh\\ntouch {h}\\n' > .git/hooks/post-index-change && chmod +x .git/hooks/post-index-change && \
+         cp .git/hooks/post-index-change .git/hooks/pre-commit && git config core.fsmonitor 'touch {f}; true' && \
+         git checkout -q -b elsewhere && echo agent-commit > committed.txt && git add -A && git -c user.name=a -c user.email=a@b commit -qm mine && \
+         echo uncommitted > loose.txt",
+        h = pwned.display(),
+        f = pwned2.display()
+    );
+    let script = write_script(
+        tmp.path(),
+        "s.json",
+        json!({"turns": [{"tool_calls": [
+        {"name": "shell", "arguments": {"command": plant}},
+        {"name": "finish", "arguments": {"summary": "tampered"}}]}]}),
+    );
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let out = ok(server.cli(&[
+        "run",
+        "x",
+        "--repo",
+        &repo.display().to_string(),
+        "--model",
+        &format!("scripted:{}", script.display()),
+        "--json",
+    ]));
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = wait_status(
+        &server,
+        &id,
+        &["done", "failed"],
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(t["status"], "done", "{t}");
+    assert!(
+        !pwned.exists() && !pwned2.exists(),
+        "a hook planted by the agent ran on the host"
+    );
+    let diff = ok(server.cli(&["diff", &id]));
+    assert!(
+        diff.contains("+++ b/committed.txt") && diff.contains("+++ b/loose.txt"),
+        "{diff}"
+    );
+    assert!(!diff.contains(".git/"), "{diff}");
+    assert_eq!(repo_fingerprint(&repo), before);
+}

@@ -49,6 +49,16 @@ fn base_command(cwd: Option<&Path>) -> Command {
     if let Some(d) = cwd {
         c.current_dir(d);
     }
+    // Never prompt (ssh host keys or passwords would hang a worker), and give up on a
+    // transfer that stalls below 1 KB/s for a minute.
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() {
+        c.env(
+            "GIT_SSH_COMMAND",
+            "ssh -o BatchMode=yes -o ConnectTimeout=30",
+        );
+    }
+    c.env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
+        .env("GIT_HTTP_LOW_SPEED_TIME", "60");
     c.env("GIT_TERMINAL_PROMPT", "0")
         .env("LC_ALL", "C")
         .env("GIT_OPTIONAL_LOCKS", "0")
@@ -585,6 +595,137 @@ pub fn write_attempt_head(upper: &Path, branch: &str, commit: &str) -> Result<()
     std::fs::write(&ref_path, format!("{commit}\n"))?;
     std::fs::write(git.join("HEAD"), format!("ref: refs/heads/{branch}\n"))?;
     Ok(())
+}
+
+/// Commits the workspace's files onto `branch` in the mirror, on top of `base`, without
+/// trusting anything the agent could have changed in the workspace's own `.git`: the commit is
+/// made through a fresh git directory at `scratch_git` (no hooks, no fsmonitor, no system or
+/// global config), so hooks, filters or a `gitdir:` file planted by the agent never run or
+/// redirect anything on the host. Commits the agent made itself, or a branch it switched to,
+/// don't matter: the result is the workspace's tree on top of `base`. `seed_index` (the base
+/// checkout's index) avoids rehashing unchanged files. Returns `None` when nothing changed.
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_workspace(
+    mirror: &Path,
+    workspace: &Path,
+    scratch_git: &Path,
+    base: &str,
+    branch: &str,
+    message: &str,
+    trailers: &[(&str, &str)],
+    seed_index: Option<&Path>,
+) -> Result<Option<String>> {
+    check_agent_branch(branch)?;
+    if scratch_git.exists() {
+        tokio::fs::remove_dir_all(scratch_git).await?;
+    }
+    let g = scratch_git.to_string_lossy().to_string();
+    run_ok(None, &["init", "--quiet", "--bare", &g]).await?;
+    let objects = mirror.join("objects").canonicalize()?;
+    tokio::fs::write(
+        scratch_git.join("objects/info/alternates"),
+        format!("{}\n", objects.display()),
+    )
+    .await?;
+    let index = scratch_git.join("index");
+    let seeded = match seed_index {
+        Some(seed) if seed.is_file() => tokio::fs::copy(seed, &index).await.is_ok(),
+        _ => false,
+    };
+    let name_cfg = format!("user.name={AGENT_NAME}");
+    let email_cfg = format!("user.email={AGENT_EMAIL}");
+    let git = |args: Vec<String>| {
+        let mut c = base_command(None);
+        c.env("GIT_DIR", scratch_git)
+            .env("GIT_WORK_TREE", workspace)
+            .env("GIT_INDEX_FILE", &index)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args([
+                "-c",
+                "core.bare=false",
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "core.fsmonitor=false",
+                "-c",
+                "core.checkStat=minimal",
+                "-c",
+                "core.trustctime=false",
+                "-c",
+                "core.autocrlf=false",
+                "-c",
+                "commit.gpgsign=false",
+                "-c",
+                &name_cfg,
+                "-c",
+                &email_cfg,
+            ])
+            .args(&args);
+        async move {
+            let shown = args.join(" ");
+            let out = c.output().await?;
+            if out.status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            } else {
+                Err(GitError::Command {
+                    args: shown,
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                })
+            }
+        }
+    };
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    if !seeded {
+        git(v(&["read-tree", base])).await?;
+    }
+    git(v(&["add", "--all", "--", "."])).await?;
+    let tree = git(v(&["write-tree"])).await?.trim().to_string();
+    let base_tree = git(vec!["rev-parse".into(), format!("{base}^{{tree}}")])
+        .await?
+        .trim()
+        .to_string();
+    if tree == base_tree {
+        return Ok(None);
+    }
+    let mut msg = message.trim_end().to_string();
+    if !trailers.is_empty() {
+        msg.push_str("\n\n");
+        for (k, v) in trailers {
+            msg.push_str(&format!("{k}: {v}\n"));
+        }
+    }
+    let commit = git(vec![
+        "commit-tree".into(),
+        tree,
+        "-p".into(),
+        base.to_string(),
+        "-m".into(),
+        msg,
+    ])
+    .await?
+    .trim()
+    .to_string();
+    git(vec![
+        "update-ref".into(),
+        format!("refs/heads/{branch}"),
+        commit.clone(),
+    ])
+    .await?;
+    let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+    run_ok(
+        Some(mirror),
+        &[
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            &g,
+            &spec,
+        ],
+    )
+    .await?;
+    Ok(Some(commit))
 }
 
 #[cfg(test)]

@@ -324,7 +324,7 @@ impl Worker {
         ws: &std::path::Path,
         branch: &str,
         commit: &str,
-    ) -> Result<String, RunError> {
+    ) -> Result<(String, Option<PathBuf>), RunError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| RunError::Failed(format!("{what}: {e}"));
         if errand_sandbox::cow::in_private_namespace() {
             let name = mirror
@@ -343,11 +343,12 @@ impl Worker {
                 .map_err(|e| fail("writing the branch", &e))?;
             match errand_sandbox::cow::mount_overlay(&base, &upper, &dir.join("overlay-work"), ws) {
                 Ok(()) => {
-                    return Ok(if created {
-                        "copy-on-write overlay (base checkout created)".into()
+                    let how = if created {
+                        "copy-on-write overlay (base checkout created)"
                     } else {
-                        "copy-on-write overlay over the cached base checkout".into()
-                    });
+                        "copy-on-write overlay over the cached base checkout"
+                    };
+                    return Ok((how.into(), Some(base.join(".git/index"))));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "overlay mount failed; falling back to a checkout");
@@ -358,7 +359,7 @@ impl Worker {
         errand_git::create_workspace(mirror, ws, branch, commit)
             .await
             .map_err(|e| fail("creating the workspace", &e))?;
-        Ok("checkout sharing the mirror's objects".into())
+        Ok(("checkout sharing the mirror's objects".into(), None))
     }
 
     async fn emit(&self, attempt: &str, events: Vec<EventKind>) -> Result<(), RunError> {
@@ -399,7 +400,7 @@ impl Worker {
         let fetched = t.elapsed();
         let ws = dir.join("repo");
         let t = Instant::now();
-        let how = self
+        let (how, seed_index) = self
             .make_workspace(&mirror, dir, &ws, &c.attempt.branch, &task.base_commit)
             .await?;
         self.notice(
@@ -575,15 +576,25 @@ impl Worker {
                 .unwrap_or("(the agent gave no summary)")
         );
         let trailers = [("Errand-Task", task.id.as_str()), ("Errand-Attempt", aid)];
-        let head = errand_git::commit_all(&ws, &message, &trailers)
+        // Nothing from the workspace's own .git is trusted (the agent could write it): the
+        // commit goes through a fresh git directory.
+        let head = {
+            let _guard = self.mirrors.lock(&mirror).await;
+            errand_git::commit_workspace(
+                &mirror,
+                &ws,
+                &dir.join("commit.git"),
+                &task.base_commit,
+                &c.attempt.branch,
+                &message,
+                &trailers,
+                seed_index.as_deref(),
+            )
             .await
-            .map_err(|e| fail("committing the work", &e))?;
+            .map_err(|e| fail("committing the work", &e))?
+        };
         match head {
             Some(head) => {
-                self.mirrors
-                    .import_branch(&mirror, &ws, &c.attempt.branch)
-                    .await
-                    .map_err(|e| fail("saving the branch", &e))?;
                 let (diff, stats) = errand_git::diff(&mirror, &task.base_commit, &head)
                     .await
                     .map_err(|e| fail("computing the diff", &e))?;
