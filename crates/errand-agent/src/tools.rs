@@ -319,10 +319,18 @@ impl StreamedCommand<'_> {
                 r = &mut exec => break r,
             }
         };
-        // Whatever was read after the command ended.
+        // Whatever is still coming after the command ended: read until the pipes close, or
+        // until they go quiet (a background process may hold them open).
         let mut batch = Vec::new();
-        while let Ok(more) = rx.try_recv() {
+        while let Ok(Some(more)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await
+        {
             batch.push((more.stream, more.data));
+            if batch.len() >= 64 {
+                let events = record(std::mem::take(&mut batch), &mut combined);
+                if !events.is_empty() {
+                    self.sink.emit(events).await?;
+                }
+            }
         }
         let mut events = record(batch, &mut combined);
         for (carry, s) in [
