@@ -40,7 +40,7 @@ pub fn stage1(config_json: &str) -> i32 {
     close_inherited_fds();
     // SAFETY: fcntl on a descriptor number; no pointers.
     unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-    let cfg: BoxConfig = match serde_json::from_str(config_json) {
+    let mut cfg: BoxConfig = match serde_json::from_str(config_json) {
         Ok(c) => c,
         Err(e) => return fail(format!("bad box configuration: {e}")),
     };
@@ -79,6 +79,16 @@ pub fn stage1(config_json: &str) -> i32 {
     }
     if let Err(e) = unshare(flags) {
         return fail(format!("cannot create the box's namespaces ({e})"));
+    }
+    // The host puts this process in the box's cgroups meanwhile; wait for it before forking
+    // PID 1, so that every process of the box is inside them.
+    let mut buf = vec![0u8; proto::MAX_MSG];
+    match proto::recv(CONTROL_FD, &mut buf) {
+        Ok(Some((bytes, _))) => match serde_json::from_slice::<Request>(&bytes) {
+            Ok(Request::Go { limits }) => cfg.limits = limits,
+            _ => return fail("expected the go-ahead from the host".into()),
+        },
+        _ => return 0,
     }
     // SAFETY: this process is single-threaded here (stage 1 runs before any runtime starts),
     // so the child may run arbitrary code.
@@ -493,6 +503,7 @@ fn pid1(cfg: &BoxConfig) -> Res<()> {
         };
         match req {
             Request::Exec { id, argv, cwd, env } => exec(cfg, &tracked, id, argv, cwd, env, fds),
+            Request::Go { .. } => {}
             Request::Kill { id } => {
                 let pgid = tracked
                     .lock()
@@ -593,6 +604,7 @@ fn exec(
         Ok(r) => r,
         Err(_) => Err(std::io::Error::other("the command could not be executed")),
     };
+    note_spawn();
     match spawned {
         Ok(child) => {
             let pid = child.id() as i32;
@@ -613,10 +625,21 @@ fn exec(
     }
 }
 
+/// Counts spawned commands; wakes the reaper when it has no child to wait for.
+static SPAWNS: (Mutex<u64>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+
+fn note_spawn() {
+    if let Ok(mut n) = SPAWNS.0.lock() {
+        *n += 1;
+    }
+    SPAWNS.1.notify_all();
+}
+
 /// Reaps every child of PID 1 (commands and orphans); reports commands' exits.
 fn reaper(tracked: Arc<Mutex<Tracked>>) {
     use nix::sys::wait::{WaitStatus, waitpid};
     loop {
+        let seen = SPAWNS.0.lock().map(|n| *n).unwrap_or(0);
         match waitpid(Pid::from_raw(-1), None) {
             Ok(WaitStatus::Exited(pid, code)) => report_exit(&tracked, pid, Some(code), None),
             Ok(WaitStatus::Signaled(pid, sig, _)) => {
@@ -624,7 +647,15 @@ fn reaper(tracked: Arc<Mutex<Tracked>>) {
             }
             Ok(_) => {}
             Err(nix::errno::Errno::ECHILD) => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
+                // No children: sleep until the next spawn (checked against the count read
+                // before waitpid, so a spawn in between is not missed).
+                let (lock, cvar) = &SPAWNS;
+                if let Ok(guard) = lock.lock() {
+                    let _ =
+                        cvar.wait_timeout_while(guard, std::time::Duration::from_secs(1), |n| {
+                            *n == seen
+                        });
+                }
             }
             Err(_) => {}
         }

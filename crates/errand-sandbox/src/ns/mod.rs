@@ -331,18 +331,12 @@ impl NsBox {
             std::process::id(),
             NEXT_BOX.fetch_add(1, Ordering::Relaxed)
         );
-        let mut limits = opts.limits.clone();
-        let cgroups = make_cgroups(&name, &limits);
-        let has = |kind: &str| cgroups.iter().any(|c| c.to_string_lossy().contains(kind));
-        let v2 = cgroups
-            .iter()
-            .any(|c| c.starts_with("/sys/fs/cgroup/errand"));
-        if !v2 && !has("/memory/") {
-            limits.address_space_bytes = limits.memory_bytes;
-        }
-        if !v2 && !has("/pids/") {
-            limits.nproc = limits.pids;
-        }
+        // Cgroups are made while the box process starts (mkdir in the memory hierarchy is not
+        // free); the process waits for the go-ahead before it forks PID 1.
+        let cg_task = {
+            let (name, limits) = (name.clone(), opts.limits.clone());
+            tokio::task::spawn_blocking(move || make_cgroups(&name, &limits))
+        };
         let cfg = BoxConfig {
             workspace,
             workspace_readonly: opts.workspace_readonly,
@@ -350,8 +344,8 @@ impl NsBox {
             ro_binds: spec.ro_binds.clone(),
             rootfs: spec.rootfs.clone(),
             net: opts.net,
-            limits: limits.clone(),
-            cgroups: cgroups.clone(),
+            limits: opts.limits.clone(),
+            cgroups: vec![],
             hostname: "errand-box".into(),
         };
         let cfg_json =
@@ -377,15 +371,59 @@ impl NsBox {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(io_err(format!("starting the box ({})", exe.display())))?;
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup_cgroups(&cg_task.await.unwrap_or_default());
+                return Err(io_err(format!("starting the box ({})", exe.display()))(e));
+            }
+        };
+        let cgroups = cg_task.await.unwrap_or_default();
+        let mut limits = opts.limits.clone();
+        let has = |kind: &str| cgroups.iter().any(|c| c.to_string_lossy().contains(kind));
+        let v2 = cgroups
+            .iter()
+            .any(|c| c.starts_with("/sys/fs/cgroup/errand"));
+        if !v2 && !has("/memory/") {
+            limits.address_space_bytes = limits.memory_bytes;
+        }
+        if !v2 && !has("/pids/") {
+            limits.nproc = limits.pids;
+        }
+        if let Some(pid) = child.id() {
+            for dir in &cgroups {
+                if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+                    cleanup_cgroups(&cgroups);
+                    return Err(SandboxError::Refused(format!(
+                        "joining cgroup {}: {e}",
+                        dir.display()
+                    )));
+                }
+            }
+        }
         drop(box_end);
         set_nonblocking(&host_end)?;
         // SAFETY: `host_end` owns its descriptor, and the AsyncFd owns `host_end` from here on.
         let sock = unsafe { AsyncFd::register(host_end) }
             .map_err(|e| io_err("watching the control socket")(e.into()))?;
         let sock = Arc::new(sock);
+        let go = proto::Request::Go {
+            limits: limits.clone(),
+        };
+        let sent = loop {
+            let mut guard = match sock.writable().await {
+                Ok(g) => g,
+                Err(e) => break Err(e),
+            };
+            match guard.try_io(|inner| proto::send(inner.get_ref().as_raw_fd(), &go, &[])) {
+                Ok(r) => break r,
+                Err(_would_block) => continue,
+            }
+        };
+        if let Err(e) = sent {
+            cleanup_cgroups(&cgroups);
+            return Err(io_err("starting the box")(e));
+        }
         // Wait for Ready or SetupFailed.
         let first = tokio::time::timeout(Duration::from_secs(20), read_reply(&sock))
             .await
