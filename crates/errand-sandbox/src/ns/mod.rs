@@ -335,7 +335,9 @@ impl NsBox {
         // free); the process waits for the go-ahead before it forks PID 1.
         let cg_task = {
             let (name, limits) = (name.clone(), opts.limits.clone());
-            tokio::task::spawn_blocking(move || make_cgroups(&name, &limits))
+            tokio::task::spawn_blocking(move || {
+                take_pooled(&limits).unwrap_or_else(|| make_cgroups(&name, &limits))
+            })
         };
         let cfg = BoxConfig {
             workspace,
@@ -425,11 +427,20 @@ impl NsBox {
             return Err(io_err("starting the box")(e));
         }
         // Wait for Ready or SetupFailed.
-        let first = tokio::time::timeout(Duration::from_secs(20), read_reply(&sock))
-            .await
-            .map_err(|_| SandboxError::Refused("the box did not start within 20 s".into()))?;
+        let first = match tokio::time::timeout(Duration::from_secs(20), read_reply(&sock)).await {
+            Ok(r) => r,
+            Err(_) => {
+                cleanup_cgroups(&cgroups);
+                return Err(SandboxError::Refused(
+                    "the box did not start within 20 s".into(),
+                ));
+            }
+        };
         let enforced = match first {
-            Ok(Some(proto::Reply::Ready { report })) => report,
+            Ok(Some(proto::Reply::Ready { mut report })) => {
+                report.cgroups = cgroups.iter().map(|p| p.display().to_string()).collect();
+                report
+            }
             Ok(Some(proto::Reply::SetupFailed { error })) => {
                 cleanup_cgroups(&cgroups);
                 return Err(SandboxError::Refused(error));
@@ -515,6 +526,48 @@ impl NsBox {
 }
 
 static NEXT_BOX: AtomicU64 = AtomicU64::new(1);
+
+/// Empty box cgroups kept for the next box with the same limits: making one (mkdir in the
+/// memory hierarchy) costs several milliseconds of a box's start.
+type CgroupPool = Vec<((Option<u64>, Option<u64>), Vec<PathBuf>)>;
+static CGROUP_POOL: Mutex<CgroupPool> = Mutex::new(Vec::new());
+const POOL_MAX: usize = 8;
+
+fn pool_key(limits: &Limits) -> (Option<u64>, Option<u64>) {
+    (limits.memory_bytes, limits.pids)
+}
+
+fn take_pooled(limits: &Limits) -> Option<Vec<PathBuf>> {
+    let mut pool = CGROUP_POOL.lock().ok()?;
+    let i = pool.iter().position(|(k, _)| *k == pool_key(limits))?;
+    Some(pool.swap_remove(i).1)
+}
+
+/// Puts a destroyed box's cgroups back in the pool when they are empty, else removes them.
+fn recycle_cgroups(cgroups: Vec<PathBuf>, limits: &Limits) {
+    if cgroups.is_empty() {
+        return;
+    }
+    let empty = |dir: &PathBuf| {
+        (0..50).any(|_| {
+            let none = std::fs::read_to_string(dir.join("cgroup.procs"))
+                .map(|s| s.trim().is_empty())
+                .unwrap_or(false);
+            if !none {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            none
+        })
+    };
+    if cgroups.iter().all(empty)
+        && let Ok(mut pool) = CGROUP_POOL.lock()
+        && pool.len() < POOL_MAX
+    {
+        pool.push((pool_key(limits), cgroups));
+        return;
+    }
+    cleanup_cgroups(&cgroups);
+}
 
 fn cleanup_cgroups(cgroups: &[PathBuf]) {
     for dir in cgroups {
@@ -752,7 +805,8 @@ impl SandboxBox for NsBox {
         }
         self.reader.abort();
         let cgroups = self.cgroups.clone();
-        let _ = tokio::task::spawn_blocking(move || cleanup_cgroups(&cgroups)).await;
+        let limits = self.limits.clone();
+        let _ = tokio::task::spawn_blocking(move || recycle_cgroups(cgroups, &limits)).await;
         Ok(())
     }
 }
