@@ -683,8 +683,8 @@ impl NsBox {
             w.started.insert(id, started_tx);
             w.exited.insert(id, exit_tx);
         }
-        let mut full = vec!["/usr/bin/env".to_string(), "--".to_string()];
-        full.extend(argv);
+        let program = argv.first().cloned().unwrap_or_default();
+        let full = argv;
         let mem_before = memory_events(&self.cgroups);
         let start = Instant::now();
         self.send(
@@ -700,13 +700,29 @@ impl NsBox {
         drop(out_w);
         drop(err_w);
         let out_task = tokio::spawn(pump(out_r, Stream::Stdout, output.clone()));
-        let err_task = tokio::spawn(pump(err_r, Stream::Stderr, output));
+        let err_task = tokio::spawn(pump(err_r, Stream::Stderr, output.clone()));
         match started_rx.await {
             Ok(Ok(_pid)) => {}
             Ok(Err(e)) => {
-                return Err(SandboxError::Refused(format!(
-                    "could not start the command: {e}"
-                )));
+                // Like a shell: say why on stderr, exit 127 (not found) or 126 (not runnable).
+                let code = if e.contains("No such file") || e.contains("not found") {
+                    127
+                } else {
+                    126
+                };
+                let msg = format!("errand: cannot run {program}: {e}\n");
+                let _ = output
+                    .send(OutputChunk {
+                        stream: Stream::Stderr,
+                        data: msg.into_bytes(),
+                    })
+                    .await;
+                return Ok(ExecResult {
+                    exit_code: Some(code),
+                    signal: None,
+                    duration: start.elapsed(),
+                    killed_by: None,
+                });
             }
             Err(_) => return Err(SandboxError::Destroyed),
         }
