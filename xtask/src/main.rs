@@ -1,8 +1,13 @@
 //! Errand's dev tasks. `cargo xtask bench` measures dispatch latency, enqueue throughput,
-//! event append throughput and workspace preparation on this machine and prints a Markdown
-//! report (progress goes to stderr, the report to stdout).
+//! event append throughput, workspace preparation, box start, copy-on-write workspaces and
+//! idle box memory on this machine and prints a Markdown report (progress goes to stderr, the
+//! report to stdout).
 
 mod api;
+mod cow;
+mod gitgen;
+mod proc;
+mod sandbox;
 mod server;
 mod stats;
 mod store;
@@ -25,8 +30,12 @@ options:
   --enqueue-tasks N     tasks per enqueue throughput run (default 1000)
   --events N            events for the batched append bench (default 200000)
   --runs N              timed runs per workspace method (default 10)
+  --box-runs N          box starts per way (default 200)
+  --boxes N             idle boxes for the memory bench (default 10)
+  --cow-files LIST      repository sizes for the copy-on-write bench (default 5000,50000)
+  --no-private-ns       stay in the host's user and mount namespaces (no copy-on-write)
   --only LIST           run only these benches (comma-separated: dispatch, enqueue,
-                        append, workspace)
+                        append, workspace, box, cow, box-memory)
   --quick               small counts, for checking that the bench works
 ";
 
@@ -38,6 +47,16 @@ struct Options {
     enqueue_tasks: usize,
     events: usize,
     runs: usize,
+    box_runs: usize,
+    boxes: usize,
+    cow_files: Vec<usize>,
+    /// Full checkouts per method and size in the copy-on-write bench.
+    cow_runs: usize,
+    /// Warm copy-on-write workspaces per size.
+    cow_warm: usize,
+    /// Boxes started on each copy-on-write workspace size.
+    cow_box_runs: usize,
+    no_private_ns: bool,
     only: Option<Vec<String>>,
     args: Vec<String>,
 }
@@ -50,7 +69,15 @@ impl Options {
     }
 }
 
-const BENCHES: [&str; 4] = ["dispatch", "enqueue", "append", "workspace"];
+const BENCHES: [&str; 7] = [
+    "dispatch",
+    "enqueue",
+    "append",
+    "workspace",
+    "box",
+    "cow",
+    "box-memory",
+];
 
 fn parse(args: Vec<String>) -> Result<Options> {
     let mut o = Options {
@@ -61,6 +88,13 @@ fn parse(args: Vec<String>) -> Result<Options> {
         enqueue_tasks: 1000,
         events: 200_000,
         runs: 10,
+        box_runs: 200,
+        boxes: 10,
+        cow_files: vec![5000, 50_000],
+        cow_runs: 3,
+        cow_warm: 50,
+        cow_box_runs: 10,
+        no_private_ns: false,
         only: None,
         args: args.clone(),
     };
@@ -78,12 +112,22 @@ fn parse(args: Vec<String>) -> Result<Options> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--skip-build" => o.skip_build = true,
+            "--no-private-ns" => o.no_private_ns = true,
             "--bin" => o.bin = Some(it.next().context("--bin needs a path")?.into()),
             "--out" => o.out = Some(it.next().context("--out needs a path")?.into()),
             "--dispatch-tasks" => o.dispatch_tasks = num(&a, it.next())?,
             "--enqueue-tasks" => o.enqueue_tasks = num(&a, it.next())?,
             "--events" => o.events = num(&a, it.next())?,
             "--runs" => o.runs = num(&a, it.next())?,
+            "--box-runs" => o.box_runs = num(&a, it.next())?,
+            "--boxes" => o.boxes = num(&a, it.next())?,
+            "--cow-files" => {
+                let v = it.next().context("--cow-files needs a list")?;
+                o.cow_files = v
+                    .split(',')
+                    .map(|n| num("--cow-files", Some(n.trim().to_string())))
+                    .collect::<Result<_>>()?;
+            }
             "--only" => {
                 let list: Vec<String> = it
                     .next()
@@ -105,6 +149,12 @@ fn parse(args: Vec<String>) -> Result<Options> {
                 o.enqueue_tasks = 100;
                 o.events = 10_000;
                 o.runs = 2;
+                o.box_runs = 20;
+                o.boxes = 3;
+                o.cow_files = vec![500, 5000];
+                o.cow_runs = 1;
+                o.cow_warm = 5;
+                o.cow_box_runs = 3;
             }
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -125,14 +175,15 @@ fn workspace_root() -> PathBuf {
 
 /// Runs git synchronously (set-up only, never timed) and returns its stdout.
 pub fn git_sync(cwd: &Path, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new("git")
-        .current_dir(cwd)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("running git (is it installed?)")?;
+    let out = proc::output(
+        std::process::Command::new("git")
+            .current_dir(cwd)
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LC_ALL", "C"),
+        std::time::Duration::from_secs(600),
+    )
+    .context("running git (is it installed?)")?;
     if !out.status.success() {
         bail!(
             "git {} failed in {}: {}",
@@ -208,11 +259,43 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-async fn bench(o: Options) -> Result<String> {
-    let root = workspace_root();
-    if !o.skip_build && o.bin.is_none() {
-        build(&root)?;
+/// Temporary directories kept until the end of the run. Deleting many files makes file
+/// creation slow for a while afterwards on some file systems (ext4 without a journal skips
+/// inodes freed in the last minute or more when it allocates new ones), which would skew
+/// every bench that follows; so nothing big is deleted until all measurements are done.
+#[derive(Default)]
+pub struct Trash(Vec<Box<dyn Send>>);
+
+impl Trash {
+    pub fn keep(&mut self, x: impl Send + 'static) {
+        self.0.push(Box::new(x));
     }
+}
+
+/// Microseconds per file to create 1,000 empty files in a new directory under `dir`: a probe
+/// of the file system's state (see `Trash`). The files are kept until the end of the run.
+fn create_probe(trash: &mut Trash) -> Result<f64> {
+    let dir = tempfile::Builder::new()
+        .prefix("errand-bench-probe-")
+        .tempdir()?;
+    let start = Instant::now();
+    for i in 0..1000 {
+        std::fs::File::create(dir.path().join(format!("f{i}")))?;
+    }
+    let us = start.elapsed().as_secs_f64() * 1e6 / 1000.0;
+    trash.keep(dir);
+    Ok(us)
+}
+
+/// What `main` set up before the runtime started.
+struct Prepared {
+    /// Entering the private user and mount namespace (needed to mount overlays).
+    private_ns: std::result::Result<(), String>,
+    tools: sandbox::Tools,
+}
+
+async fn bench(o: Options, prep: Prepared) -> Result<String> {
+    let root = workspace_root();
     let started = Instant::now();
     let bin = o.bin.clone().unwrap_or_else(|| default_bin(&root));
     if !bin.is_file() {
@@ -226,9 +309,17 @@ async fn bench(o: Options) -> Result<String> {
     } else {
         format!("cargo xtask bench {}", o.args.join(" "))
     };
+    let mut trash = Trash::default();
+    let probe_start = create_probe(&mut trash)?;
     let load_start = loadavg();
+    let ns = match &prep.private_ns {
+        Ok(()) => "yes (own user and mount namespace, as `errand serve`)".to_string(),
+        Err(e) => format!("no ({e})"),
+    };
     let mut report = format!(
-        "## Errand benchmark report\n\nCommand: `{command}`\n\n{}| load average (1/5/15 min) at start | {load_start} |\n\n",
+        "## Errand benchmark report\n\nCommand: `{command}`\n\n{}| load average (1/5/15 min) at start | {load_start} |\n\
+         | bench in a private namespace | {ns} |\n\
+         | file creation probe at start (1,000 empty files) | {probe_start:.0} µs per file |\n\n",
         machine_info()
     );
 
@@ -279,15 +370,73 @@ async fn bench(o: Options) -> Result<String> {
     if o.wants("workspace") {
         eprintln!("bench: workspace preparation ({} runs each)", o.runs);
         let t = Instant::now();
-        let ws = workspace::run(2000, 5, o.runs).await?;
+        let probe = create_probe(&mut trash)?;
+        let ws = workspace::run(2000, 5, o.runs, &mut trash).await?;
         eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
         report += &workspace::report(&ws);
+        report += &format!(
+            "\nFile creation probe just before this bench: {probe:.0} µs per empty file.\n"
+        );
+        report += "\n";
     }
 
+    if o.wants("box") {
+        eprintln!("bench: box start ({} runs per way)", o.box_runs);
+        let t = Instant::now();
+        let warmup = (o.box_runs / 40).clamp(1, 5);
+        let r = sandbox::start(&bin, &prep.tools, o.box_runs, warmup, &mut trash).await?;
+        eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
+        report += &sandbox::report_start(&r);
+        report += "\n";
+    }
+
+    if o.wants("cow") {
+        eprintln!(
+            "bench: copy-on-write workspaces ({} files)",
+            o.cow_files
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let t = Instant::now();
+        let plan = cow::Plan {
+            sizes: o.cow_files.clone(),
+            runs: o.cow_runs,
+            warm_runs: o.cow_warm,
+            box_runs: o.cow_box_runs,
+        };
+        let probe = create_probe(&mut trash)?;
+        let r = cow::run(&bin, prep.private_ns.clone(), &plan, &mut trash).await?;
+        eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
+        report += &cow::report(&r);
+        report += &format!(
+            "\nFile creation probe just before this bench: {probe:.0} µs per empty file.\n"
+        );
+        report += "\n";
+    }
+
+    if o.wants("box-memory") {
+        eprintln!("bench: idle box memory ({} boxes)", o.boxes);
+        let t = Instant::now();
+        let r = sandbox::memory(&bin, &prep.tools, o.boxes).await?;
+        eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
+        report += &sandbox::report_memory(&r);
+        report += "\n";
+    }
+
+    let measured = started.elapsed();
+    let load_end = loadavg();
+    eprintln!("bench: removing the temporary files");
+    let t = Instant::now();
+    drop(trash);
+    let removed = t.elapsed();
+    eprintln!("bench:   removed in {:.1} s", removed.as_secs_f64());
     report += &format!(
-        "\nBench run time: {:.0} s (excluding the build). Load average at the end: {}.\n",
-        started.elapsed().as_secs_f64(),
-        loadavg()
+        "\nBench run time: {:.0} s (excluding the build), then {:.0} s to remove the temporary \
+         files. Load average at the end: {load_end}.\n",
+        measured.as_secs_f64(),
+        removed.as_secs_f64()
     );
     Ok(report)
 }
@@ -304,6 +453,30 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     let result = parse(args).and_then(|o| {
+        // Everything that forks or changes namespaces happens here, before the runtime starts
+        // a thread: the build, installing bubblewrap, and entering the private namespace.
+        if !o.skip_build && o.bin.is_none() {
+            build(&workspace_root())?;
+        }
+        let tools = sandbox::Tools {
+            bwrap: if o.wants("box") || o.wants("box-memory") {
+                sandbox::ensure_bwrap()
+            } else {
+                Err("not needed".into())
+            },
+        };
+        // Like `errand serve`: an own user namespace (this user as root) and mount namespace,
+        // so the copy-on-write bench can mount overlays. Everything else runs in it too, as
+        // the server's boxes do. Mounts made in it vanish with the process.
+        let private_ns = if o.no_private_ns {
+            Err("--no-private-ns".to_string())
+        } else {
+            errand_sandbox::cow::enter_private_namespace()
+        };
+        if let Err(e) = &private_ns {
+            eprintln!("bench: no private namespace ({e}); copy-on-write will be unavailable");
+        }
+        let prep = Prepared { private_ns, tools };
         let out = o.out.clone();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -311,7 +484,7 @@ fn main() -> std::process::ExitCode {
         // Ctrl-C drops the bench future, and with it every server child (kill_on_drop).
         let report = rt.block_on(async {
             tokio::select! {
-                r = bench(o) => r,
+                r = bench(o, prep) => r,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             }
         })?;

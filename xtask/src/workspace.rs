@@ -58,10 +58,10 @@ pub struct WorkspaceResult {
 }
 
 /// A deterministic pseudo-random generator (xorshift), so every run builds the same repo.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -74,7 +74,7 @@ const WORDS: &[&str] = &[
     "attempt", "event", "stream", "mirror", "commit", "branch", "return", "Some", "None", "Ok",
 ];
 
-fn file_text(rng: &mut Rng, lines: usize) -> String {
+pub(crate) fn file_text(rng: &mut Rng, lines: usize) -> String {
     let mut s = String::new();
     for _ in 0..lines {
         let n = 3 + (rng.next() % 8) as usize;
@@ -89,37 +89,45 @@ fn file_text(rng: &mut Rng, lines: usize) -> String {
     s
 }
 
-const GIT_ID: [&str; 4] = ["-c", "user.name=x", "-c", "user.email=x@y"];
-
 /// `files` files in 40 directories, committed in `commits` commits (the later ones each
-/// modify 10% of the files), then packed with `git gc` like a real repo.
+/// modify 10% of the files) through `git fast-import` (nothing written loose and then
+/// deleted, see `gitgen`), checked out, then packed with `git gc` like a real repo.
 fn generate_repo(repo: &Path, files: usize, commits: usize) -> Result<RepoShape> {
     std::fs::create_dir_all(repo)?;
     crate::git_sync(repo, &["init", "--quiet", "-b", "main"])?;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let path_of = |i: usize| PathBuf::from(format!("src/mod{:02}/file{:04}.rs", i % 40, i));
-    for i in 0..files {
-        let p = repo.join(path_of(i));
-        std::fs::create_dir_all(p.parent().unwrap())?;
-        let lines = 20 + (rng.next() % 60) as usize;
-        std::fs::write(&p, file_text(&mut rng, lines))?;
-    }
+    let path_of = |i: usize| format!("src/mod{:02}/file{:04}.rs", i % 40, i);
+    let mut texts: Vec<String> = (0..files)
+        .map(|_| {
+            let lines = 20 + (rng.next() % 60) as usize;
+            file_text(&mut rng, lines)
+        })
+        .collect();
+    let mut import = crate::gitgen::Importer::start(repo)?;
     for c in 0..commits {
-        if c > 0 {
+        import.begin_commit(&format!("commit {c}"))?;
+        if c == 0 {
+            for (i, t) in texts.iter().enumerate() {
+                import.file(&path_of(i), t.as_bytes())?;
+            }
+        } else {
             for _ in 0..files / 10 {
                 let i = (rng.next() % files as u64) as usize;
-                let p = repo.join(path_of(i));
-                let mut text = std::fs::read_to_string(&p)?;
-                text.push_str(&file_text(&mut rng, 5));
-                std::fs::write(&p, text)?;
+                texts[i].push_str(&file_text(&mut rng, 5));
+                import.file(&path_of(i), texts[i].as_bytes())?;
             }
         }
-        crate::git_sync(repo, &["add", "-A"])?;
-        let msg = format!("commit {c}");
-        let mut args = GIT_ID.to_vec();
-        args.extend(["commit", "--quiet", "-m", &msg]);
-        crate::git_sync(repo, &args)?;
     }
+    import.finish(Duration::from_secs(600))?;
+    for (i, t) in texts.iter().enumerate() {
+        let p = repo.join(path_of(i));
+        if i < 40 {
+            std::fs::create_dir_all(p.parent().unwrap())?;
+        }
+        std::fs::write(&p, t)?;
+    }
+    // The index, from HEAD and the files just written.
+    crate::git_sync(repo, &["reset", "--quiet"])?;
     crate::git_sync(repo, &["gc", "--quiet"])?;
     let worktree_bytes = dir_bytes(&repo.join("src"), false)?;
     let pack_bytes = dir_bytes(&repo.join(".git/objects"), false)?;
@@ -215,7 +223,12 @@ fn sync_fs() {
     unsafe { libc::sync() }
 }
 
-pub async fn run(files: usize, commits: usize, runs: usize) -> Result<WorkspaceResult> {
+pub async fn run(
+    files: usize,
+    commits: usize,
+    runs: usize,
+    trash: &mut crate::Trash,
+) -> Result<WorkspaceResult> {
     let tmp = tempfile::Builder::new()
         .prefix("errand-bench-ws-")
         .tempdir()?;
@@ -257,10 +270,7 @@ pub async fn run(files: usize, commits: usize, runs: usize) -> Result<WorkspaceR
             }
         }
     }
-    let t = Instant::now();
-    eprintln!("bench:   removing the workspaces");
-    drop(tmp);
-    eprintln!("bench:   removed in {:.1} s", t.elapsed().as_secs_f64());
+    trash.keep(tmp);
     Ok(WorkspaceResult {
         shape,
         runs,

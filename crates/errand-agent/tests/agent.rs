@@ -94,6 +94,7 @@ impl Env {
                 scratch: self.scratch.clone(),
                 ro_binds: vec![],
                 rootfs: None,
+                quota_dir: None,
                 env: vec![],
             })
             .await

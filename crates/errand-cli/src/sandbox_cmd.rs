@@ -132,6 +132,7 @@ async fn run_one(a: RunArgs) -> Result<ExitCode> {
         scratch: scratch.clone(),
         ro_binds: vec![],
         rootfs: a.rootfs.clone(),
+        quota_dir: None,
         env: vec![],
     };
     let result = run_in(&backend, spec, a.command, a.timeout).await;
@@ -278,6 +279,7 @@ async fn check() -> Result<ExitCode> {
         scratch,
         ro_binds: vec![],
         rootfs: None,
+        quota_dir: None,
         env: vec![],
     };
     match backend.create(spec).await {

@@ -53,6 +53,9 @@ pub struct BoxSpec {
     pub ro_binds: Vec<PathBuf>,
     /// A root filesystem folder to use instead of the host's system directories.
     pub rootfs: Option<PathBuf>,
+    /// What the disk quota measures (default: the workspace). For a copy-on-write workspace,
+    /// its upper layer: only what the attempt wrote counts, and measuring it is cheap.
+    pub quota_dir: Option<PathBuf>,
     /// Extra environment variables for every command (already filtered: no secrets unless the
     /// environment exposes them).
     pub env: Vec<(String, String)>,

@@ -229,6 +229,7 @@ mod tests {
                 scratch: scratch.path().to_path_buf(),
                 ro_binds: vec![],
                 rootfs: None,
+                quota_dir: None,
                 env: vec![("FOO".into(), "bar".into())],
             })
             .await
@@ -256,6 +257,7 @@ mod tests {
                 scratch: dir.path().join(".scratch"),
                 ro_binds: vec![],
                 rootfs: None,
+                quota_dir: None,
                 env: vec![],
             })
             .await

@@ -304,6 +304,7 @@ async fn make_sandbox(
                 scratch: probe.join("scratch"),
                 ro_binds: vec![],
                 rootfs: None,
+                quota_dir: None,
                 env: vec![],
             };
             let created = backend.create(spec).await;

@@ -421,6 +421,7 @@ impl Worker {
             scratch: dir.join("scratch"),
             ro_binds: vec![mirror.join("objects")],
             rootfs: task.environment.rootfs.as_ref().map(PathBuf::from),
+            quota_dir: Some(dir.join("upper")).filter(|u| u.is_dir()),
             env: task
                 .environment
                 .env

@@ -232,6 +232,7 @@ pub struct NsBox {
     cgroups: Vec<PathBuf>,
     destroyed: AtomicBool,
     closed: Arc<AtomicBool>,
+    last_quota_check: Mutex<Option<Instant>>,
     pub enforced: Enforced,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -480,6 +481,7 @@ impl NsBox {
             cgroups,
             destroyed: AtomicBool::new(false),
             closed,
+            last_quota_check: Mutex::new(None),
             enforced,
             reader,
         })
@@ -499,30 +501,55 @@ impl NsBox {
         }
     }
 
-    fn workspace_size(&self) -> u64 {
-        fn walk(p: &Path, total: &mut u64, budget: &mut u32) {
-            let Ok(rd) = std::fs::read_dir(p) else { return };
-            for e in rd.flatten() {
-                *budget = budget.saturating_sub(1);
-                if *budget == 0 {
-                    return;
-                }
-                let Ok(m) = e.path().symlink_metadata() else {
-                    continue;
-                };
-                if m.is_dir() {
-                    walk(&e.path(), total, budget);
-                } else {
-                    use std::os::unix::fs::MetadataExt;
-                    *total += m.blocks() * 512;
-                }
+    /// Disk used by the quota directory (walked on a blocking thread), at most once per
+    /// `QUOTA_EVERY` unless `force`.
+    async fn over_quota(&self, force: bool) -> bool {
+        let Some(quota) = self.limits.disk_bytes else {
+            return false;
+        };
+        if let Ok(mut last) = self.last_quota_check.lock() {
+            if !force && last.is_some_and(|t| t.elapsed() < QUOTA_EVERY) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let dir = self
+            .spec
+            .quota_dir
+            .clone()
+            .unwrap_or_else(|| self.spec.workspace.clone());
+        let used = tokio::task::spawn_blocking(move || disk_usage(&dir))
+            .await
+            .unwrap_or(0);
+        used > quota
+    }
+}
+
+const QUOTA_EVERY: Duration = Duration::from_secs(2);
+
+fn disk_usage(root: &Path) -> u64 {
+    fn walk(p: &Path, total: &mut u64, budget: &mut u32) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd.flatten() {
+            *budget = budget.saturating_sub(1);
+            if *budget == 0 {
+                return;
+            }
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                walk(&e.path(), total, budget);
+            } else {
+                use std::os::unix::fs::MetadataExt;
+                *total += m.blocks() * 512;
             }
         }
-        let mut total = 0;
-        let mut budget = 2_000_000;
-        walk(&self.spec.workspace, &mut total, &mut budget);
-        total
     }
+    let mut total = 0;
+    let mut budget = 2_000_000;
+    walk(root, &mut total, &mut budget);
+    total
 }
 
 static NEXT_BOX: AtomicU64 = AtomicU64::new(1);
@@ -751,9 +778,7 @@ impl NsBox {
                     let _ = self.send(&proto::Request::Kill { id }, &[]).await;
                 }
                 _ = quota_tick.tick(), if killed_by.is_none() && self.limits.disk_bytes.is_some() => {
-                    if let Some(q) = self.limits.disk_bytes
-                        && self.workspace_size() > q
-                    {
+                    if self.over_quota(true).await {
                         killed_by = Some("disk_quota".into());
                         let _ = self.send(&proto::Request::Kill { id }, &[]).await;
                     }
@@ -773,9 +798,7 @@ impl NsBox {
                 killed_by = Some("memory".into());
             } else if signal == Some(libc::SIGXFSZ) {
                 killed_by = Some("file_size".into());
-            } else if let Some(q) = self.limits.disk_bytes
-                && self.workspace_size() > q
-            {
+            } else if self.over_quota(false).await {
                 killed_by = Some("disk_quota".into());
             }
         }
