@@ -359,22 +359,28 @@ impl MirrorCache {
     pub async fn import_branch(&self, mirror: &Path, workspace: &Path, branch: &str) -> Result<()> {
         check_agent_branch(branch)?;
         let _guard = self.lock(mirror).await;
-        let ws = workspace.to_string_lossy().to_string();
-        let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
-        run_ok(
-            Some(mirror),
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-write-fetch-head",
-                &ws,
-                &spec,
-            ],
-        )
-        .await?;
+        fetch_branch(mirror, workspace, branch).await?;
         Ok(())
     }
+}
+
+/// Copies `refs/heads/<branch>` from the repository at `from` into the mirror (forced).
+async fn fetch_branch(mirror: &Path, from: &Path, branch: &str) -> Result<()> {
+    let from = from.to_string_lossy().to_string();
+    let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+    run_ok(
+        Some(mirror),
+        &[
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            &from,
+            &spec,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn has_commit(repo: &Path, commit: &str) -> Result<bool> {
@@ -712,19 +718,7 @@ pub async fn commit_workspace(
         commit.clone(),
     ])
     .await?;
-    let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
-    run_ok(
-        Some(mirror),
-        &[
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-write-fetch-head",
-            &g,
-            &spec,
-        ],
-    )
-    .await?;
+    fetch_branch(mirror, scratch_git, branch).await?;
     Ok(Some(commit))
 }
 
