@@ -364,6 +364,18 @@ impl MirrorCache {
     }
 }
 
+/// Copies an index file keeping its modification time: git treats entries modified in the same
+/// second as the index as "racily clean" and rehashes them; a fresh mtime on the copy would
+/// make a same-size edit made right after the checkout invisible.
+fn copy_index(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::copy(from, to)?;
+    let mtime = std::fs::metadata(from)?.modified()?;
+    std::fs::File::options()
+        .write(true)
+        .open(to)?
+        .set_modified(mtime)
+}
+
 /// Copies `refs/heads/<branch>` from the repository at `from` into the mirror (forced).
 async fn fetch_branch(mirror: &Path, from: &Path, branch: &str) -> Result<()> {
     let from = from.to_string_lossy().to_string();
@@ -635,7 +647,7 @@ pub async fn commit_workspace(
     .await?;
     let index = scratch_git.join("index");
     let seeded = match seed_index {
-        Some(seed) if seed.is_file() => tokio::fs::copy(seed, &index).await.is_ok(),
+        Some(seed) if seed.is_file() => copy_index(seed, &index).is_ok(),
         _ => false,
     };
     let name_cfg = format!("user.name={AGENT_NAME}");

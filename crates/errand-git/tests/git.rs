@@ -843,3 +843,58 @@ async fn diff_detects_renames_deletions_and_binary_files() {
     ));
     assert_eq!(before, fingerprint(&repo));
 }
+
+/// The base checkout's index seeds the commit; a same-size edit made in the same second as the
+/// checkout must still be seen (git's racy-clean check needs the index's own mtime).
+#[tokio::test]
+async fn commit_workspace_sees_same_size_edits_right_after_the_checkout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = make_upstream(tmp.path());
+    let cache = MirrorCache::new(tmp.path().join("mirrors"));
+    let mirror = cache.sync(&url(&up.path)).await.unwrap();
+    for round in 0..2 {
+        let base = tmp.path().join(format!("checkouts/base-{round}"));
+        assert!(
+            errand_git::prepare_base(&mirror, &up.second, &base)
+                .await
+                .unwrap()
+        );
+        // Same length as "two\n", written immediately.
+        write(&base, "src/lib.txt", "one\nTWO\nthree\nfour\n");
+        // The commit happens in a later second than the checkout and the edit.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let head = errand_git::commit_workspace(
+            &mirror,
+            &base,
+            &tmp.path().join(format!("commit-{round}.git")),
+            &up.second,
+            "errand/abc-race",
+            "edit",
+            &[("Errand-Task", "t")],
+            Some(&base.join(".git/index")),
+        )
+        .await
+        .unwrap()
+        .expect("the edit must be committed");
+        let shown = git(&mirror, &["show", &format!("{head}:src/lib.txt")]);
+        assert_eq!(shown, "one\nTWO\nthree\nfour\n");
+    }
+    // And an untouched workspace commits nothing.
+    let base = tmp.path().join("checkouts/clean");
+    errand_git::prepare_base(&mirror, &up.second, &base)
+        .await
+        .unwrap();
+    let none = errand_git::commit_workspace(
+        &mirror,
+        &base,
+        &tmp.path().join("commit-clean.git"),
+        &up.second,
+        "errand/abc-clean",
+        "nothing",
+        &[],
+        Some(&base.join(".git/index")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(none, None);
+}
