@@ -50,6 +50,23 @@ struct StatusRow {
     dirty_lines: usize,
 }
 
+/// What a box's disk quota measures (the host walks it after a command, at most every 2 s).
+#[derive(Debug, Clone, Copy)]
+enum BoxQuota {
+    /// The overlay's upper layer (`BoxSpec::quota_dir`), as the worker sets it.
+    Upper,
+    /// The whole workspace (`quota_dir: None`).
+    Workspace,
+    /// No disk quota (`Limits::disk_bytes: None`).
+    Off,
+}
+
+/// Per quota variant: create → Ready, create → `true` exited, a second `true`'s round trip.
+struct BoxRows {
+    what: &'static str,
+    rows: Vec<(BoxQuota, [Summary; 3])>,
+}
+
 pub struct SizeResult {
     files: usize,
     runs: usize,
@@ -62,10 +79,8 @@ pub struct SizeResult {
     /// `write_attempt_head` + `mount_overlay` with the base cached.
     warm: Option<Summary>,
     status: Vec<StatusRow>,
-    /// A box with this size's workspace at /workspace: create → Ready, create → `true`
-    /// exited, a second `true`'s round trip.
-    /// The same without the disk quota (which the host checks by walking the workspace).
-    box_first: Option<([Summary; 3], [Summary; 3], &'static str)>,
+    /// Boxes with this size's workspace at /workspace.
+    box_first: Option<BoxRows>,
 }
 
 pub struct CowResult {
@@ -404,28 +419,46 @@ async fn one_size(
             ..Default::default()
         })?;
         let (wss, what) = if overlay_ok {
-            (&merged_dirs, "the copy-on-write workspace")
+            (&merged_dirs, "copy-on-write")
         } else {
             (&dests[2], "Errand's checkout")
         };
-        let mut v: [[Vec<Duration>; 3]; 2] = Default::default();
+        let mut variants: Vec<(BoxQuota, &NamespaceBackend)> =
+            vec![(BoxQuota::Workspace, &backend), (BoxQuota::Off, &no_quota)];
+        if overlay_ok {
+            variants.insert(0, (BoxQuota::Upper, &backend));
+        }
+        let mut v: Vec<[Vec<Duration>; 3]> = vec![Default::default(); variants.len()];
+        // Past the workspaces `git status` ran in (their dentries are warm).
+        let mut k = 1 + n_status;
         for i in 0..box_runs {
-            // Taking turns, each on a workspace no box has used yet (while there are some).
-            for (k, b) in [&backend, &no_quota].into_iter().enumerate() {
-                let ws = &wss[(2 * i + k) % wss.len()];
-                let scratch = dir.join(format!("box-scratch-{i}-{k}"));
-                let t = crate::sandbox::lib_once(b, ws, &scratch).await?;
-                for (j, x) in v[k].iter_mut().enumerate() {
-                    x.push(t[j]);
+            // Taking turns (the order rotates every round), each on a workspace no box has
+            // used yet (while there are some).
+            for n in 0..variants.len() {
+                let j = (i + n) % variants.len();
+                let (quota, b) = &variants[j];
+                let ws = &wss[k % wss.len()];
+                k += 1;
+                let upper = ws.parent().map(|p| p.join("upper"));
+                let quota_dir = match quota {
+                    BoxQuota::Upper => upper.as_deref(),
+                    _ => None,
+                };
+                let scratch = dir.join(format!("box-scratch-{i}-{j}"));
+                let t = crate::sandbox::lib_once(b, ws, &scratch, quota_dir).await?;
+                for (x, d) in v[j].iter_mut().zip(t) {
+                    x.push(d);
                 }
             }
         }
-        let [a, b] = v;
-        Some((
-            a.map(|x| Summary::new(&x)),
-            b.map(|x| Summary::new(&x)),
+        Some(BoxRows {
             what,
-        ))
+            rows: variants
+                .iter()
+                .zip(v)
+                .map(|((q, _), t)| (*q, t.map(|x| Summary::new(&x))))
+                .collect(),
+        })
     } else {
         None
     };
@@ -608,26 +641,26 @@ pub fn report(r: &CowResult) -> String {
     }
     if r.box_runs > 0 && r.sizes.iter().any(|z| z.box_first.is_some()) {
         s += &format!(
-            "\nA box on such a workspace ({} runs per size and row, through the library as in \
-             benchmark 5, with and without the workspace disk quota, which the host checks \
-             after every command by walking the workspace; p50, with the max in \
-             parentheses):\n\n\
-             | workspace at /workspace | files | `create` → Ready (ms) | `create` → `true` exited (ms) | a second `true` (ms) |\n\
-             |---|---:|---:|---:|---:|\n",
+            "\nA box on such a workspace ({} runs per size and row, rows taking turns in an order \
+             that rotates every round, each on a workspace no box used before, through the library as in benchmark 5). The host \
+             checks the workspace disk quota by walking a directory after a command (at most \
+             every 2 s); the rows differ in what it walks. p50, with the max in parentheses:\n\n\
+             | workspace | files | disk quota walks | `create` → Ready (ms) | `create` → `true` exited (ms) | a second `true` (ms) |\n\
+             |---|---:|---|---:|---:|---:|\n",
             r.box_runs
         );
         for z in &r.sizes {
-            if let Some((a, b, what)) = &z.box_first {
+            if let Some(b) = &z.box_first {
                 let cell = |x: &Summary| format!("{} ({})", fmt_ms(x.pct(50.0)), fmt_ms(x.max()));
-                for (label, t) in [
-                    (what.to_string(), a),
-                    (
-                        format!("{what}, no disk quota (`Limits::disk_bytes: None`)"),
-                        b,
-                    ),
-                ] {
+                for (q, t) in &b.rows {
+                    let quota = match q {
+                        BoxQuota::Upper => "the upper layer (`quota_dir`, as the worker)",
+                        BoxQuota::Workspace => "the whole workspace (`quota_dir: None`)",
+                        BoxQuota::Off => "none (`disk_bytes: None`)",
+                    };
                     s += &format!(
-                        "| {label} | {} | {} | {} | {} |\n",
+                        "| {} | {} | {quota} | {} | {} | {} |\n",
+                        b.what,
                         fmt_int(z.files as f64),
                         cell(&t[0]),
                         cell(&t[1]),

@@ -136,19 +136,21 @@ fn shell_words(prog: &str, args: &[OsString]) -> String {
 }
 
 /// One box through the library: create (until Ready), run `true`, run `true` again, destroy.
+/// `quota_dir` is what the disk quota measures (`None`: the whole workspace).
 /// Returns the time to Ready and to the first command's exit (both from the start of create),
 /// the second command's round trip, and how long destroy took.
 pub async fn lib_once(
     backend: &NamespaceBackend,
     workspace: &Path,
     scratch: &Path,
+    quota_dir: Option<&Path>,
 ) -> Result<[Duration; 4]> {
     let spec = BoxSpec {
         workspace: workspace.to_path_buf(),
         scratch: scratch.to_path_buf(),
         ro_binds: vec![],
         rootfs: None,
-        quota_dir: None,
+        quota_dir: quota_dir.map(Path::to_path_buf),
         env: vec![],
     };
     let start = Instant::now();
@@ -382,7 +384,8 @@ pub async fn start(
             let keep = round >= warmup;
             match ways[i] {
                 Way::Lib => {
-                    let t = lib_once(&backend, &ws, &root.join(format!("scratch-{round}"))).await?;
+                    let t = lib_once(&backend, &ws, &root.join(format!("scratch-{round}")), None)
+                        .await?;
                     if keep {
                         for (v, d) in lib.iter_mut().zip(t) {
                             v.push(d);
@@ -394,7 +397,7 @@ pub async fn start(
                 }
                 Way::LibNoCgroup => {
                     let scratch = root.join(format!("scratch-nocg-{round}"));
-                    let t = lib_once(&no_cgroup, &ws, &scratch).await?;
+                    let t = lib_once(&no_cgroup, &ws, &scratch, None).await?;
                     if keep {
                         lib_nocg[0].push(t[0]);
                         lib_nocg[1].push(t[1]);
