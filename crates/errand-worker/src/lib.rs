@@ -124,6 +124,9 @@ impl EventSink for AttemptSink {
     }
 }
 
+/// Largest diff text stored with an attempt.
+const MAX_STORED_DIFF: usize = 8 << 20;
+
 const LEASE_HELD: u8 = 0;
 const LEASE_CANCELLED: u8 = 1;
 const LEASE_LOST: u8 = 2;
@@ -295,12 +298,29 @@ impl Worker {
                     // The server is stopping: leave the attempt to be re-queued on restart.
                     tracing::info!(attempt = %attempt_id, "shutting down; attempt will be re-queued");
                 } else {
+                    let keep = AttemptOutcome {
+                        usage: outcome.usage,
+                        turns: outcome.turns,
+                        head_commit: outcome.head_commit.clone(),
+                        ..Default::default()
+                    };
                     match self.client.finish(&attempt_id, &worker, outcome).await {
                         Ok(s) => {
                             tracing::info!(attempt = %attempt_id, status = %s, "attempt ended")
                         }
                         Err(e) => {
-                            tracing::warn!(attempt = %attempt_id, error = %e, "recording the outcome failed")
+                            // Record a minimal failure instead, or the attempt would be
+                            // re-queued and fail the same way forever.
+                            tracing::warn!(attempt = %attempt_id, error = %e, "recording the outcome failed");
+                            let minimal = AttemptOutcome {
+                                status: Some(Status::Failed),
+                                error: Some(format!("recording the outcome failed: {e}")),
+                                ..keep
+                            };
+                            if let Err(e) = self.client.finish(&attempt_id, &worker, minimal).await
+                            {
+                                tracing::warn!(attempt = %attempt_id, error = %e, "recording the failure failed");
+                            }
                         }
                     }
                 }
@@ -611,6 +631,18 @@ impl Worker {
                 )
                 .await?;
                 state.outcome.head_commit = Some(head);
+                // The full diff stays in git (the branch); the stored copy is capped.
+                let (diff, cut) = errand_core::text::cap_head_tail(&diff, MAX_STORED_DIFF);
+                if cut {
+                    self.notice(
+                        aid,
+                        format!(
+                            "the diff is larger than {} MiB; the stored copy is cut in the middle (the branch has all of it)",
+                            MAX_STORED_DIFF >> 20
+                        ),
+                    )
+                    .await?;
+                }
                 state.outcome.diff = Some(diff);
                 state.outcome.diff_stats = Some(stats);
             }
