@@ -88,10 +88,13 @@ pub fn parse_size(s: &str) -> Result<u64> {
 }
 
 pub async fn run(cmd: SandboxCommand) -> Result<ExitCode> {
-    match cmd {
+    let result = match cmd {
         SandboxCommand::Run(a) => run_one(a).await,
         SandboxCommand::Check => check().await,
-    }
+    };
+    // This process is about to exit: its idle cgroups must not outlive it.
+    errand_sandbox::ns::release_pooled_cgroups();
+    result
 }
 
 async fn run_one(a: RunArgs) -> Result<ExitCode> {

@@ -322,3 +322,28 @@ fn a_rootfs_folder_replaces_the_host_system() {
         bad.dump()
     );
 }
+
+/// `errand sandbox run` leaves no box cgroups behind when it exits.
+#[test]
+fn sandbox_run_leaves_no_cgroups_behind() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut cmd = sandbox_cmd(ws.path(), &[], &["true"]);
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    for parent in [
+        "/sys/fs/cgroup/pids/errand",
+        "/sys/fs/cgroup/memory/errand",
+        "/sys/fs/cgroup/errand",
+    ] {
+        if let Ok(rd) = std::fs::read_dir(parent) {
+            let left: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("box-{pid}-")))
+                .collect();
+            assert!(left.is_empty(), "left behind in {parent}: {left:?}");
+        }
+    }
+}

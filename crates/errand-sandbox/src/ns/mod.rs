@@ -889,3 +889,15 @@ pub fn sweep_stale_cgroups() -> usize {
     }
     removed
 }
+
+/// Removes the pooled (idle) box cgroups. A short-lived process that created boxes calls this
+/// before it exits, so that nothing is left behind.
+pub fn release_pooled_cgroups() {
+    let pooled = CGROUP_POOL
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    for (_, dirs) in pooled {
+        cleanup_cgroups(&dirs);
+    }
+}
