@@ -334,7 +334,8 @@ async fn wait_for_signal() {
 
 /// Makes a local path absolute (the server may run in another directory); URLs pass through.
 fn absolute(p: &str) -> Result<String> {
-    if p.contains("://") || (p.contains('@') && p.contains(':') && !Path::new(p).exists()) {
+    // The same rule the server applies to decide between a path and a URL.
+    if errand_git::is_url(p) {
         return Ok(p.to_string());
     }
     let path = Path::new(p);

@@ -413,16 +413,7 @@ impl NsBox {
         let go = proto::Request::Go {
             limits: limits.clone(),
         };
-        let sent = loop {
-            let mut guard = match sock.writable().await {
-                Ok(g) => g,
-                Err(e) => break Err(e),
-            };
-            match guard.try_io(|inner| proto::send(inner.get_ref().as_raw_fd(), &go, &[])) {
-                Ok(r) => break r,
-                Err(_would_block) => continue,
-            }
-        };
+        let sent = send_request(&sock, &go, &[]).await;
         if let Err(e) = sent {
             cleanup_cgroups(&cgroups);
             return Err(io_err("starting the box")(e));
@@ -488,17 +479,9 @@ impl NsBox {
     }
 
     async fn send(&self, req: &proto::Request, fds: &[std::os::fd::RawFd]) -> Result<()> {
-        loop {
-            let mut guard = self
-                .sock
-                .writable()
-                .await
-                .map_err(io_err("control socket"))?;
-            match guard.try_io(|inner| proto::send(inner.get_ref().as_raw_fd(), req, fds)) {
-                Ok(r) => return r.map_err(io_err("sending to the box")),
-                Err(_would_block) => continue,
-            }
-        }
+        send_request(&self.sock, req, fds)
+            .await
+            .map_err(io_err("sending to the box"))
     }
 
     /// Disk used by the quota directory (walked on a blocking thread), at most once per
@@ -627,6 +610,21 @@ fn dispatch(waiters: &Mutex<Waiters>, r: proto::Reply) {
             }
         }
         proto::Reply::Ready { .. } | proto::Reply::SetupFailed { .. } => {}
+    }
+}
+
+/// Sends one request to the box over the non-blocking control socket.
+async fn send_request(
+    sock: &AsyncFd<OwnedFd>,
+    req: &proto::Request,
+    fds: &[std::os::fd::RawFd],
+) -> std::io::Result<()> {
+    loop {
+        let mut guard = sock.writable().await?;
+        match guard.try_io(|inner| proto::send(inner.get_ref().as_raw_fd(), req, fds)) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
     }
 }
 
