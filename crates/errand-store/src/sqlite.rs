@@ -374,6 +374,40 @@ fn requeue_where(
 
 const ACTIVE_SQL: &str = "('preparing','planning','running','checking','verifying')";
 
+/// Takes attempts back from dead workers: active attempts go back to the queue (with `reason`),
+/// and ended attempts are released, so that their streams can end. With `expired_before`, only
+/// leases that expired before then; without, every lease (all workers are known dead).
+fn reclaim(
+    tx: &Transaction<'_>,
+    expired_before: Option<i64>,
+    reason: &dyn Fn(&Status, &Option<String>) -> String,
+) -> Result<Vec<String>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT id, task_id, status, lease_owner FROM attempts
+         WHERE status IN {ACTIVE_SQL} AND (?1 IS NULL OR lease_expires_at < ?1)"
+    ))?;
+    let rows: Vec<(String, String, Status, Option<String>)> = stmt
+        .query_map([expired_before], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                parse_status(&r.get::<_, String>(2)?)?,
+                r.get(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    drop(stmt);
+    tx.execute(
+        &format!(
+            "UPDATE attempts SET lease_owner = NULL, lease_expires_at = NULL
+             WHERE lease_owner IS NOT NULL AND status NOT IN {ACTIVE_SQL}
+               AND (?1 IS NULL OR lease_expires_at < ?1)"
+        ),
+        [expired_before],
+    )?;
+    requeue_where(tx, rows, reason)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_task(&self, task: NewTask) -> Result<Task> {
@@ -835,30 +869,7 @@ impl Store for SqliteStore {
     async fn requeue_expired(&self, now: i64) -> Result<Vec<String>> {
         let ids = self
             .write(move |tx| {
-                let mut stmt = tx.prepare_cached(&format!(
-                    "SELECT id, task_id, status, lease_owner FROM attempts
-                     WHERE status IN {ACTIVE_SQL} AND lease_expires_at < ?1"
-                ))?;
-                let rows: Vec<(String, String, Status, Option<String>)> = stmt
-                    .query_map([now], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            parse_status(&r.get::<_, String>(2)?)?,
-                            r.get(3)?,
-                        ))
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-                drop(stmt);
-                tx.execute(
-                    &format!(
-                        "UPDATE attempts SET lease_owner = NULL, lease_expires_at = NULL
-                         WHERE lease_owner IS NOT NULL AND lease_expires_at < ?1
-                           AND status NOT IN {ACTIVE_SQL}"
-                    ),
-                    [now],
-                )?;
-                requeue_where(tx, rows, &|s, w| {
+                reclaim(tx, Some(now), &|s, w| {
                     format!(
                         "lease expired while {s}: worker {} stopped heartbeating",
                         w.as_deref().unwrap_or("?")
@@ -874,25 +885,9 @@ impl Store for SqliteStore {
         let reason = reason.to_string();
         let ids = self
             .write(move |tx| {
-                let mut stmt = tx.prepare_cached(&format!(
-                    "SELECT id, task_id, status, lease_owner FROM attempts WHERE status IN {ACTIVE_SQL}"
-                ))?;
-                let rows: Vec<(String, String, Status, Option<String>)> = stmt
-                    .query_map([], |r| {
-                        Ok((r.get(0)?, r.get(1)?, parse_status(&r.get::<_, String>(2)?)?, r.get(3)?))
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-                drop(stmt);
-                // Ended attempts whose worker died before letting go (for example between a
-                // cancel and the worker's last events) are released, so streams can end.
-                tx.execute(
-                    &format!(
-                        "UPDATE attempts SET lease_owner = NULL, lease_expires_at = NULL
-                         WHERE lease_owner IS NOT NULL AND status NOT IN {ACTIVE_SQL}"
-                    ),
-                    [],
-                )?;
-                requeue_where(tx, rows, &|s, _| format!("{reason} while the attempt was {s}"))
+                reclaim(tx, None, &|s, _| {
+                    format!("{reason} while the attempt was {s}")
+                })
             })
             .await?;
         self.after_requeue(&ids);
