@@ -17,8 +17,133 @@ pub struct CheckSpec {
     pub command: String,
 }
 
+/// Limits that stop an attempt cleanly (its work is committed and the reason shown).
+/// Unset fields fall back to the environment's budget, then the server's.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+    /// Input plus output tokens over the whole attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    /// Wall time of the agent loop, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_time_secs: Option<u64>,
+}
+
+impl Budget {
+    /// Fields of `self`, else of `fallback`.
+    pub fn or(self, fallback: &Budget) -> Budget {
+        Budget {
+            max_turns: self.max_turns.or(fallback.max_turns),
+            max_tokens: self.max_tokens.or(fallback.max_tokens),
+            max_cost_usd: self.max_cost_usd.or(fallback.max_cost_usd),
+            max_time_secs: self.max_time_secs.or(fallback.max_time_secs),
+        }
+    }
+
+    /// Names the first nonsensical field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_turns == Some(0) {
+            return Err("budget max_turns must be at least 1".into());
+        }
+        if self.max_tokens == Some(0) {
+            return Err("budget max_tokens must be at least 1".into());
+        }
+        if let Some(c) = self.max_cost_usd
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(format!("budget max_cost_usd must be a positive number of dollars, not {c}"));
+        }
+        if self.max_time_secs == Some(0) {
+            return Err("budget max_time_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    OpenaiResponses,
+    OpenaiChat,
+    Anthropic,
+    Gemini,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenaiResponses => "openai-responses",
+            ProviderKind::OpenaiChat => "openai-chat",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+        }
+    }
+}
+
+/// Prices (US dollars per million tokens) and limits of one model.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Uncached input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<f64>,
+    /// Input read from the prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+    /// Input written to the prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
+    /// Output, reasoning included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<f64>,
+    /// Tokens the model accepts in one request; compaction starts at a fraction of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+    /// Output tokens asked for per turn (Anthropic requires a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+}
+
+/// `[providers.NAME]`: a model API. The built-in names (`openai`, `anthropic`, `gemini`,
+/// `ollama`) may be overridden field by field; any other name needs a `kind`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ProviderKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The environment variable that holds the API key (the key itself never goes in the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Extra HTTP headers sent with every request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Prices and limits per model; also the models `errand models` lists.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Stream responses (SSE). Defaults to true; turn off for gateways that cannot stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Whole-request timeout in seconds (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Longest silence allowed inside a streamed response, in seconds (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Retries of a retryable error (429, 5xx, overloaded, cut streams); default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
 /// How to run tasks for one repository.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentConfig {
     /// Local path or git URL.
@@ -40,17 +165,49 @@ pub struct EnvironmentConfig {
     /// system directories.
     #[serde(default)]
     pub rootfs: Option<String>,
+    /// Provider options for this environment's model (`reasoning_effort`, `temperature`, …).
+    #[serde(default)]
+    pub model_options: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub budget: Budget,
 }
 
 /// The whole `errand.toml`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Model used when neither the task nor its environment names one.
     #[serde(default)]
     pub default_model: Option<String>,
+    /// Budget for every attempt unless its environment or task says otherwise.
+    #[serde(default)]
+    pub budget: Budget,
+    /// Agent knobs.
+    #[serde(default)]
+    pub agent: AgentSettings,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub environments: BTreeMap<String, EnvironmentConfig>,
+}
+
+/// `[agent]`: how the built-in agent manages its context.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// Compact old turns when a request reaches this fraction of the context window.
+    pub compact_at: f64,
+    /// Model turns kept verbatim after a compaction.
+    pub keep_recent_turns: u32,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            compact_at: 0.8,
+            keep_recent_turns: 4,
+        }
+    }
 }
 
 impl Config {
@@ -60,7 +217,46 @@ impl Config {
             path: path.to_string(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            message,
+        };
+        if !(cfg.agent.compact_at > 0.0 && cfg.agent.compact_at <= 1.0) {
+            return Err(invalid(format!(
+                "agent.compact_at must be a fraction of the context window in (0, 1], not {}",
+                cfg.agent.compact_at
+            )));
+        }
+        cfg.budget.validate().map_err(invalid)?;
+        for (name, p) in &cfg.providers {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(invalid(format!(
+                    "provider name '{name}' may only use letters, digits, '-', '_' and '.'"
+                )));
+            }
+            if let Some(u) = &p.base_url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Err(invalid(format!(
+                    "providers.{name}.base_url '{u}' must start with http:// or https://"
+                )));
+            }
+            if let Some(k) = &p.api_key_env
+                && (k.is_empty() || k.contains('=') || k.contains('\0'))
+            {
+                return Err(invalid(format!(
+                    "providers.{name}.api_key_env must name an environment variable (for example MY_API_KEY), not '{k}'"
+                )));
+            }
+        }
         for (name, env) in &cfg.environments {
+            env.budget
+                .validate()
+                .map_err(|m| invalid(format!("environment '{name}': {m}")))?;
             if name.is_empty()
                 || !name
                     .chars()

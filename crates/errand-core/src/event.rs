@@ -28,25 +28,40 @@ pub enum OutputStream {
     Stderr,
 }
 
-/// Token usage of one model turn or a sum of turns.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// Token usage of one model turn or a sum of turns, and what it cost.
+///
+/// `input_tokens` counts every input token, cached or not (`cached_input_tokens` and
+/// `cache_write_tokens` are parts of it); `output_tokens` includes `reasoning_tokens`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Usage {
     #[serde(default)]
     pub input_tokens: u64,
     #[serde(default)]
     pub cached_input_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic bills them apart).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
     #[serde(default)]
     pub output_tokens: u64,
     #[serde(default)]
     pub reasoning_tokens: u64,
+    /// US dollars, from the model's price table; 0 when no price is known.
+    #[serde(default)]
+    pub cost_usd: f64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
     pub fn add(&mut self, other: &Usage) {
         self.input_tokens += other.input_tokens;
         self.cached_input_tokens += other.cached_input_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
         self.output_tokens += other.output_tokens;
         self.reasoning_tokens += other.reasoning_tokens;
+        self.cost_usd += other.cost_usd;
     }
     pub fn total(&self) -> u64 {
         self.input_tokens + self.output_tokens

@@ -11,7 +11,10 @@ pub mod status;
 pub mod task;
 pub mod text;
 
-pub use config::{CheckSpec, Config, ConfigError, EnvironmentConfig};
+pub use config::{
+    AgentSettings, Budget, CheckSpec, Config, ConfigError, EnvironmentConfig, ModelConfig,
+    ProviderConfig, ProviderKind,
+};
 pub use event::{Event, EventKind, OutputStream, Usage};
 pub use id::{new_id, short_id};
 pub use status::Status;

@@ -30,11 +30,17 @@ pub struct TaskRequest {
     /// Check commands the worker runs after the agent; overrides the environment's.
     #[serde(default)]
     pub checks: Option<Vec<crate::CheckSpec>>,
+    /// Provider options (`reasoning_effort`, `temperature`, …), over the environment's.
+    #[serde(default)]
+    pub model_options: BTreeMap<String, serde_json::Value>,
+    /// Limits over the environment's and the server's.
+    #[serde(default)]
+    pub budget: crate::Budget,
 }
 
-/// The environment as resolved when the task was created; stored with the task so that any
-/// worker can run it without the server's configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// The environment as resolved when the task was created (with the task's own overrides);
+/// stored with the task so that any worker can run it without the server's configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct EnvironmentSnapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -44,6 +50,13 @@ pub struct EnvironmentSnapshot {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_options: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub budget: crate::Budget,
+    /// Context management of the built-in agent, from the server's `[agent]`.
+    #[serde(default)]
+    pub agent: crate::AgentSettings,
 }
 
 /// A validated, fully resolved task, ready to be stored.

@@ -2,10 +2,12 @@
 //!
 //! File format: `{"turns": [{"text"?: string, "tool_calls"?: [{"name": string, "arguments": object}]}]}`.
 //! Turn *n* of the conversation gets entry *n* of the file, whatever the conversation holds,
-//! so a restarted attempt replays the same script. Past the end, the model says it has no more
-//! turns and the run ends.
+//! so a restarted attempt replays the same script (the count starts from the assistant turns
+//! already in the conversation, and compaction requests do not use up a turn: they get a
+//! summary made from the conversation). Past the end, the model says it has no more turns and
+//! the run ends.
 
-use crate::{ModelError, ModelRequest, ModelResponse, Provider, Result, ToolCall};
+use crate::{Delta, ModelError, ModelRequest, ModelResponse, Provider, Result, ToolCall};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -29,6 +31,9 @@ pub struct ScriptedTurn {
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ScriptedCall>,
+    /// Usage to report for this turn (tests of budgets and compaction); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<errand_core::Usage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -94,6 +99,8 @@ impl Script {
 pub struct ScriptedProvider {
     name: String,
     script: Script,
+    /// The next turn to play; set from the conversation on the first request.
+    next: std::sync::Mutex<Option<usize>>,
 }
 
 impl ScriptedProvider {
@@ -101,8 +108,26 @@ impl ScriptedProvider {
         ScriptedProvider {
             name: name.to_string(),
             script,
+            next: std::sync::Mutex::new(None),
         }
     }
+}
+
+/// A deterministic summary for a compaction request: the tool calls made so far.
+fn scripted_summary(req: &ModelRequest) -> String {
+    let mut calls = Vec::new();
+    for m in &req.messages {
+        if let crate::Message::Assistant { tool_calls, .. } = m {
+            for c in tool_calls {
+                calls.push(format!("{}({})", c.name, c.arguments));
+            }
+        }
+    }
+    format!(
+        "[SCRIPTED summary] {} earlier tool calls: {}",
+        calls.len(),
+        errand_core::text::cap_head_tail(&calls.join("; "), 2048).0
+    )
 }
 
 #[async_trait]
@@ -113,12 +138,29 @@ impl Provider for ScriptedProvider {
     fn scripted(&self) -> bool {
         true
     }
-    async fn complete(&self, req: &ModelRequest) -> Result<ModelResponse> {
-        let turn = req
-            .messages
-            .iter()
-            .filter(|m| matches!(m, crate::Message::Assistant { .. }))
-            .count();
+    async fn stream(
+        &self,
+        req: &ModelRequest,
+        _on_delta: &mut (dyn for<'d> FnMut(Delta<'d>) + Send),
+    ) -> Result<ModelResponse> {
+        if req.compaction {
+            return Ok(ModelResponse {
+                text: Some(scripted_summary(req)),
+                stop_reason: Some("end_turn".into()),
+                ..Default::default()
+            });
+        }
+        let turn = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let n = next.unwrap_or_else(|| {
+                req.messages
+                    .iter()
+                    .filter(|m| matches!(m, crate::Message::Assistant { .. }))
+                    .count()
+            });
+            *next = Some(n + 1);
+            n
+        };
         let Some(t) = self.script.turns.get(turn) else {
             return Ok(ModelResponse {
                 text: Some(format!(
@@ -148,7 +190,8 @@ impl Provider for ScriptedProvider {
                 "tool_use".into()
             }),
             tool_calls,
-            usage: Default::default(),
+            usage: t.usage.unwrap_or_default(),
+            native: None,
         })
     }
 }
@@ -190,24 +233,17 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let p = ScriptedProvider::new("scripted:x", s);
         let mut req = ModelRequest {
-            system: String::new(),
-            tools: vec![],
             messages: vec![Message::User { text: "hi".into() }],
+            ..Default::default()
         };
         let r1 = p.complete(&req).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r1.tool_calls[0].name, "list_dir");
         assert_eq!(r1.tool_calls[0].id, "call_1_1");
-        req.messages.push(Message::Assistant {
-            text: r1.text,
-            tool_calls: r1.tool_calls,
-        });
+        req.messages.push(r1.to_message());
         let r2 = p.complete(&req).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r2.text.as_deref(), Some("done"));
         assert!(r2.tool_calls.is_empty());
-        req.messages.push(Message::Assistant {
-            text: r2.text,
-            tool_calls: vec![],
-        });
+        req.messages.push(r2.to_message());
         let r3 = p.complete(&req).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r3.stop_reason.as_deref(), Some("end_of_script"));
     }
