@@ -72,6 +72,7 @@ impl Fixture {
 }
 
 pub fn client() -> Result<reqwest::Client> {
+    errand_model::install_tls();
     Ok(reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(5))
@@ -131,12 +132,15 @@ impl Clients {
     pub fn new() -> Result<Clients> {
         Ok(Clients {
             pooled: client()?,
-            fresh: reqwest::Client::builder()
-                .no_proxy()
-                .connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true)
-                .pool_max_idle_per_host(0)
-                .build()?,
+            fresh: {
+                errand_model::install_tls();
+                reqwest::Client::builder()
+            }
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(0)
+            .build()?,
         })
     }
 }

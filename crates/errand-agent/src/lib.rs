@@ -11,9 +11,10 @@ pub mod patch;
 pub mod tools;
 
 use async_trait::async_trait;
-use errand_core::{EventKind, Usage};
+use errand_core::{Budget, EventKind, PlanStep, Usage};
 use errand_model::{Message, ModelRequest, Provider};
 use errand_sandbox::SandboxBox;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -39,32 +40,55 @@ pub trait EventSink: Send + Sync {
 /// Limits and knobs of one run.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// Turn limit when the budget sets none.
     pub max_turns: u32,
+    /// Turns, tokens, cost and wall time; reaching one stops the run cleanly.
+    pub budget: Budget,
     /// Tool output shown to the model is capped at this many bytes (head and tail kept).
     pub tool_output_cap: usize,
     pub default_command_timeout: Duration,
     pub max_command_timeout: Duration,
+    /// Compact when the estimated request reaches this fraction of the context window.
+    pub compact_at: f64,
+    /// Model turns kept verbatim through a compaction.
+    pub keep_recent_turns: u32,
+    /// The context window when the provider does not know its model's.
+    pub default_context_window: u64,
+    /// Provider options sent with every request.
+    pub model_options: BTreeMap<String, serde_json::Value>,
+    /// A stable key for provider-side prompt caching (the attempt id).
+    pub cache_key: Option<String>,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             max_turns: 100,
+            budget: Budget::default(),
             tool_output_cap: 16 * 1024,
             default_command_timeout: Duration::from_secs(120),
             max_command_timeout: Duration::from_secs(30 * 60),
+            compact_at: 0.8,
+            keep_recent_turns: 4,
+            default_context_window: 128_000,
+            model_options: BTreeMap::new(),
+            cache_key: None,
         }
     }
 }
 
 /// Why the run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EndReason {
     /// The model called `finish`.
     Finished,
     /// The model answered without calling a tool.
     NoToolCalls,
     MaxTurns,
+    /// A budget (tokens, cost, wall time) ran out; the text says which and by how much.
+    Budget(String),
+    /// The model failed with an error that retries could not fix.
+    ModelFailed(String),
     Cancelled,
 }
 
@@ -75,6 +99,7 @@ pub struct AgentOutcome {
     pub usage: Usage,
     pub end: EndReason,
     pub elapsed: Duration,
+    pub plan: Vec<PlanStep>,
 }
 
 /// Everything one run needs.
@@ -92,16 +117,28 @@ const SYSTEM_PROMPT: &str = "You are Errand, an autonomous coding agent working 
 git repository, on a branch of your own. Nobody is watching: do not ask questions, make reasonable \
 decisions and state them in your summary.\n\n\
 Work like a careful senior engineer: explore the code before changing it, make the smallest change \
-that fully solves the task, follow the repository's conventions and its AGENTS.md, and run the \
-relevant tests. Paths are relative to the repository root. Use `edit` or `apply_patch` for changes \
-to existing files and `write_file` for new files. Do not commit, push or switch branches: Errand \
-commits your work when you finish. When the task is complete, call `finish` with a short summary \
-of what you changed and how you checked it.";
+that fully solves the task, follow the repository's conventions and its AGENTS.md files (a nested \
+AGENTS.md applies to the files under its directory), and run the relevant tests. For work of several \
+steps, keep a short plan with `update_plan`. Paths are relative to the repository root. Use `edit` or \
+`apply_patch` for changes to existing files and `write_file` for new files. Do not commit, push or \
+switch branches: Errand commits your work when you finish. When the task is complete, call `finish` \
+with a short summary of what you changed and how you checked it.";
 
-/// Reads the repository's root `AGENTS.md`, capped.
-fn read_agents_md(root: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(root.join("AGENTS.md")).ok()?;
-    let (capped, _) = errand_core::text::cap_head_tail(&text, 32 * 1024);
+const COMPACT_PROMPT: &str = "Your context is nearly full, so the conversation so far will be replaced by your summary. \
+Do not call any tool now. Write a summary that lets you continue the task without the earlier turns: \
+what the task needs, what you found (files, functions, causes), what you changed so far (paths and \
+what), what you ran and its results, what remains to do, and anything you must not forget. Be \
+specific and brief.";
+
+/// The largest AGENTS.md shown, per file.
+const AGENTS_MD_CAP: usize = 32 * 1024;
+/// The largest tool output kept in a `tool_result` event.
+const EVENT_OUTPUT_CAP: usize = 1 << 20;
+
+/// Reads an `AGENTS.md`, capped.
+fn read_agents_md(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (capped, _) = errand_core::text::cap_head_tail(&text, AGENTS_MD_CAP);
     Some(capped)
 }
 
@@ -111,7 +148,7 @@ pub fn initial_message(root: &Path, prompt: &str) -> String {
     m.push_str(
         "<environment>\nworking directory: the repository root\nshell: bash\n</environment>\n\n",
     );
-    if let Some(agents) = read_agents_md(root) {
+    if let Some(agents) = read_agents_md(&root.join("AGENTS.md")) {
         m.push_str("<agents_md path=\"AGENTS.md\">\n");
         m.push_str(&agents);
         m.push_str("\n</agents_md>\n\n");
@@ -122,69 +159,248 @@ pub fn initial_message(root: &Path, prompt: &str) -> String {
     m
 }
 
+/// Nested `AGENTS.md` files on the way from the root to `paths` (the root's own is in the
+/// first message), not shown before; each is returned once, as a block to append to a tool
+/// result.
+pub fn nested_agents_md(
+    root: &Path,
+    paths: &[String],
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> String {
+    let mut out = String::new();
+    let Ok(root_c) = root.canonicalize() else {
+        return out;
+    };
+    for p in paths {
+        let Ok(full) = confine(root, p, false) else {
+            continue;
+        };
+        let Ok(rel) = full.strip_prefix(&root_c) else {
+            continue;
+        };
+        // The directories between the root and the path (the path itself when it is one).
+        let mut dir = PathBuf::new();
+        let comps: Vec<_> = rel.components().collect();
+        let dir_count = if full.is_dir() {
+            comps.len()
+        } else {
+            comps.len().saturating_sub(1)
+        };
+        for c in comps.iter().take(dir_count) {
+            dir.push(c);
+            let rel_md = dir.join("AGENTS.md");
+            if seen.contains(&rel_md) {
+                continue;
+            }
+            seen.insert(rel_md.clone());
+            let md = root_c.join(&rel_md);
+            // Only a regular file inside the workspace (no link leading out).
+            let inside = md
+                .canonicalize()
+                .is_ok_and(|r| r.starts_with(&root_c) && r.is_file());
+            if inside && let Some(text) = read_agents_md(&md) {
+                out.push_str(&format!(
+                    "\n\n<agents_md path=\"{}\">\nThese instructions apply to files under {}/.\n{}\n</agents_md>",
+                    rel_md.display(),
+                    dir.display(),
+                    text
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// A rough token count for text sent to a model (about four bytes a token).
+pub fn estimate_tokens(bytes: usize) -> u64 {
+    bytes.div_ceil(4) as u64
+}
+
+fn message_bytes(m: &Message) -> usize {
+    match m {
+        Message::User { text } => text.len(),
+        Message::Assistant {
+            text,
+            tool_calls,
+            native,
+        } => {
+            text.as_deref().map_or(0, str::len)
+                + tool_calls
+                    .iter()
+                    .map(|c| c.name.len() + c.arguments.to_string().len())
+                    .sum::<usize>()
+                + native.as_ref().map_or(0, |n| n.value.to_string().len() / 2)
+        }
+        Message::Tool { content, .. } => content.len(),
+    }
+}
+
+fn plan_text(plan: &[PlanStep]) -> String {
+    plan.iter()
+        .map(|s| format!("- [{}] {}", s.status, s.step))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// State of a run between turns.
+struct Loop {
+    req: ModelRequest,
+    usage: Usage,
+    turns: u64,
+    plan: Vec<PlanStep>,
+    /// Input tokens the provider reported for the last request, and the message count then.
+    last_input: Option<(u64, usize)>,
+    agents_seen: std::collections::HashSet<PathBuf>,
+    warned_unpriced: bool,
+}
+
+enum ModelCall {
+    Done(Box<errand_model::ModelResponse>),
+    Cancelled,
+    Failed(String),
+}
+
 impl AgentRun<'_> {
     /// Runs the loop to its end.
     pub async fn run(self) -> Result<AgentOutcome, AgentError> {
         let start = Instant::now();
-        let tools = tools::specs();
-        let mut messages = vec![Message::User {
-            text: initial_message(self.workspace, self.prompt),
-        }];
-        let mut usage = Usage::default();
-        let mut turns: u64 = 0;
+        let budget = self.config.budget;
+        let max_turns = budget.max_turns.unwrap_or(self.config.max_turns) as u64;
+        // The wall-time budget cancels what is running (a model request, a command) through a
+        // child token, so that the run still ends cleanly and its work gets committed.
+        let run_cancel = self.cancel.child_token();
+        let time_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _timer = budget.max_time_secs.map(|secs| {
+            let (tok, flag) = (run_cancel.clone(), time_up.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                tok.cancel();
+            }))
+        });
+        let mut st = Loop {
+            req: ModelRequest {
+                system: SYSTEM_PROMPT.to_string(),
+                tools: tools::specs(),
+                messages: vec![Message::User {
+                    text: initial_message(self.workspace, self.prompt),
+                }],
+                options: self.config.model_options.clone(),
+                cache_key: self.config.cache_key.clone(),
+                compaction: false,
+            },
+            usage: Usage::default(),
+            turns: 0,
+            plan: Vec::new(),
+            last_input: None,
+            agents_seen: Default::default(),
+            warned_unpriced: false,
+        };
         let ctx = tools::ToolContext {
             root: self.workspace.to_path_buf(),
             sandbox: self.sandbox,
             sink: self.sink,
-            cancel: self.cancel.clone(),
+            cancel: run_cancel.clone(),
             config: &self.config,
+        };
+        let end = |st: &Loop, summary: Option<String>, end: EndReason| AgentOutcome {
+            summary,
+            turns: st.turns,
+            usage: st.usage,
+            end,
+            elapsed: start.elapsed(),
+            plan: st.plan.clone(),
+        };
+        let time_budget = |st: &Loop| {
+            let secs = budget.max_time_secs.unwrap_or_default();
+            end(
+                st,
+                None,
+                EndReason::Budget(format!(
+                    "the time budget of {} ran out",
+                    humanize_secs(secs)
+                )),
+            )
         };
         loop {
             if self.cancel.is_cancelled() {
-                return Ok(self.outcome(None, turns, usage, EndReason::Cancelled, start));
+                return Ok(end(&st, None, EndReason::Cancelled));
             }
-            if turns >= self.config.max_turns as u64 {
+            if time_up.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(self.stop(time_budget(&st)).await?);
+            }
+            if st.turns >= max_turns {
                 self.sink
                     .emit(vec![EventKind::Notice {
-                        message: format!(
-                            "stopping: reached the limit of {} model turns",
-                            self.config.max_turns
-                        ),
+                        message: format!("stopping: reached the limit of {max_turns} model turns"),
                     }])
                     .await?;
-                return Ok(self.outcome(None, turns, usage, EndReason::MaxTurns, start));
+                return Ok(end(&st, None, EndReason::MaxTurns));
             }
-            let req = ModelRequest {
-                system: SYSTEM_PROMPT.to_string(),
-                tools: tools.clone(),
-                messages: messages.clone(),
-            };
-            let resp = tokio::select! {
-                r = self.provider.complete(&req) => r?,
-                _ = self.cancel.cancelled() => {
-                    return Ok(self.outcome(None, turns, usage, EndReason::Cancelled, start));
+            if let Some(max) = budget.max_tokens
+                && st.usage.total() >= max
+            {
+                let why = format!(
+                    "the token budget of {max} ran out ({} tokens used)",
+                    st.usage.total()
+                );
+                return Ok(self.stop(end(&st, None, EndReason::Budget(why))).await?);
+            }
+            if let Some(max) = budget.max_cost_usd
+                && st.usage.cost_usd >= max
+            {
+                let why = format!(
+                    "the cost budget of ${max:.2} ran out (${:.4} spent)",
+                    st.usage.cost_usd
+                );
+                return Ok(self.stop(end(&st, None, EndReason::Budget(why))).await?);
+            }
+            self.maybe_compact(&mut st, &run_cancel).await?;
+
+            let resp = match self.call_model(&st.req, &run_cancel).await? {
+                ModelCall::Done(r) => *r,
+                ModelCall::Cancelled if time_up.load(std::sync::atomic::Ordering::SeqCst) => {
+                    return Ok(self.stop(time_budget(&st)).await?);
+                }
+                ModelCall::Cancelled => return Ok(end(&st, None, EndReason::Cancelled)),
+                ModelCall::Failed(msg) => {
+                    return Ok(end(&st, None, EndReason::ModelFailed(msg)));
                 }
             };
-            turns += 1;
-            usage.add(&resp.usage);
-            self.sink
-                .emit(vec![EventKind::ModelTurn {
-                    model: self.provider.name().to_string(),
-                    scripted: self.provider.scripted(),
-                    turn: turns as u32,
-                    text: resp.text.clone(),
-                    reasoning: resp.reasoning.clone(),
-                    usage: resp.usage,
-                    stop_reason: resp.stop_reason.clone(),
-                }])
-                .await?;
-            self.sink.usage(usage, turns).await?;
-            messages.push(Message::Assistant {
+            st.turns += 1;
+            st.usage.add(&resp.usage);
+            st.last_input = Some((resp.usage.input_tokens, st.req.messages.len()));
+            let mut events = Vec::new();
+            if !st.warned_unpriced
+                && resp.usage.total() > 0
+                && resp.usage.cost_usd == 0.0
+                && !self.provider.scripted()
+            {
+                st.warned_unpriced = true;
+                let (p, m) = errand_model::split_model_name(self.provider.name())
+                    .unwrap_or(("PROVIDER", "MODEL"));
+                events.push(EventKind::Notice {
+                    message: format!(
+                        "no price is known for {}: its cost is counted as $0; set prices under [providers.{p}.models.\"{m}\"] (input, output, cached_input: dollars per million tokens) in errand.toml",
+                        self.provider.name()
+                    ),
+                });
+            }
+            events.push(EventKind::ModelTurn {
+                model: self.provider.name().to_string(),
+                scripted: self.provider.scripted(),
+                turn: st.turns as u32,
                 text: resp.text.clone(),
-                tool_calls: resp.tool_calls.clone(),
+                reasoning: resp.reasoning.clone(),
+                usage: resp.usage,
+                stop_reason: resp.stop_reason.clone(),
+                total_cost_usd: st.usage.cost_usd,
             });
+            self.sink.emit(events).await?;
+            self.sink.usage(st.usage, st.turns).await?;
+            st.req.messages.push(resp.to_message());
             if resp.tool_calls.is_empty() {
-                return Ok(self.outcome(resp.text, turns, usage, EndReason::NoToolCalls, start));
+                return Ok(end(&st, resp.text, EndReason::NoToolCalls));
             }
             let mut finished = None;
             for call in &resp.tool_calls {
@@ -196,18 +412,34 @@ impl AgentRun<'_> {
                     }])
                     .await?;
                 let result = tools::execute(&ctx, call).await?;
+                let mut output = result.output;
+                if result.ok {
+                    output.push_str(&nested_agents_md(
+                        self.workspace,
+                        &tools::touched_paths(call),
+                        &mut st.agents_seen,
+                    ));
+                }
                 let (shown, truncated) =
-                    errand_core::text::cap_head_tail(&result.output, self.config.tool_output_cap);
-                self.sink
-                    .emit(vec![EventKind::ToolResult {
-                        call_id: call.id.clone(),
-                        name: call.name.clone(),
-                        ok: result.ok,
-                        output: shown.clone(),
-                        truncated,
-                    }])
-                    .await?;
-                messages.push(Message::Tool {
+                    errand_core::text::cap_head_tail(&output, self.config.tool_output_cap);
+                let mut events = Vec::new();
+                if let Some((explanation, steps)) = result.plan {
+                    st.plan = steps.clone();
+                    events.push(EventKind::PlanUpdated { explanation, steps });
+                }
+                events.push(EventKind::ToolResult {
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    ok: result.ok,
+                    output: if truncated {
+                        errand_core::text::cap_head_tail(&output, EVENT_OUTPUT_CAP).0
+                    } else {
+                        output
+                    },
+                    truncated,
+                });
+                self.sink.emit(events).await?;
+                st.req.messages.push(Message::Tool {
                     call_id: call.id.clone(),
                     name: call.name.clone(),
                     content: shown,
@@ -216,31 +448,210 @@ impl AgentRun<'_> {
                 if let Some(summary) = result.finish {
                     finished = Some(summary);
                 }
-                if self.cancel.is_cancelled() {
-                    return Ok(self.outcome(None, turns, usage, EndReason::Cancelled, start));
+                if run_cancel.is_cancelled() {
+                    // Every call needs a result; the ones not run say why.
+                    break;
                 }
             }
             if let Some(summary) = finished {
-                return Ok(self.outcome(Some(summary), turns, usage, EndReason::Finished, start));
+                return Ok(end(&st, Some(summary), EndReason::Finished));
+            }
+            if run_cancel.is_cancelled() {
+                if time_up.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(self.stop(time_budget(&st)).await?);
+                }
+                return Ok(end(&st, None, EndReason::Cancelled));
             }
         }
     }
 
-    fn outcome(
-        &self,
-        summary: Option<String>,
-        turns: u64,
-        usage: Usage,
-        end: EndReason,
-        start: Instant,
-    ) -> AgentOutcome {
-        AgentOutcome {
-            summary,
-            turns,
-            usage,
-            end,
-            elapsed: start.elapsed(),
+    /// Records why a budget stopped the run.
+    async fn stop(&self, outcome: AgentOutcome) -> Result<AgentOutcome, AgentError> {
+        if let EndReason::Budget(why) = &outcome.end {
+            self.sink
+                .emit(vec![EventKind::Notice {
+                    message: format!("stopping: {why}; the work so far is kept"),
+                }])
+                .await?;
         }
+        Ok(outcome)
+    }
+
+    /// One model request with retries: each retryable failure is an event, then a wait with
+    /// backoff (the provider's `Retry-After` when it gave one). Cancellation stops the request
+    /// and the wait.
+    async fn call_model(
+        &self,
+        req: &ModelRequest,
+        cancel: &CancellationToken,
+    ) -> Result<ModelCall, AgentError> {
+        let policy = self.provider.retry_policy();
+        let mut retry = 0;
+        loop {
+            let mut ignore = |_: errand_model::Delta<'_>| {};
+            let result = tokio::select! {
+                r = self.provider.stream(req, &mut ignore) => r,
+                _ = cancel.cancelled() => return Ok(ModelCall::Cancelled),
+            };
+            let err = match result {
+                Ok(r) => return Ok(ModelCall::Done(Box::new(r))),
+                Err(e) => e,
+            };
+            retry += 1;
+            let Some(delay) = policy.delay(retry, &err) else {
+                let msg = if err.retryable() && retry > policy.max_retries {
+                    format!("{err} (gave up after {} retries)", policy.max_retries)
+                } else {
+                    err.to_string()
+                };
+                return Ok(ModelCall::Failed(msg));
+            };
+            self.sink
+                .emit(vec![EventKind::ModelRetry {
+                    model: self.provider.name().to_string(),
+                    retry,
+                    max_retries: policy.max_retries,
+                    delay_ms: delay.as_millis() as u64,
+                    kind: err
+                        .kind()
+                        .and_then(|k| serde_json::to_value(k).ok())
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    error: err.to_string(),
+                }])
+                .await?;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return Ok(ModelCall::Cancelled),
+            }
+        }
+    }
+
+    /// Estimated size of the next request, in tokens: what the provider counted for the last
+    /// one plus an estimate for the messages added since, else an estimate of everything.
+    fn estimate(&self, st: &Loop) -> u64 {
+        let fixed = st.req.system.len()
+            + st.req
+                .tools
+                .iter()
+                .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
+                .sum::<usize>();
+        match st.last_input {
+            Some((input, at)) if input > 0 && at <= st.req.messages.len() => {
+                input + estimate_tokens(st.req.messages[at..].iter().map(message_bytes).sum())
+            }
+            _ => estimate_tokens(fixed + st.req.messages.iter().map(message_bytes).sum::<usize>()),
+        }
+    }
+
+    /// Replaces old turns by a model-written summary once the request nears the context
+    /// window, keeping the first message (environment, AGENTS.md, task), the plan and the
+    /// last turns verbatim.
+    async fn maybe_compact(
+        &self,
+        st: &mut Loop,
+        cancel: &CancellationToken,
+    ) -> Result<(), AgentError> {
+        let window = self
+            .provider
+            .context_window()
+            .unwrap_or(self.config.default_context_window);
+        let threshold = (window as f64 * self.config.compact_at) as u64;
+        let before = self.estimate(st);
+        if before < threshold {
+            return Ok(());
+        }
+        // Keep the last `keep_recent_turns` assistant turns with their tool results.
+        let msgs = &st.req.messages;
+        let mut kept_turns = 0;
+        let mut cut = msgs.len();
+        for (i, m) in msgs.iter().enumerate().rev() {
+            if matches!(m, Message::Assistant { .. }) {
+                kept_turns += 1;
+                cut = i;
+                if kept_turns >= self.config.keep_recent_turns.max(1) {
+                    break;
+                }
+            }
+        }
+        if cut <= 2 {
+            // Nothing old enough to summarise.
+            return Ok(());
+        }
+        let mut creq = st.req.clone();
+        creq.compaction = true;
+        creq.messages.push(Message::User {
+            text: COMPACT_PROMPT.to_string(),
+        });
+        let summary = match self.call_model(&creq, cancel).await? {
+            ModelCall::Done(r) => {
+                st.usage.add(&r.usage);
+                r.text.unwrap_or_default()
+            }
+            ModelCall::Cancelled => return Ok(()),
+            ModelCall::Failed(msg) => {
+                self.sink
+                    .emit(vec![EventKind::Notice {
+                        message: format!(
+                            "compaction failed ({msg}); keeping the conversation as it is"
+                        ),
+                    }])
+                    .await?;
+                return Ok(());
+            }
+        };
+        let summary = if summary.trim().is_empty() {
+            "(the model gave no summary)".to_string()
+        } else {
+            summary.trim().to_string()
+        };
+        let mut text = format!(
+            "<summary_of_earlier_turns>\nThe earlier turns of this task were replaced by this summary to save context.\n{summary}\n</summary_of_earlier_turns>"
+        );
+        if !st.plan.is_empty() {
+            text.push_str(&format!(
+                "\n\n<current_plan>\n{}\n</current_plan>",
+                plan_text(&st.plan)
+            ));
+        }
+        let removed = cut - 1;
+        let mut messages = Vec::with_capacity(msgs.len() - cut + 2);
+        messages.push(msgs[0].clone());
+        messages.push(Message::User { text });
+        messages.extend_from_slice(&msgs[cut..]);
+        let kept = messages.len() - 2;
+        // Scale the estimate by the bytes kept, so that it stays in the provider's units.
+        let bytes = |m: &[Message]| m.iter().map(message_bytes).sum::<usize>().max(1) as f64;
+        let after = (before as f64 * bytes(&messages) / bytes(&st.req.messages)).ceil() as u64;
+        st.req.messages = messages;
+        st.last_input = Some((after, st.req.messages.len()));
+        self.sink
+            .emit(vec![EventKind::Compacted {
+                removed_messages: removed as u32,
+                kept_messages: kept as u32,
+                tokens_before: before,
+                tokens_after: after,
+                summary,
+            }])
+            .await?;
+        Ok(())
+    }
+}
+
+fn humanize_secs(secs: u64) -> String {
+    match secs {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

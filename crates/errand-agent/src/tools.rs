@@ -1,8 +1,9 @@
 //! The agent's tools. Names and argument shapes are a stable contract:
-//! `shell`, `read_file`, `write_file`, `edit`, `apply_patch`, `list_dir`, `search`, `finish`.
+//! `shell`, `read_file`, `write_file`, `edit`, `apply_patch`, `list_dir`, `search`,
+//! `update_plan`, `finish`.
 
 use crate::{AgentConfig, AgentError, EventSink, confine};
-use errand_core::{EventKind, OutputStream};
+use errand_core::{EventKind, OutputStream, PlanStep};
 use errand_model::{ToolCall, ToolSpec};
 use errand_sandbox::{ExecRequest, SandboxBox, Stream};
 use serde::Deserialize;
@@ -27,6 +28,8 @@ pub struct ToolOutput {
     pub output: String,
     /// Set by `finish`: the summary, and the run ends.
     pub finish: Option<String>,
+    /// Set by `update_plan`: the explanation and the new plan.
+    pub plan: Option<(Option<String>, Vec<PlanStep>)>,
 }
 
 impl ToolOutput {
@@ -35,6 +38,7 @@ impl ToolOutput {
             ok: true,
             output: output.into(),
             finish: None,
+            plan: None,
         }
     }
     fn err(output: impl Into<String>) -> Self {
@@ -42,6 +46,7 @@ impl ToolOutput {
             ok: false,
             output: output.into(),
             finish: None,
+            plan: None,
         }
     }
 }
@@ -112,6 +117,17 @@ pub fn specs() -> Vec<ToolSpec> {
             }, "required": ["pattern"], "additionalProperties": false}),
         ),
         t(
+            "update_plan",
+            "Record your plan for the task as short steps with their status, and update it as you go. At most one step is in_progress.",
+            json!({"type": "object", "properties": {
+                "explanation": {"type": "string"},
+                "plan": {"type": "array", "items": {"type": "object", "properties": {
+                    "step": {"type": "string"},
+                    "status": {"type": "string", "enum": ["pending", "in_progress", "completed"]}
+                }, "required": ["step", "status"], "additionalProperties": false}}
+            }, "required": ["plan"], "additionalProperties": false}),
+        ),
+        t(
             "finish",
             "End the task. Give a short summary of what you changed and how you verified it.",
             json!({"type": "object", "properties": {
@@ -161,16 +177,20 @@ pub async fn execute(ctx: &ToolContext<'_>, call: &ToolCall) -> Result<ToolOutpu
             }
             Err(e) => e,
         },
+        "update_plan" => args::<PlanArgs>(call)
+            .map(update_plan)
+            .unwrap_or_else(|e| e),
         "finish" => match args::<FinishArgs>(call) {
             Ok(a) => ToolOutput {
                 ok: true,
                 output: "Task finished.".into(),
                 finish: Some(a.summary),
+                plan: None,
             },
             Err(e) => e,
         },
         other => ToolOutput::err(format!(
-            "unknown tool '{other}'; available tools: shell, read_file, write_file, edit, apply_patch, list_dir, search, finish"
+            "unknown tool '{other}'; available tools: shell, read_file, write_file, edit, apply_patch, list_dir, search, update_plan, finish"
         )),
     };
     Ok(out)
@@ -419,6 +439,7 @@ async fn shell(
         ok: res.success(),
         output: text,
         finish: None,
+        plan: None,
     })
 }
 
@@ -875,6 +896,7 @@ mod tests {
                 "apply_patch",
                 "list_dir",
                 "search",
+                "update_plan",
                 "finish"
             ]
         );
@@ -894,4 +916,64 @@ mod tests {
         // Byte-identical between calls (prompt caching depends on it).
         assert_eq!(specs, super::specs());
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanArgs {
+    #[serde(default)]
+    explanation: Option<String>,
+    plan: Vec<PlanStep>,
+}
+
+fn update_plan(a: PlanArgs) -> ToolOutput {
+    if a.plan.is_empty() {
+        return ToolOutput::err("the plan has no steps; give at least one {\"step\", \"status\"}");
+    }
+    for s in &a.plan {
+        if !matches!(s.status.as_str(), "pending" | "in_progress" | "completed") {
+            return ToolOutput::err(format!(
+                "step '{}' has status '{}'; use pending, in_progress or completed",
+                s.step, s.status
+            ));
+        }
+    }
+    if a.plan.iter().filter(|s| s.status == "in_progress").count() > 1 {
+        return ToolOutput::err("more than one step is in_progress; keep at most one");
+    }
+    let done = a.plan.iter().filter(|s| s.status == "completed").count();
+    ToolOutput {
+        ok: true,
+        output: format!("Plan updated ({done} of {} steps completed).", a.plan.len()),
+        finish: None,
+        plan: Some((a.explanation, a.plan)),
+    }
+}
+
+/// The paths a tool call reads or writes (for nested AGENTS.md): `path` and `workdir`
+/// arguments, and the files named in a patch.
+pub fn touched_paths(call: &ToolCall) -> Vec<String> {
+    let mut out = Vec::new();
+    for key in ["path", "workdir"] {
+        if let Some(p) = call.arguments.get(key).and_then(|v| v.as_str()) {
+            out.push(p.to_string());
+        }
+    }
+    if call.name == "apply_patch"
+        && let Some(patch) = call.arguments.get("patch").and_then(|v| v.as_str())
+    {
+        for line in patch.lines() {
+            for prefix in [
+                "*** Add File: ",
+                "*** Update File: ",
+                "*** Delete File: ",
+                "*** Move to: ",
+            ] {
+                if let Some(p) = line.strip_prefix(prefix) {
+                    out.push(p.trim().to_string());
+                }
+            }
+        }
+    }
+    out
 }

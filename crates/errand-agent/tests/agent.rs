@@ -45,9 +45,13 @@ impl Provider for Recording {
     fn scripted(&self) -> bool {
         self.inner.scripted()
     }
-    async fn complete(&self, req: &ModelRequest) -> errand_model::Result<ModelResponse> {
+    async fn stream(
+        &self,
+        req: &ModelRequest,
+        on_delta: &mut (dyn for<'d> FnMut(errand_model::Delta<'d>) + Send),
+    ) -> errand_model::Result<ModelResponse> {
         self.requests.lock().unwrap().push(req.clone());
-        self.inner.complete(req).await
+        self.inner.stream(req, on_delta).await
     }
 }
 
@@ -443,23 +447,12 @@ async fn shell_long_output_is_capped_for_the_model_but_complete_in_events() {
     assert_eq!(streamed.len(), expected.len());
     assert!(streamed == expected, "streamed output differs");
 
-    // The model sees head and tail only.
+    // The ToolResult event keeps the whole text; the model sees head and tail only.
     let r = run.result("call_1_1");
     assert!(r.ok);
     assert!(r.truncated);
-    let cap = AgentConfig::default().tool_output_cap;
-    assert!(r.output.len() < cap + 200, "{}", r.output.len());
-    assert!(
-        r.output.starts_with("Exit code: 0\n"),
-        "{}",
-        &r.output[..100]
-    );
-    assert!(r.output.contains("HEAD-MARK\nline 000000001\n"));
+    assert!(r.output.contains("line 000010000"));
     assert!(r.output.ends_with("line 000020000\nTAIL-MARK\n"));
-    assert!(r.output.contains("bytes omitted"));
-    assert!(!r.output.contains("line 000010000"));
-
-    // The model got exactly what the ToolResult event says.
     let last = run.requests.last().unwrap();
     let shown = last
         .messages
@@ -471,7 +464,18 @@ async fn shell_long_output_is_capped_for_the_model_but_complete_in_events() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(shown, &r.output);
+    let cap = AgentConfig::default().tool_output_cap;
+    assert!(shown.len() < cap + 200, "{}", shown.len());
+    assert!(shown.starts_with("Exit code: 0\n"), "{}", &shown[..100]);
+    assert!(shown.contains("HEAD-MARK\nline 000000001\n"));
+    assert!(shown.ends_with("line 000020000\nTAIL-MARK\n"));
+    assert!(shown.contains("bytes omitted"));
+    assert!(!shown.contains("line 000010000"));
+    assert_eq!(
+        shown,
+        &errand_core::text::cap_head_tail(&r.output, cap).0,
+        "the model got the event's text, capped"
+    );
 }
 
 #[tokio::test]
@@ -1290,4 +1294,524 @@ async fn apply_patch_may_not_write_into_git_dir() {
     assert_eq!(env.read("sub/.git/HEAD"), "x\n");
     assert_eq!(env.read("ok.txt"), "x\n");
     assert!(!env.ws.join(".git/ok.txt").exists());
+}
+
+// ---------------------------------------------------------------------------
+// Context: nested AGENTS.md, plan, prefix stability, compaction
+// ---------------------------------------------------------------------------
+
+fn with_usage(mut t: serde_json::Value, input: u64, output: u64, cost: f64) -> serde_json::Value {
+    t["usage"] = json!({"input_tokens": input, "output_tokens": output, "cost_usd": cost});
+    t
+}
+
+#[tokio::test]
+async fn nested_agents_md_comes_with_the_first_result_that_touches_its_directory() {
+    let env = Env::new();
+    env.write("AGENTS.md", "ROOT RULES");
+    env.write("svc/AGENTS.md", "SVC RULES: use tabs");
+    env.write("svc/api/AGENTS.md", "API RULES: no panics");
+    env.write("svc/api/h.py", "x = 1\n");
+    env.write("other/o.py", "y = 2\n");
+    let run = env
+        .run(json!([
+            turn(vec![call("read_file", json!({"path": "svc/api/h.py"}))]),
+            turn(vec![
+                call("read_file", json!({"path": "svc/api/h.py"})),
+                call("read_file", json!({"path": "other/o.py"})),
+            ]),
+            finish_turn()
+        ]))
+        .await;
+    let first = run.ok("call_1_1");
+    assert!(first.starts_with("1\tx = 1"), "{first}");
+    assert!(
+        first.contains("<agents_md path=\"svc/AGENTS.md\">"),
+        "{first}"
+    );
+    assert!(first.contains("SVC RULES: use tabs"));
+    assert!(first.contains("API RULES: no panics"));
+    assert!(
+        !first.contains("ROOT RULES"),
+        "the root one is in the first message"
+    );
+    assert!(
+        first.find("SVC RULES") < first.find("API RULES"),
+        "outer first"
+    );
+    // Shown once only.
+    assert!(!run.ok("call_2_1").contains("RULES"));
+    assert!(!run.ok("call_2_2").contains("RULES"));
+    let initial = match &run.requests[0].messages[0] {
+        Message::User { text } => text.clone(),
+        m => panic!("{m:?}"),
+    };
+    assert!(initial.contains("ROOT RULES"));
+}
+
+#[tokio::test]
+async fn update_plan_records_steps_and_refuses_bad_ones() {
+    let env = Env::new();
+    let run = env
+        .run(json!([
+            turn(vec![call(
+                "update_plan",
+                json!({"explanation": "two steps", "plan": [
+                    {"step": "Find the bug", "status": "in_progress"},
+                    {"step": "Fix it", "status": "pending"}
+                ]})
+            )]),
+            turn(vec![call(
+                "update_plan",
+                json!({"plan": [{"step": "x", "status": "doing"}]})
+            )]),
+            finish_turn()
+        ]))
+        .await;
+    assert_eq!(run.ok("call_1_1"), "Plan updated (0 of 2 steps completed).");
+    assert!(run.err("call_2_1").contains("status 'doing'"));
+    let plans: Vec<_> = run
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::PlanUpdated { steps, .. } => Some(steps.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(plans.len(), 1);
+    assert_eq!(run.outcome.plan.len(), 2);
+    assert_eq!(run.outcome.plan[0].step, "Find the bug");
+}
+
+/// Each request repeats the previous one and appends to it.
+fn assert_extends(prev: &ModelRequest, next: &ModelRequest) {
+    assert_eq!(prev.system, next.system);
+    assert_eq!(prev.tools, next.tools);
+    assert_eq!(prev.options, next.options);
+    assert_eq!(prev.cache_key, next.cache_key);
+    assert!(next.messages.len() > prev.messages.len());
+    assert_eq!(prev.messages[..], next.messages[..prev.messages.len()]);
+}
+
+#[tokio::test]
+async fn requests_only_grow_from_turn_to_turn() {
+    let env = Env::new();
+    env.write("a.txt", "hello\n");
+    let config = AgentConfig {
+        cache_key: Some("attempt-1".into()),
+        model_options: [("temperature".to_string(), json!(0))].into(),
+        ..AgentConfig::default()
+    };
+    let run = env
+        .run_with(
+            json!([
+                turn(vec![
+                    call("read_file", json!({"path": "a.txt"})),
+                    shell("echo hi")
+                ]),
+                turn(vec![call(
+                    "edit",
+                    json!({"path": "a.txt", "old": "hello", "new": "bye"})
+                )]),
+                turn(vec![shell("cat a.txt")]),
+                finish_turn()
+            ]),
+            config,
+            CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(run.requests.len(), 4);
+    assert_eq!(run.requests[0].cache_key.as_deref(), Some("attempt-1"));
+    for w in run.requests.windows(2) {
+        assert_extends(&w[0], &w[1]);
+    }
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_task_the_plan_and_the_recent_turns() {
+    let env = Env::new();
+    // Turn n reports n×200 input tokens and prints 1 KB; with a 1,000-token window compacting
+    // at 0.8, the request after turn 3 (600 + ~250 for the new output) is compacted first.
+    let mut turns = vec![with_usage(
+        turn(vec![call(
+            "update_plan",
+            json!({"plan": [{"step": "Look around", "status": "in_progress"}]}),
+        )]),
+        200,
+        10,
+        0.0,
+    )];
+    for n in 2..=5 {
+        let cmd = format!("echo turn{n}; head -c 1000 /dev/zero | tr '\\0' x");
+        turns.push(with_usage(turn(vec![shell(&cmd)]), n * 200, 10, 0.0));
+    }
+    turns.push(finish_turn());
+    let config = AgentConfig {
+        default_context_window: 1000,
+        compact_at: 0.8,
+        keep_recent_turns: 1,
+        ..AgentConfig::default()
+    };
+    let run = env
+        .run_with(json!(turns), config, CancellationToken::new())
+        .await;
+    assert_eq!(run.outcome.end, EndReason::Finished);
+    assert_eq!(
+        run.outcome.turns, 6,
+        "compaction does not use up a scripted turn"
+    );
+    let compactions: Vec<_> = run
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::Compacted {
+                removed_messages,
+                kept_messages,
+                tokens_before,
+                tokens_after,
+                summary,
+            } => Some((
+                *removed_messages,
+                *kept_messages,
+                *tokens_before,
+                *tokens_after,
+                summary.clone(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert!(!compactions.is_empty(), "{:#?}", run.events);
+    let (removed, kept, before, after, summary) = &compactions[0];
+    assert!(*before >= 800, "{before}");
+    assert!(after < before, "{after} < {before}");
+    assert_eq!(*kept, 2, "the last turn and its result");
+    assert_eq!(*removed, 4, "turns 1 and 2 with their results");
+    assert_eq!(
+        summary,
+        "[SCRIPTED summary] 3 earlier tool calls: update_plan, shell, shell"
+    );
+    // The compaction request asked for a summary of the whole conversation.
+    let creq = run.requests.iter().find(|r| r.compaction).unwrap();
+    assert!(
+        matches!(creq.messages.last(), Some(Message::User { text }) if text.contains("summary"))
+    );
+    assert_eq!(creq.messages.len(), 1 + 6 + 1);
+    // The next turn's request: the first message unchanged, the summary with the plan, then
+    // the last turn verbatim.
+    let turns_only: Vec<&ModelRequest> = run.requests.iter().filter(|r| !r.compaction).collect();
+    let after_req = turns_only[3];
+    assert_eq!(after_req.messages[0], turns_only[0].messages[0]);
+    match &after_req.messages[1] {
+        Message::User { text } => {
+            assert!(text.contains("[SCRIPTED summary]"));
+            assert!(
+                text.contains("<current_plan>\n- [in_progress] Look around"),
+                "{text}"
+            );
+        }
+        m => panic!("{m:?}"),
+    }
+    assert_eq!(after_req.messages.len(), 4);
+    assert_eq!(
+        after_req.messages[2..],
+        creq.messages[5..7],
+        "turn 3 kept as it was"
+    );
+    // Outside compactions, requests keep growing.
+    let mut checked = 0;
+    for w in turns_only.windows(2) {
+        if w[0].messages.len() > 1
+            && w[1].messages.len() > w[0].messages.len()
+            && w[1].messages[1] == w[0].messages[1]
+        {
+            assert_extends(w[0], w[1]);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "{checked}");
+}
+
+// ---------------------------------------------------------------------------
+// Budgets
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn token_budget_stops_the_run_cleanly() {
+    let env = Env::new();
+    let config = AgentConfig {
+        budget: errand_core::Budget {
+            max_tokens: Some(1000),
+            ..Default::default()
+        },
+        ..AgentConfig::default()
+    };
+    let run = env
+        .run_with(
+            json!([
+                with_usage(turn(vec![shell("echo 1 > one.txt")]), 500, 100, 0.0),
+                with_usage(turn(vec![shell("echo 2 > two.txt")]), 500, 100, 0.0),
+                turn(vec![shell("echo 3 > three.txt")]),
+            ]),
+            config,
+            CancellationToken::new(),
+        )
+        .await;
+    match &run.outcome.end {
+        EndReason::Budget(why) => {
+            assert_eq!(why, "the token budget of 1000 ran out (1200 tokens used)")
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(run.outcome.turns, 2);
+    assert_eq!(env.read("two.txt"), "2\n", "the work so far stays");
+    assert!(!env.ws.join("three.txt").exists());
+    assert!(
+        run.events.iter().any(
+            |e| matches!(e, EventKind::Notice { message } if message.contains("token budget"))
+        )
+    );
+}
+
+#[tokio::test]
+async fn cost_budget_stops_the_run_and_cost_is_in_the_events() {
+    let env = Env::new();
+    let config = AgentConfig {
+        budget: errand_core::Budget {
+            max_cost_usd: Some(1.0),
+            ..Default::default()
+        },
+        ..AgentConfig::default()
+    };
+    let run = env
+        .run_with(
+            json!([
+                with_usage(turn(vec![shell("true")]), 10, 10, 0.625),
+                with_usage(turn(vec![shell("true")]), 10, 10, 0.5),
+                turn(vec![shell("true")]),
+            ]),
+            config,
+            CancellationToken::new(),
+        )
+        .await;
+    match &run.outcome.end {
+        EndReason::Budget(why) => {
+            assert_eq!(why, "the cost budget of $1.00 ran out ($1.1250 spent)")
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!((run.outcome.usage.cost_usd - 1.125).abs() < 1e-9);
+    let totals: Vec<f64> = run
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::ModelTurn { total_cost_usd, .. } => Some(*total_cost_usd),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(totals, vec![0.625, 1.125]);
+}
+
+#[tokio::test]
+async fn time_budget_stops_a_running_command_and_the_run() {
+    let env = Env::new();
+    let config = AgentConfig {
+        budget: errand_core::Budget {
+            max_time_secs: Some(1),
+            ..Default::default()
+        },
+        ..AgentConfig::default()
+    };
+    let started = Instant::now();
+    let run = env
+        .run_with(
+            json!([
+                turn(vec![shell("echo started > s.txt; sleep 30")]),
+                finish_turn()
+            ]),
+            config,
+            CancellationToken::new(),
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    match &run.outcome.end {
+        EndReason::Budget(why) => assert_eq!(why, "the time budget of 1s ran out"),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(env.read("s.txt"), "started\n");
+}
+
+// ---------------------------------------------------------------------------
+// Retries and cancellation of model requests
+// ---------------------------------------------------------------------------
+
+/// Fails its first `failures` requests with `error`, then plays the script.
+struct Flaky {
+    inner: ScriptedProvider,
+    failures: Mutex<u32>,
+    error: fn() -> errand_model::ModelError,
+}
+
+#[async_trait]
+impl Provider for Flaky {
+    fn name(&self) -> &str {
+        "flaky:model"
+    }
+    fn retry_policy(&self) -> errand_model::retry::RetryPolicy {
+        errand_model::retry::RetryPolicy {
+            max_retries: 3,
+            base: Duration::from_millis(5),
+            cap: Duration::from_millis(20),
+            ..Default::default()
+        }
+    }
+    async fn stream(
+        &self,
+        req: &ModelRequest,
+        on_delta: &mut (dyn for<'d> FnMut(errand_model::Delta<'d>) + Send),
+    ) -> errand_model::Result<ModelResponse> {
+        {
+            let mut f = self.failures.lock().unwrap();
+            if *f > 0 {
+                *f -= 1;
+                return Err((self.error)());
+            }
+        }
+        self.inner.stream(req, on_delta).await
+    }
+}
+
+async fn run_flaky(
+    env: &Env,
+    failures: u32,
+    error: fn() -> errand_model::ModelError,
+) -> (AgentOutcome, Vec<EventKind>) {
+    let script = Script::parse(&json!({"turns": [finish_turn()]}).to_string()).unwrap();
+    let provider = Flaky {
+        inner: ScriptedProvider::new("scripted:x", script),
+        failures: Mutex::new(failures),
+        error,
+    };
+    let sink = Collect::default();
+    let sandbox = env.sandbox().await;
+    let outcome = AgentRun {
+        prompt: "x",
+        workspace: &env.ws,
+        sandbox: sandbox.as_ref(),
+        provider: &provider,
+        sink: &sink,
+        cancel: CancellationToken::new(),
+        config: AgentConfig::default(),
+    }
+    .run()
+    .await
+    .unwrap();
+    sandbox.destroy().await.unwrap();
+    (outcome, sink.events.into_inner().unwrap())
+}
+
+#[tokio::test]
+async fn retryable_model_errors_are_retried_with_an_event_each() {
+    let env = Env::new();
+    let (outcome, events) = run_flaky(&env, 2, || {
+        errand_model::ModelError::api("flaky", errand_model::ErrorKind::Overloaded, "busy")
+    })
+    .await;
+    assert_eq!(outcome.end, EndReason::Finished);
+    let retries: Vec<(u32, String)> = events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::ModelRetry { retry, kind, .. } => Some((*retry, kind.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        retries,
+        vec![(1, "overloaded".to_string()), (2, "overloaded".to_string())]
+    );
+
+    // Out of retries: the run ends with the error, after three retries.
+    let (outcome, events) = run_flaky(&env, 10, || {
+        errand_model::ModelError::api("flaky", errand_model::ErrorKind::Server, "boom")
+    })
+    .await;
+    match outcome.end {
+        EndReason::ModelFailed(m) => assert!(m.contains("gave up after 3 retries"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, EventKind::ModelRetry { .. }))
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn non_retryable_model_errors_end_the_run_at_once() {
+    let env = Env::new();
+    let (outcome, events) = run_flaky(&env, 1, || {
+        errand_model::ModelError::api("flaky", errand_model::ErrorKind::Auth, "bad key")
+    })
+    .await;
+    match outcome.end {
+        EndReason::ModelFailed(m) => assert!(m.contains("authentication failed"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, EventKind::ModelRetry { .. }))
+    );
+}
+
+/// Never answers.
+struct Silent;
+
+#[async_trait]
+impl Provider for Silent {
+    fn name(&self) -> &str {
+        "silent:model"
+    }
+    async fn stream(
+        &self,
+        _req: &ModelRequest,
+        _on_delta: &mut (dyn for<'d> FnMut(errand_model::Delta<'d>) + Send),
+    ) -> errand_model::Result<ModelResponse> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(ModelResponse::default())
+    }
+}
+
+#[tokio::test]
+async fn cancellation_stops_a_model_request_in_flight() {
+    let env = Env::new();
+    let sink = Collect::default();
+    let sandbox = env.sandbox().await;
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c2.cancel();
+    });
+    let started = Instant::now();
+    let outcome = AgentRun {
+        prompt: "x",
+        workspace: &env.ws,
+        sandbox: sandbox.as_ref(),
+        provider: &Silent,
+        sink: &sink,
+        cancel,
+        config: AgentConfig::default(),
+    }
+    .run()
+    .await
+    .unwrap();
+    sandbox.destroy().await.unwrap();
+    assert_eq!(outcome.end, EndReason::Cancelled);
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

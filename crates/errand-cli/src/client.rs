@@ -21,6 +21,7 @@ impl Client {
                 crate::DEFAULT_SERVER
             );
         }
+        errand_model::install_tls();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -83,6 +84,21 @@ impl Client {
             path.push_str(&format!("&status={}", urlencode(s)));
         }
         self.get_json(&path).await
+    }
+
+    pub async fn models(&self) -> Result<serde_json::Value> {
+        self.get_json("/models").await
+    }
+
+    pub async fn check_models(&self, provider: Option<&str>) -> Result<serde_json::Value> {
+        let resp = self
+            .send(
+                self.http
+                    .post(self.url("/models/check"))
+                    .json(&serde_json::json!({ "provider": provider })),
+            )
+            .await?;
+        resp.json().await.context("decoding the check results")
     }
 
     pub async fn task(&self, id: &str) -> Result<Task> {

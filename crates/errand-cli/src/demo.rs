@@ -170,6 +170,7 @@ pub async fn run(server: &str, data_dir: Option<PathBuf>) -> Result<ExitCode> {
             name: "tests".into(),
             command: TEST_CMD.into(),
         }]),
+        ..Default::default()
     };
     let task = client.create(&req).await?;
     println!("created task {} — {}\n", task.short_id, task.title);

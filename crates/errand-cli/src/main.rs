@@ -82,6 +82,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Model providers: what is configured, where each key comes from, and whether it works.
+    Models {
+        #[command(subcommand)]
+        command: Option<ModelsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Try the box that attempts run in: run a command in it, or check what this host enforces.
     #[command(subcommand)]
     Sandbox(sandbox_cmd::SandboxCommand),
@@ -90,6 +97,17 @@ enum Command {
         /// Data directory of the embedded server (default: $ERRAND_HOME).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// One cheap request per model (no tokens spent where the API allows): reachable? key
+    /// valid? model exists? Without PROVIDER: every provider whose key is set.
+    Check {
+        provider: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -141,9 +159,28 @@ struct RunArgs {
     /// Environment from errand.toml.
     #[arg(long)]
     env: Option<String>,
-    /// Model as provider:model, for example scripted:./turns.json.
+    /// Model as provider:model: anthropic:claude-sonnet-4-5, openai:gpt-5,
+    /// gemini:gemini-2.5-pro, ollama:qwen2.5-coder, a [providers.NAME] from errand.toml, or
+    /// scripted:./turns.json. Default: the environment's, else the server's default_model, else
+    /// the first provider whose key is set.
     #[arg(long)]
     model: Option<String>,
+    /// A provider option, KEY=VALUE (repeatable), for example reasoning_effort=high or
+    /// temperature=0.2. VALUE is read as JSON when it parses, else as a string.
+    #[arg(long = "model-option", value_name = "KEY=VALUE")]
+    model_options: Vec<String>,
+    /// Stop after this many model turns.
+    #[arg(long)]
+    max_turns: Option<u32>,
+    /// Stop once the attempt has used this many tokens (input plus output).
+    #[arg(long)]
+    max_tokens: Option<u64>,
+    /// Stop once the attempt has cost this many US dollars, like 2.50.
+    #[arg(long, value_name = "USD")]
+    max_cost: Option<f64>,
+    /// Stop the agent after this much wall time, like 30m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_time: Option<std::time::Duration>,
     /// A check command the worker runs after the agent (repeatable; NAME=COMMAND or COMMAND).
     #[arg(long = "check")]
     checks: Vec<String>,
@@ -280,6 +317,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Models { command, json } => models(&client, command, json).await,
         Command::Demo { data_dir } => demo::run(&cli.server, data_dir).await,
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd).await,
     }
@@ -409,6 +447,27 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
                 .collect::<Result<Vec<_>>>()?,
         )
     };
+    let mut model_options = std::collections::BTreeMap::new();
+    for o in &a.model_options {
+        let (k, v) = errand_model::parse_model_option(o)
+            .map_err(|e| anyhow::anyhow!("--model-option: {e}"))?;
+        model_options.insert(k, v);
+    }
+    let budget = errand_core::Budget {
+        max_turns: a.max_turns,
+        max_tokens: a.max_tokens,
+        max_cost_usd: a.max_cost,
+        max_time_secs: a.max_time.map(|d| d.as_secs().max(1)),
+    };
+    budget.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.replace("budget max_", "--max-")
+                .replace("_usd", "")
+                .replace("_secs", "")
+                .replace('_', "-")
+        )
+    })?;
     let req = TaskRequest {
         prompt: a.prompt.clone(),
         repo,
@@ -418,6 +477,8 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
         trigger: Some("cli".into()),
         created_by: Some(whoami()),
         checks,
+        model_options,
+        budget,
     };
     let task = client.create(&req).await?;
     if a.json {
@@ -455,4 +516,36 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn models(client: &Client, command: Option<ModelsCommand>, json: bool) -> Result<ExitCode> {
+    match command {
+        None => {
+            let v = client.models().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", render::models(&v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ModelsCommand::Check {
+            provider,
+            json: json2,
+        }) => {
+            let v = client.check_models(provider.as_deref()).await?;
+            let results = v["results"].as_array().cloned().unwrap_or_default();
+            if json || json2 {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", render::model_checks(&results));
+            }
+            let all_ok = results.iter().all(|r| r["ok"].as_bool() == Some(true));
+            Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
 }

@@ -114,6 +114,27 @@ pub fn show(t: &Task) -> String {
             t.trigger
         ),
     );
+    if t.attempts.len() > 1 {
+        let total: f64 = t.attempts.iter().map(|a| a.usage.cost_usd).sum();
+        row(&mut o, "Cost", &format!("{} (all attempts)", usd(total)));
+    }
+    let b = &t.environment.budget;
+    let mut limits = Vec::new();
+    if let Some(n) = b.max_turns {
+        limits.push(format!("{n} turns"));
+    }
+    if let Some(n) = b.max_tokens {
+        limits.push(format!("{n} tokens"));
+    }
+    if let Some(c) = b.max_cost_usd {
+        limits.push(format!("${c:.2}"));
+    }
+    if let Some(s) = b.max_time_secs {
+        limits.push(format!("{s}s"));
+    }
+    if !limits.is_empty() {
+        row(&mut o, "Budget", &limits.join(", "));
+    }
     for a in &t.attempts {
         if t.attempts.len() > 1 {
             let _ = writeln!(o, "\nAttempt {} — {}", a.number, a.status);
@@ -155,18 +176,20 @@ pub fn show(t: &Task) -> String {
             &mut o,
             "Usage",
             &format!(
-                "{} turn{}, {} input / {} output tokens{}",
+                "{} turn{}, {} input ({} cached) / {} output tokens{}",
                 a.turns,
                 if a.turns == 1 { "" } else { "s" },
                 a.usage.input_tokens,
+                a.usage.cached_input_tokens,
                 a.usage.output_tokens,
-                if scripted.is_empty() {
+                if scripted.is_empty() || a.usage.total() > 0 {
                     ""
                 } else {
                     " (scripted: no tokens)"
                 }
             ),
         );
+        row(&mut o, "Cost", &usd(a.usage.cost_usd));
         match &a.diff_stats {
             Some(s) if s.files_changed > 0 => {
                 row(
@@ -322,14 +345,18 @@ pub fn describe(k: &EventKind) -> String {
             turn,
             text,
             usage,
+            total_cost_usd,
             ..
         } => format!(
             "model {model}{} turn {turn}{}{}",
             if *scripted { " [SCRIPTED]" } else { "" },
             if usage.total() > 0 {
                 format!(
-                    " ({} in / {} out tokens)",
-                    usage.input_tokens, usage.output_tokens
+                    " ({} in, {} cached / {} out tokens; {} so far)",
+                    usage.input_tokens,
+                    usage.cached_input_tokens,
+                    usage.output_tokens,
+                    usd(*total_cost_usd)
                 )
             } else {
                 String::new()
@@ -406,5 +433,137 @@ pub fn describe(k: &EventKind) -> String {
             short_sha(commit)
         ),
         EventKind::Error { message } => format!("ERROR {message}"),
+        EventKind::ModelRetry {
+            model,
+            retry,
+            max_retries,
+            delay_ms,
+            error,
+            ..
+        } => format!(
+            "· model {model} failed, retry {retry}/{max_retries} in {:.1}s: {}",
+            *delay_ms as f64 / 1000.0,
+            oneline(error, 200)
+        ),
+        EventKind::Compacted {
+            removed_messages,
+            kept_messages,
+            tokens_before,
+            tokens_after,
+            ..
+        } => format!(
+            "· context compacted: {removed_messages} messages summarised, {kept_messages} kept; ~{tokens_before} → ~{tokens_after} tokens"
+        ),
+        EventKind::PlanUpdated { steps, .. } => {
+            let mut s = String::from("plan:");
+            for st in steps {
+                let mark = match st.status.as_str() {
+                    "completed" => "✓",
+                    "in_progress" => "→",
+                    _ => "·",
+                };
+                s.push_str(&format!(" {mark} {}", oneline(&st.step, 60)));
+            }
+            s
+        }
     }
+}
+
+/// Dollars, with more digits for small amounts.
+pub fn usd(v: f64) -> String {
+    if v == 0.0 {
+        "$0.00".into()
+    } else if v < 0.01 {
+        format!("${v:.4}")
+    } else {
+        format!("${v:.2}")
+    }
+}
+
+/// `errand models`: providers, where keys come from, models with prices.
+pub fn models(v: &serde_json::Value) -> String {
+    let mut o = String::new();
+    let providers = v["providers"].as_array().cloned().unwrap_or_default();
+    for p in &providers {
+        let key = match p["api_key_env"].as_str() {
+            None => "no key needed".to_string(),
+            Some(var) if p["key_set"].as_bool() == Some(true) => format!("key from ${var}"),
+            Some(var) => format!("key: ${var} is not set"),
+        };
+        let _ = writeln!(
+            o,
+            "{:<12} {:<17} {}  ({}; {})",
+            p["name"].as_str().unwrap_or_default(),
+            p["kind"].as_str().unwrap_or_default(),
+            p["base_url"].as_str().unwrap_or_default(),
+            key,
+            p["source"].as_str().unwrap_or_default()
+        );
+        for m in p["models"].as_array().cloned().unwrap_or_default() {
+            let price = match (m["input"].as_f64(), m["output"].as_f64()) {
+                (Some(i), Some(out)) => {
+                    let cached = m["cached_input"]
+                        .as_f64()
+                        .map(|c| format!(", cached ${c}"))
+                        .unwrap_or_default();
+                    format!("${i} in{cached}, ${out} out per 1M tokens")
+                }
+                _ => "no price set".into(),
+            };
+            let window = m["context_window"]
+                .as_u64()
+                .map(|w| format!(", {}k context", w / 1000))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  {}:{}  {price}{window}",
+                p["name"].as_str().unwrap_or_default(),
+                m["model"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    match v["default_model"].as_str() {
+        Some(m) => {
+            let _ = writeln!(o, "\ndefault model: {m}");
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "\nno default model: set default_model in errand.toml, or ANTHROPIC_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY in the server's environment"
+            );
+        }
+    }
+    o
+}
+
+/// `errand models check`.
+pub fn model_checks(results: &[serde_json::Value]) -> String {
+    let mut o = String::new();
+    if results.is_empty() {
+        let _ = writeln!(
+            o,
+            "nothing to check: no provider has its key set (name one: errand models check PROVIDER)"
+        );
+    }
+    for r in results {
+        let model = r["model"].as_str().unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "{} {}{}  {}ms  {}",
+            if r["ok"].as_bool() == Some(true) {
+                "✓"
+            } else {
+                "✗"
+            },
+            r["provider"].as_str().unwrap_or_default(),
+            if model.is_empty() {
+                String::new()
+            } else {
+                format!(":{model}")
+            },
+            r["latency_ms"].as_u64().unwrap_or_default(),
+            r["detail"].as_str().unwrap_or_default()
+        );
+    }
+    o
 }

@@ -56,7 +56,9 @@ impl Budget {
         if let Some(c) = self.max_cost_usd
             && !(c.is_finite() && c > 0.0)
         {
-            return Err(format!("budget max_cost_usd must be a positive number of dollars, not {c}"));
+            return Err(format!(
+                "budget max_cost_usd must be a positive number of dollars, not {c}"
+            ));
         }
         if self.max_time_secs == Some(0) {
             return Err("budget max_time_secs must be at least 1".into());

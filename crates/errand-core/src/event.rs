@@ -68,6 +68,15 @@ impl Usage {
     }
 }
 
+/// One step of the agent's plan.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanStep {
+    pub step: String,
+    /// `pending`, `in_progress` or `completed`.
+    pub status: String,
+}
+
 /// What happened. Serialized with a `type` tag, flattened into [`Event`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -104,6 +113,37 @@ pub enum EventKind {
         usage: Usage,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stop_reason: Option<String>,
+        /// The attempt's running cost after this turn, in US dollars.
+        #[serde(default)]
+        total_cost_usd: f64,
+    },
+    /// A model request failed with a retryable error; the agent waits and tries again.
+    ModelRetry {
+        model: String,
+        /// 1 for the first retry.
+        retry: u32,
+        max_retries: u32,
+        delay_ms: u64,
+        /// The error class (`rate_limited`, `overloaded`, `server`, `stream_cut`, …).
+        kind: String,
+        error: String,
+    },
+    /// Old turns were replaced by a summary to stay inside the context window.
+    Compacted {
+        /// Messages replaced by the summary.
+        removed_messages: u32,
+        /// Messages kept verbatim after it.
+        kept_messages: u32,
+        /// Estimated request size before and after, in tokens.
+        tokens_before: u64,
+        tokens_after: u64,
+        summary: String,
+    },
+    /// The agent's plan (`update_plan`).
+    PlanUpdated {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        explanation: Option<String>,
+        steps: Vec<PlanStep>,
     },
     ToolCall {
         call_id: String,
@@ -114,7 +154,8 @@ pub enum EventKind {
         call_id: String,
         name: String,
         ok: bool,
-        /// What the model was shown (capped: head and tail kept).
+        /// The tool's whole output (up to 1 MiB); the model was shown it capped, head and tail
+        /// kept, when `truncated`.
         output: String,
         #[serde(default)]
         truncated: bool,
@@ -176,6 +217,9 @@ impl EventKind {
             EventKind::Status { .. } => "status",
             EventKind::Notice { .. } => "notice",
             EventKind::ModelTurn { .. } => "model_turn",
+            EventKind::ModelRetry { .. } => "model_retry",
+            EventKind::Compacted { .. } => "compacted",
+            EventKind::PlanUpdated { .. } => "plan_updated",
             EventKind::ToolCall { .. } => "tool_call",
             EventKind::ToolResult { .. } => "tool_result",
             EventKind::CommandStarted { .. } => "command_started",

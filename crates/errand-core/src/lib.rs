@@ -15,7 +15,7 @@ pub use config::{
     AgentSettings, Budget, CheckSpec, Config, ConfigError, EnvironmentConfig, ModelConfig,
     ProviderConfig, ProviderKind,
 };
-pub use event::{Event, EventKind, OutputStream, Usage};
+pub use event::{Event, EventKind, OutputStream, PlanStep, Usage};
 pub use id::{new_id, short_id};
 pub use status::Status;
 pub use task::{

@@ -41,7 +41,10 @@ pub(crate) fn render(turn: &Turn, model: &str, n: usize) -> Rendered {
             frames.push(frame("content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": part}})));
         }
         frames.push(frame("content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": sig}})));
-        frames.push(frame("content_block_stop", &json!({"type": "content_block_stop", "index": index})));
+        frames.push(frame(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
         content.push(json!({"type": "thinking", "thinking": r, "signature": sig}));
         index += 1;
     }
@@ -51,7 +54,10 @@ pub(crate) fn render(turn: &Turn, model: &str, n: usize) -> Rendered {
         for part in [a, b] {
             frames.push(frame("content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": part}})));
         }
-        frames.push(frame("content_block_stop", &json!({"type": "content_block_stop", "index": index})));
+        frames.push(frame(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
         content.push(json!({"type": "text", "text": t}));
         index += 1;
     }
@@ -62,7 +68,10 @@ pub(crate) fn render(turn: &Turn, model: &str, n: usize) -> Rendered {
         for part in [a, b] {
             frames.push(frame("content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": part}})));
         }
-        frames.push(frame("content_block_stop", &json!({"type": "content_block_stop", "index": index})));
+        frames.push(frame(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
         content.push(json!({"type": "tool_use", "id": call_id, "name": name, "input": args}));
         index += 1;
     }

@@ -318,9 +318,7 @@ fn render(vendor: Vendor, turn: &Turn, model: &str, n: usize) -> Rendered {
 fn error_body(vendor: Vendor, status: u16, kind: ErrorKind, message: &str) -> Value {
     match vendor {
         Vendor::Anthropic => anthropic::error_body(kind, message),
-        Vendor::OpenAiResponses | Vendor::OpenAiChat => {
-            openai_responses::error_body(kind, message)
-        }
+        Vendor::OpenAiResponses | Vendor::OpenAiChat => openai_responses::error_body(kind, message),
         Vendor::Gemini => gemini::error_body(status, kind, message),
     }
 }
@@ -543,12 +541,7 @@ async fn handle(
             abort,
         } => {
             let r = render(vendor, &turn, &model, n);
-            let frames: Vec<Bytes> = r
-                .frames
-                .into_iter()
-                .take(events)
-                .map(Bytes::from)
-                .collect();
+            let frames: Vec<Bytes> = r.frames.into_iter().take(events).map(Bytes::from).collect();
             // A small gap so headers and frames are on the wire before the cut.
             sse_response(frames, Duration::from_millis(2), abort)
         }

@@ -92,7 +92,8 @@ pub fn request_body(p: &ResolvedProvider, req: &ModelRequest) -> Value {
                 is_error,
                 ..
             } => {
-                let mut block = json!({"type": "tool_result", "tool_use_id": call_id, "content": content});
+                let mut block =
+                    json!({"type": "tool_result", "tool_use_id": call_id, "content": content});
                 if *is_error {
                     block["is_error"] = json!(true);
                 }
@@ -100,7 +101,9 @@ pub fn request_body(p: &ResolvedProvider, req: &ModelRequest) -> Value {
             }
             Message::Assistant { .. } => {
                 if !pending_user.is_empty() {
-                    messages.push(json!({"role": "user", "content": std::mem::take(&mut pending_user)}));
+                    messages.push(
+                        json!({"role": "user", "content": std::mem::take(&mut pending_user)}),
+                    );
                 }
                 let blocks = assistant_blocks(m);
                 if !blocks.is_empty() {
@@ -144,7 +147,8 @@ pub fn request_body(p: &ResolvedProvider, req: &ModelRequest) -> Value {
         "max_tokens": max_tokens,
     });
     if !req.system.is_empty() {
-        body["system"] = json!([{"type": "text", "text": req.system, "cache_control": {"type": "ephemeral"}}]);
+        body["system"] =
+            json!([{"type": "text", "text": req.system, "cache_control": {"type": "ephemeral"}}]);
     }
     if !req.tools.is_empty() {
         body["tools"] = Value::Array(
@@ -204,7 +208,10 @@ pub fn parse_message(p: &ResolvedProvider, msg: &Value) -> Result<ModelResponse>
                 native.push(json!({"type": "text", "text": t}));
             }
             Some("thinking") => {
-                let t = b.get("thinking").and_then(Value::as_str).unwrap_or_default();
+                let t = b
+                    .get("thinking")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 reasoning.push_str(t);
                 native.push(json!({"type": "thinking", "thinking": t, "signature": b.get("signature").cloned().unwrap_or(json!(""))}));
             }
@@ -221,7 +228,11 @@ pub fn parse_message(p: &ResolvedProvider, msg: &Value) -> Result<ModelResponse>
                 tool_calls.push(ToolCall {
                     id: id.to_string(),
                     name: name.to_string(),
-                    arguments: if input.is_object() { input.clone() } else { json!({"_raw": input.to_string()}) },
+                    arguments: if input.is_object() {
+                        input.clone()
+                    } else {
+                        json!({"_raw": input.to_string()})
+                    },
                 });
                 native.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
             }
@@ -274,7 +285,10 @@ async fn read_stream(
                 message = data.get("message").cloned();
             }
             "content_block_start" => {
-                let idx = data.get("index").and_then(Value::as_u64).unwrap_or(blocks.len() as u64) as usize;
+                let idx = data
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(blocks.len() as u64) as usize;
                 let block = data.get("content_block").cloned().unwrap_or(json!({}));
                 if block.get("type").and_then(Value::as_str) == Some("tool_use")
                     && let Some(n) = block.get("name").and_then(Value::as_str)
@@ -292,22 +306,36 @@ async fn read_stream(
                     return Err(bad(format!("a delta for block {idx}, which never started")));
                 };
                 let d = data.get("delta").cloned().unwrap_or(json!({}));
-                let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                let s = |k: &str| {
+                    d.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
                 match d.get("type").and_then(Value::as_str) {
                     Some("text_delta") => {
                         let t = s("text");
                         on_delta(Delta::Text(&t));
-                        let prev = block.get("text").and_then(Value::as_str).unwrap_or_default();
+                        let prev = block
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
                         block["text"] = json!(format!("{prev}{t}"));
                     }
                     Some("thinking_delta") => {
                         let t = s("thinking");
                         on_delta(Delta::Reasoning(&t));
-                        let prev = block.get("thinking").and_then(Value::as_str).unwrap_or_default();
+                        let prev = block
+                            .get("thinking")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
                         block["thinking"] = json!(format!("{prev}{t}"));
                     }
                     Some("signature_delta") => {
-                        let prev = block.get("signature").and_then(Value::as_str).unwrap_or_default();
+                        let prev = block
+                            .get("signature")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
                         block["signature"] = json!(format!("{prev}{}", s("signature")));
                     }
                     Some("input_json_delta") => json_buf.push_str(&s("partial_json")),
@@ -342,7 +370,8 @@ async fn read_stream(
                 }
             }
             "message_stop" => {
-                let mut m = message.ok_or_else(|| bad("message_stop before message_start".into()))?;
+                let mut m =
+                    message.ok_or_else(|| bad("message_stop before message_start".into()))?;
                 m["content"] = Value::Array(blocks.into_iter().map(|(b, _)| b).collect());
                 return Ok(m);
             }
@@ -389,7 +418,9 @@ impl Provider for Anthropic {
         let v = self.http.get(&url, &self.headers()).await?;
         Ok(format!(
             "ok: key accepted, model {} exists",
-            v.get("display_name").and_then(Value::as_str).unwrap_or(model)
+            v.get("display_name")
+                .and_then(Value::as_str)
+                .unwrap_or(model)
         ))
     }
 }

@@ -70,9 +70,13 @@ impl ErrorKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("model '{0}' is not of the form provider:model (for example anthropic:claude-sonnet-4-5)")]
+    #[error(
+        "model '{0}' is not of the form provider:model (for example anthropic:claude-sonnet-4-5)"
+    )]
     BadName(String),
-    #[error("unknown model provider '{provider}' in '{model}'; known providers: {known}. Add [providers.{provider}] with a kind to errand.toml to define it")]
+    #[error(
+        "unknown model provider '{provider}' in '{model}'; known providers: {known}. Add [providers.{provider}] with a kind to errand.toml to define it"
+    )]
     UnknownProvider {
         provider: String,
         model: String,

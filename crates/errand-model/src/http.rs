@@ -105,7 +105,9 @@ impl Http {
             .connect_timeout(Duration::from_secs(30).min(timeout))
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| ModelError::Config(format!("{provider}: building the HTTP client: {e}")))?;
+            .map_err(|e| {
+                ModelError::Config(format!("{provider}: building the HTTP client: {e}"))
+            })?;
         Ok(Http {
             provider: provider.to_string(),
             client,
@@ -143,10 +145,7 @@ impl Http {
                 return Err(ModelError::api(
                     &self.provider,
                     ErrorKind::Timeout,
-                    format!(
-                        "{url}: no response within {}s",
-                        self.timeout.as_secs()
-                    ),
+                    format!("{url}: no response within {}s", self.timeout.as_secs()),
                 ));
             }
             Ok(Err(e)) => return Err(self.transport(e, url)),
@@ -184,11 +183,7 @@ impl Http {
         self.send(req, url).await
     }
 
-    pub async fn get(
-        &self,
-        url: &str,
-        headers: &[(String, String)],
-    ) -> Result<serde_json::Value> {
+    pub async fn get(&self, url: &str, headers: &[(String, String)]) -> Result<serde_json::Value> {
         let mut req = self.client.get(url);
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
@@ -439,18 +434,23 @@ pub(crate) fn classify(
         401 => {
             hint = Some(match key_env {
                 Some(var) => format!("check the key in {var}"),
-                None => "this provider needs an API key: set api_key_env in its [providers] entry".into(),
+                None => "this provider needs an API key: set api_key_env in its [providers] entry"
+                    .into(),
             });
             ErrorKind::Auth
         }
         403 => ErrorKind::PermissionDenied,
         404 => {
-            hint = Some("check the model name (`errand models check` lists what the provider has)".into());
+            hint = Some(
+                "check the model name (`errand models check` lists what the provider has)".into(),
+            );
             ErrorKind::ModelNotFound
         }
         408 => ErrorKind::Timeout,
         413 => ErrorKind::ContextLength,
-        429 if word == "insufficient_quota" || message.contains("quota") && message.contains("billing") => {
+        429 if word == "insufficient_quota"
+            || message.contains("quota") && message.contains("billing") =>
+        {
             ErrorKind::QuotaExceeded
         }
         429 => ErrorKind::RateLimited,
@@ -458,7 +458,9 @@ pub(crate) fn classify(
             ErrorKind::ContextLength
         }
         529 => ErrorKind::Overloaded,
-        503 if word.contains("overloaded") || message.to_ascii_lowercase().contains("overloaded") => {
+        503 if word.contains("overloaded")
+            || message.to_ascii_lowercase().contains("overloaded") =>
+        {
             ErrorKind::Overloaded
         }
         500..=599 => ErrorKind::Server,

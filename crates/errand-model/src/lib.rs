@@ -22,9 +22,9 @@ pub mod retry;
 pub mod scripted;
 
 use async_trait::async_trait;
-pub use error::{ErrorKind, ModelError};
 pub use errand_core::ProviderKind;
 use errand_core::Usage;
+pub use error::{ErrorKind, ModelError};
 pub use registry::{build, prepare, split_model_name};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -206,7 +206,11 @@ pub fn parse_model_option(s: &str) -> std::result::Result<(String, serde_json::V
         ));
     };
     let k = k.trim();
-    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+    if k.is_empty()
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
         return Err(format!(
             "model option key '{k}' may only use letters, digits, '_', '-' and '.'"
         ));
@@ -264,10 +268,7 @@ mod tests {
     #[test]
     fn arguments_that_are_not_objects_are_kept_raw() {
         assert_eq!(parse_arguments(""), serde_json::json!({}));
-        assert_eq!(
-            parse_arguments("{\"a\":1}"),
-            serde_json::json!({"a": 1})
-        );
+        assert_eq!(parse_arguments("{\"a\":1}"), serde_json::json!({"a": 1}));
         assert_eq!(
             parse_arguments("{\"a\":"),
             serde_json::json!({"_raw": "{\"a\":"})

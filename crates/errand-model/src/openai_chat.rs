@@ -28,6 +28,9 @@ impl Provider for OpenAiChat {
         _req: &ModelRequest,
         _on_delta: &mut (dyn for<'d> FnMut(Delta<'d>) + Send),
     ) -> Result<ModelResponse> {
-        Err(ModelError::Config(format!("{}: the {:?} adapter is not written yet", self.name, self.p.kind)))
+        Err(ModelError::Config(format!(
+            "{}: the {:?} adapter is not written yet",
+            self.name, self.p.kind
+        )))
     }
 }

@@ -72,14 +72,17 @@ pub fn builtin(kind: ProviderKind, model: &str) -> Option<ModelConfig> {
         ProviderKind::Gemini => GEMINI,
     };
     let model = model.rsplit('/').next().unwrap_or(model);
-    table.iter().find(|e| model.starts_with(e.prefix)).map(|e| ModelConfig {
-        input: Some(e.input),
-        cached_input: Some(e.cached_input),
-        cache_write: e.cache_write,
-        output: Some(e.output),
-        context_window: Some(e.context_window),
-        max_output_tokens: None,
-    })
+    table
+        .iter()
+        .find(|e| model.starts_with(e.prefix))
+        .map(|e| ModelConfig {
+            input: Some(e.input),
+            cached_input: Some(e.cached_input),
+            cache_write: e.cache_write,
+            output: Some(e.output),
+            context_window: Some(e.context_window),
+            max_output_tokens: None,
+        })
 }
 
 /// Fields of `over`, else of `base`.

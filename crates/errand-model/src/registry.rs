@@ -291,7 +291,9 @@ pub fn build(name: &str, payload: Option<&serde_json::Value>) -> Result<Box<dyn 
 /// Builds an adapter for a resolved provider (reads its key from the environment).
 pub fn build_resolved(p: ResolvedProvider) -> Result<Box<dyn Provider>> {
     Ok(match p.kind {
-        ProviderKind::OpenaiResponses => Box::new(crate::openai_responses::OpenAiResponses::new(p)?),
+        ProviderKind::OpenaiResponses => {
+            Box::new(crate::openai_responses::OpenAiResponses::new(p)?)
+        }
         ProviderKind::OpenaiChat => Box::new(crate::openai_chat::OpenAiChat::new(p)?),
         ProviderKind::Anthropic => Box::new(crate::anthropic::Anthropic::new(p)?),
         ProviderKind::Gemini => Box::new(crate::gemini::Gemini::new(p)?),
@@ -347,7 +349,10 @@ pub fn list(config: &Config) -> Vec<ProviderInfo> {
                 })
                 .collect();
             Some(ProviderInfo {
-                key_set: pc.api_key_env.as_deref().is_some_and(|v| env_nonempty(v).is_some()),
+                key_set: pc
+                    .api_key_env
+                    .as_deref()
+                    .is_some_and(|v| env_nonempty(v).is_some()),
                 api_key_env: pc.api_key_env.clone(),
                 kind: pc.kind?,
                 base_url: pc.base_url.clone().unwrap_or_default(),
@@ -393,9 +398,17 @@ pub async fn check(config: &Config, only: Option<&str>) -> Result<Vec<crate::Che
         for model in models {
             let started = std::time::Instant::now();
             let result = async {
-                let r = resolve(&format!("{}:{}", info.name, if model.is_empty() { "-" } else { &model }), config)?;
+                let r = resolve(
+                    &format!(
+                        "{}:{}",
+                        info.name,
+                        if model.is_empty() { "-" } else { &model }
+                    ),
+                    config,
+                )?;
                 let p = build_resolved(r)?;
-                p.probe(if model.is_empty() { None } else { Some(&model) }).await
+                p.probe(if model.is_empty() { None } else { Some(&model) })
+                    .await
             }
             .await;
             out.push(crate::CheckReport {
@@ -423,7 +436,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("anthropic, gemini, ollama, openai, scripted"), "{e}");
+        assert!(
+            e.contains("anthropic, gemini, ollama, openai, scripted"),
+            "{e}"
+        );
         assert!(e.contains("[providers.mistral]"), "{e}");
     }
 

@@ -113,20 +113,18 @@ impl ScriptedProvider {
     }
 }
 
-/// A deterministic summary for a compaction request: the tool calls made so far.
+/// A deterministic summary for a compaction request: the tools called so far.
 fn scripted_summary(req: &ModelRequest) -> String {
     let mut calls = Vec::new();
     for m in &req.messages {
         if let crate::Message::Assistant { tool_calls, .. } = m {
-            for c in tool_calls {
-                calls.push(format!("{}({})", c.name, c.arguments));
-            }
+            calls.extend(tool_calls.iter().map(|c| c.name.as_str()));
         }
     }
     format!(
         "[SCRIPTED summary] {} earlier tool calls: {}",
         calls.len(),
-        errand_core::text::cap_head_tail(&calls.join("; "), 2048).0
+        errand_core::text::cap_head_tail(&calls.join(", "), 2048).0
     )
 }
 

@@ -85,7 +85,10 @@ fn parses_a_stream_with_thinking_and_parallel_calls_and_replays_it() {
         .block_on(p.stream(&req, &mut |d: Delta<'_>| deltas.push(format!("{d:?}"))))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(resp.text.as_deref(), Some("I will read both files."));
-    assert_eq!(resp.reasoning.as_deref(), Some("The bug is probably in a.py."));
+    assert_eq!(
+        resp.reasoning.as_deref(),
+        Some("The bug is probably in a.py.")
+    );
     assert_eq!(resp.tool_calls.len(), 2);
     assert_eq!(resp.tool_calls[1].arguments, json!({"path": "dir/b.py"}));
     assert_eq!(resp.tool_calls[0].id, "toolu_fake_0001_0");
@@ -121,7 +124,10 @@ fn parses_a_stream_with_thinking_and_parallel_calls_and_replays_it() {
     );
     assert_eq!(assistant["content"][2]["type"], "tool_use");
     assert_eq!(assistant["content"][2]["id"], "toolu_fake_0001_0");
-    let results = second["messages"][4]["content"].as_array().cloned().unwrap_or_default();
+    let results = second["messages"][4]["content"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(results.len(), 2, "both results in one user message");
 }
 
@@ -144,7 +150,10 @@ fn non_streamed_and_chunked_streams_parse_the_same() {
     let b = rt()
         .block_on(streamed.complete(&history()))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(fake.model_requests()[0].body.get("stream"), Some(&json!(false)));
+    assert_eq!(
+        fake.model_requests()[0].body.get("stream"),
+        Some(&json!(false))
+    );
     assert_eq!(a.text, b.text);
     assert_eq!(a.tool_calls, b.tool_calls);
     assert_eq!(a.usage, b.usage);
@@ -177,7 +186,12 @@ fn cut_streams_are_retryable_errors() {
 fn each_error_status_is_classified() {
     let cases = [
         (401, FakeKind::Authentication, ErrorKind::Auth, false),
-        (403, FakeKind::Permission, ErrorKind::PermissionDenied, false),
+        (
+            403,
+            FakeKind::Permission,
+            ErrorKind::PermissionDenied,
+            false,
+        ),
         (404, FakeKind::NotFound, ErrorKind::ModelNotFound, false),
         (400, FakeKind::InvalidRequest, ErrorKind::BadRequest, false),
         (500, FakeKind::Server, ErrorKind::Server, true),
@@ -194,7 +208,11 @@ fn each_error_status_is_classified() {
         "prompt is too long: 215000 tokens > 200000 maximum",
     ));
     assert_eq!(e.kind(), Some(ErrorKind::ContextLength));
-    let e = err_of(Reply::error(401, FakeKind::Authentication, "invalid x-api-key"));
+    let e = err_of(Reply::error(
+        401,
+        FakeKind::Authentication,
+        "invalid x-api-key",
+    ));
     assert!(e.to_string().contains(KEY_VAR), "{e}");
     assert!(!e.to_string().contains(KEY), "the key must never show: {e}");
     let e = err_of(Reply::Error {

@@ -59,6 +59,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tasks/{id}/events", get(events))
         .route("/api/v1/tasks/{id}/events/stream", get(crate::sse::stream))
         .route("/api/v1/tasks/{id}/diff", get(diff))
+        .route("/api/v1/models", get(list_models))
+        .route("/api/v1/models/check", post(check_models))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json") })
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
@@ -71,6 +73,34 @@ async fn health(State(s): Shared) -> Json<serde_json::Value> {
         "workers": s.workers,
         "sandbox": s.sandbox_name,
     }))
+}
+
+/// Configured providers and models, and where each key comes from (never the key).
+async fn list_models(State(s): Shared) -> Json<serde_json::Value> {
+    let default = errand_model::registry::default_model(&s.config).ok();
+    Json(json!({
+        "default_model": default,
+        "providers": errand_model::registry::list(&s.config),
+    }))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    #[serde(default)]
+    provider: Option<String>,
+}
+
+/// One cheap request per model: reachable, key valid, model exists.
+async fn check_models(
+    State(s): Shared,
+    body: Option<Json<CheckRequest>>,
+) -> AppResult<Json<serde_json::Value>> {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let reports = errand_model::registry::check(&s.config, req.provider.as_deref())
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(json!({ "results": reports })))
 }
 
 async fn openapi() -> Response {
@@ -183,24 +213,45 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         (canon.display().to_string(), r)
     };
-    let model = req
+    let model = match req
         .model
         .clone()
         .or_else(|| env.as_ref().and_then(|(_, e)| e.model.clone()))
-        .or_else(|| s.config.default_model.clone())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "no model given; pass --model provider:model (for example --model scripted:./turns.json), or set default_model in errand.toml",
-            )
-        })?;
+    {
+        Some(m) => m,
+        None => errand_model::registry::default_model(&s.config)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+    };
     let model = normalize_model(&model)?;
     let payload = {
-        let m = model.clone();
-        tokio::task::spawn_blocking(move || errand_model::prepare(&m))
+        let (m, cfg) = (model.clone(), s.config.clone());
+        tokio::task::spawn_blocking(move || errand_model::prepare(&m, &cfg))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::bad_request(e.to_string()))?
     };
+    let mut model_options = env
+        .as_ref()
+        .map(|(_, e)| e.model_options.clone())
+        .unwrap_or_default();
+    for (k, v) in &req.model_options {
+        if k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            return Err(ApiError::bad_request(format!(
+                "model option key '{k}' may only use letters, digits, '_', '-' and '.'"
+            )));
+        }
+        model_options.insert(k.clone(), v.clone());
+    }
+    req.budget.validate().map_err(ApiError::bad_request)?;
+    let budget = req.budget.or(&env
+        .as_ref()
+        .map(|(_, e)| e.budget)
+        .unwrap_or_default()
+        .or(&s.config.budget));
     let trigger = req.trigger.clone().unwrap_or_else(|| "api".into());
     if !TRIGGERS.contains(&trigger.as_str()) {
         return Err(ApiError::bad_request(format!(
@@ -253,9 +304,12 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             checks,
             rootfs: env.as_ref().and_then(|(_, e)| e.rootfs.clone()),
             env: env.map(|(_, e)| e.env).unwrap_or_default(),
+            model_options,
+            budget,
+            agent: s.config.agent,
         },
         model,
-        model_payload: payload,
+        model_payload: Some(payload),
         mode: "run".into(),
         trigger,
         created_by: req

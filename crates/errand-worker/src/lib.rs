@@ -492,6 +492,15 @@ impl Worker {
             attempt: aid.to_string(),
             worker: self.config.name.clone(),
         };
+        let snap = &task.environment;
+        let agent_config = AgentConfig {
+            budget: snap.budget,
+            compact_at: snap.agent.compact_at,
+            keep_recent_turns: snap.agent.keep_recent_turns,
+            model_options: snap.model_options.clone(),
+            cache_key: Some(aid.to_string()),
+            ..self.config.agent.clone()
+        };
         let outcome = AgentRun {
             prompt: &task.prompt,
             workspace: &ws,
@@ -499,7 +508,7 @@ impl Worker {
             provider: provider.as_ref(),
             sink: &sink,
             cancel: cancel.clone(),
-            config: self.config.agent.clone(),
+            config: agent_config,
         }
         .run()
         .await?;
@@ -512,6 +521,17 @@ impl Worker {
                 "stopped after {} model turns (max_turns)",
                 outcome.turns
             )),
+            EndReason::Budget(why) => Some(format!("stopped: {why}")),
+            EndReason::ModelFailed(msg) => {
+                self.emit(
+                    aid,
+                    vec![EventKind::Error {
+                        message: format!("the model failed: {msg}"),
+                    }],
+                )
+                .await?;
+                Some(format!("the model failed: {msg}"))
+            }
             EndReason::Cancelled if lease.load(Ordering::SeqCst) == LEASE_WALL_TIME => {
                 let msg = format!(
                     "stopped: the attempt ran past its wall-time limit of {}s",

@@ -180,6 +180,7 @@ pub fn write_script(dir: &Path, name: &str, script: serde_json::Value) -> PathBu
 }
 
 pub fn http() -> reqwest::Client {
+    errand_model::install_tls();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -56,6 +56,7 @@ pub fn new_task_with(id: String, title: &str, attempts: usize) -> NewTask {
             }],
             env: BTreeMap::from([("RUST_LOG".to_string(), "debug".to_string())]),
             rootfs: None,
+            ..Default::default()
         },
         model: model.clone(),
         model_payload: None,
@@ -1070,8 +1071,11 @@ pub async fn append_events_fencing(store: &dyn Store) {
                 cached_input_tokens: 2,
                 output_tokens: 5,
                 reasoning_tokens: 1,
+                cost_usd: 0.25,
+                ..Default::default()
             },
             stop_reason: Some("tool_use".into()),
+            total_cost_usd: 0.25,
         },
         EventKind::ToolCall {
             call_id: "c1".into(),
@@ -1443,6 +1447,8 @@ pub async fn finish_attempt_done(store: &dyn Store) {
         cached_input_tokens: 200,
         output_tokens: 300,
         reasoning_tokens: 50,
+        cost_usd: 1.5,
+        ..Default::default()
     };
     let s = store
         .finish_attempt(
@@ -1601,6 +1607,8 @@ pub async fn update_usage_is_visible(store: &dyn Store) {
         cached_input_tokens: 10,
         output_tokens: 20,
         reasoning_tokens: 5,
+        cost_usd: 0.125,
+        ..Default::default()
     };
     store.update_usage(&aid, "w1", u1, 1).await.unwrap();
     let a = store.get_attempt(&aid).await.unwrap();
