@@ -17,11 +17,30 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Starts a server with extra environment variables (model keys, for example). The
+    /// provider keys of the test process's own environment are removed.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env_remove("ERRAND_SERVER")
+            .env_remove("ERRAND_SERVER");
+        for var in [
+            "ANTHROPIC_API_KEY",
+            "OPENAI_API_KEY",
+            "GEMINI_API_KEY",
+            "GOOGLE_API_KEY",
+            "OLLAMA_HOST",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .env("ERRAND_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
