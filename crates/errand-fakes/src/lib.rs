@@ -157,6 +157,8 @@ pub struct Recorded {
     pub body: Value,
     /// The raw body size in bytes.
     pub body_bytes: usize,
+    /// The body exactly as sent.
+    pub raw: String,
 }
 
 impl Recorded {
@@ -168,8 +170,12 @@ impl Recorded {
     }
 }
 
+/// Chooses the reply to a request before the queue is consulted (`None`: take the next one).
+pub type Responder = Box<dyn Fn(&Value) -> Option<Reply> + Send + Sync>;
+
 struct State {
     vendor: Vendor,
+    responder: Option<Responder>,
     replies: Mutex<std::collections::VecDeque<Reply>>,
     requests: Mutex<Vec<Recorded>>,
     served: Mutex<usize>,
@@ -187,8 +193,19 @@ pub struct FakeServer {
 impl FakeServer {
     /// Starts a fake on a free loopback port; panics if it cannot (tests only).
     pub fn start(vendor: Vendor, replies: Vec<Reply>) -> FakeServer {
+        FakeServer::start_with(vendor, replies, None)
+    }
+
+    /// Like [`FakeServer::start`], with a responder that may answer a request (by its JSON
+    /// body) without using up a queued reply.
+    pub fn start_with(
+        vendor: Vendor,
+        replies: Vec<Reply>,
+        responder: Option<Responder>,
+    ) -> FakeServer {
         let state = Arc::new(State {
             vendor,
+            responder,
             replies: Mutex::new(replies.into()),
             requests: Mutex::new(Vec::new()),
             served: Mutex::new(0),
@@ -442,6 +459,7 @@ async fn handle(
                 .collect(),
             body: json.clone(),
             body_bytes: body.len(),
+            raw: String::from_utf8_lossy(&body).into_owned(),
         });
     if method == Method::GET {
         return match probe(vendor, &path) {
@@ -453,11 +471,14 @@ async fn handle(
             ),
         };
     }
-    let reply = st
-        .replies
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pop_front();
+    let reply = match st.responder.as_ref().and_then(|r| r(&json)) {
+        Some(r) => Some(r),
+        None => st
+            .replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front(),
+    };
     let n = {
         let mut s = st.served.lock().unwrap_or_else(|e| e.into_inner());
         *s += 1;
