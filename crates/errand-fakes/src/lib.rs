@@ -318,9 +318,8 @@ fn render(vendor: Vendor, turn: &Turn, model: &str, n: usize) -> Rendered {
 fn error_body(vendor: Vendor, status: u16, kind: ErrorKind, message: &str) -> Value {
     match vendor {
         Vendor::Anthropic => anthropic::error_body(kind, message),
-        Vendor::OpenAiResponses | Vendor::OpenAiChat => {
-            openai_responses::error_body(kind, message)
-        }
+        Vendor::OpenAiResponses => openai_responses::error_body(kind, message),
+        Vendor::OpenAiChat => openai_chat::error_body(kind, message),
         Vendor::Gemini => gemini::error_body(status, kind, message),
     }
 }
@@ -337,7 +336,8 @@ fn stream_error(vendor: Vendor, kind: ErrorKind, message: &str, model: &str, n: 
 fn probe(vendor: Vendor, path: &str) -> Option<Value> {
     match vendor {
         Vendor::Anthropic => anthropic::probe(path),
-        Vendor::OpenAiResponses | Vendor::OpenAiChat => openai_responses::probe(path),
+        Vendor::OpenAiResponses => openai_responses::probe(path),
+        Vendor::OpenAiChat => openai_chat::probe(path),
         Vendor::Gemini => gemini::probe(path),
     }
 }
