@@ -335,7 +335,8 @@ fn render(vendor: Vendor, turn: &Turn, model: &str, n: usize) -> Rendered {
 fn error_body(vendor: Vendor, status: u16, kind: ErrorKind, message: &str) -> Value {
     match vendor {
         Vendor::Anthropic => anthropic::error_body(kind, message),
-        Vendor::OpenAiResponses | Vendor::OpenAiChat => openai_responses::error_body(kind, message),
+        Vendor::OpenAiResponses => openai_responses::error_body(kind, message),
+        Vendor::OpenAiChat => openai_chat::error_body(kind, message),
         Vendor::Gemini => gemini::error_body(status, kind, message),
     }
 }
@@ -352,7 +353,8 @@ fn stream_error(vendor: Vendor, kind: ErrorKind, message: &str, model: &str, n: 
 fn probe(vendor: Vendor, path: &str) -> Option<Value> {
     match vendor {
         Vendor::Anthropic => anthropic::probe(path),
-        Vendor::OpenAiResponses | Vendor::OpenAiChat => openai_responses::probe(path),
+        Vendor::OpenAiResponses => openai_responses::probe(path),
+        Vendor::OpenAiChat => openai_chat::probe(path),
         Vendor::Gemini => gemini::probe(path),
     }
 }
@@ -552,7 +554,7 @@ async fn handle(
             let bytes = wire.into_bytes();
             let chunks = bytes
                 .chunks(chunk.max(1))
-                .map(|c| Bytes::copy_from_slice(c))
+                .map(Bytes::copy_from_slice)
                 .collect();
             sse_response(chunks, Duration::from_millis(1), false)
         }

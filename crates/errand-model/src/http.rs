@@ -239,18 +239,21 @@ impl Http {
         let (message, kind_word) = error_fields(&v);
         let kind = match kind_word.as_deref() {
             Some(w) if w.contains("overloaded") => ErrorKind::Overloaded,
+            // `insufficient_quota` (OpenAI): waiting does not help.
+            Some(w) if w.contains("quota") => ErrorKind::QuotaExceeded,
             Some(w) if w.contains("rate_limit") || w == "RESOURCE_EXHAUSTED" => {
                 ErrorKind::RateLimited
             }
             Some(w) if w.contains("context_length") => ErrorKind::ContextLength,
-            Some(w) if w.contains("invalid_request") || w == "INVALID_ARGUMENT" => {
+            Some(w) if w.contains("authentication") || w == "invalid_api_key" => ErrorKind::Auth,
+            // `invalid_request_error`, and OpenAI's `invalid_prompt`, `invalid_image`, …
+            Some(w) if w.starts_with("invalid") || w == "INVALID_ARGUMENT" => {
                 if is_context_message(&message) {
                     ErrorKind::ContextLength
                 } else {
                     ErrorKind::BadRequest
                 }
             }
-            Some(w) if w.contains("authentication") => ErrorKind::Auth,
             Some(w) if w.contains("permission") => ErrorKind::PermissionDenied,
             Some(w) if w.contains("not_found") => ErrorKind::ModelNotFound,
             _ => ErrorKind::Server,
