@@ -533,7 +533,7 @@ async fn handle(
             let bytes = wire.into_bytes();
             let chunks = bytes
                 .chunks(chunk.max(1))
-                .map(|c| Bytes::copy_from_slice(c))
+                .map(Bytes::copy_from_slice)
                 .collect();
             sse_response(chunks, Duration::from_millis(1), false)
         }

@@ -240,7 +240,7 @@ pub fn parse_message(p: &ResolvedProvider, msg: &Value) -> Result<ModelResponse>
             .get("stop_reason")
             .and_then(Value::as_str)
             .map(str::to_string),
-        native: (!native.is_empty()).then(|| Native {
+        native: (!native.is_empty()).then_some(Native {
             kind: ProviderKind::Anthropic,
             value: Value::Array(native),
         }),

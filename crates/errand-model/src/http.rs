@@ -244,6 +244,14 @@ impl Http {
         let (message, kind_word) = error_fields(&v);
         let kind = match kind_word.as_deref() {
             Some(w) if w.contains("overloaded") => ErrorKind::Overloaded,
+            // Google's canonical status names (`error.status`).
+            Some("UNAVAILABLE") if message.to_ascii_lowercase().contains("overloaded") => {
+                ErrorKind::Overloaded
+            }
+            Some("UNAUTHENTICATED") => ErrorKind::Auth,
+            Some("PERMISSION_DENIED") => ErrorKind::PermissionDenied,
+            Some("NOT_FOUND") => ErrorKind::ModelNotFound,
+            Some("DEADLINE_EXCEEDED") => ErrorKind::Timeout,
             Some(w) if w.contains("rate_limit") || w == "RESOURCE_EXHAUSTED" => {
                 ErrorKind::RateLimited
             }
