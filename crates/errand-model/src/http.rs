@@ -241,6 +241,14 @@ impl Http {
             Some(w) if w.contains("overloaded") => ErrorKind::Overloaded,
             // `insufficient_quota` (OpenAI): waiting does not help.
             Some(w) if w.contains("quota") => ErrorKind::QuotaExceeded,
+            // Google's canonical status names (`error.status`).
+            Some("UNAVAILABLE") if message.to_ascii_lowercase().contains("overloaded") => {
+                ErrorKind::Overloaded
+            }
+            Some("UNAUTHENTICATED") => ErrorKind::Auth,
+            Some("PERMISSION_DENIED") => ErrorKind::PermissionDenied,
+            Some("NOT_FOUND") => ErrorKind::ModelNotFound,
+            Some("DEADLINE_EXCEEDED") => ErrorKind::Timeout,
             Some(w) if w.contains("rate_limit") || w == "RESOURCE_EXHAUSTED" => {
                 ErrorKind::RateLimited
             }
