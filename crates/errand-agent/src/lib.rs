@@ -327,7 +327,7 @@ impl AgentRun<'_> {
                 return Ok(end(&st, None, EndReason::Cancelled));
             }
             if time_up.load(std::sync::atomic::Ordering::SeqCst) {
-                return Ok(self.stop(time_budget(&st)).await?);
+                return self.stop(time_budget(&st)).await;
             }
             if st.turns >= max_turns {
                 self.sink
@@ -344,7 +344,7 @@ impl AgentRun<'_> {
                     "the token budget of {max} ran out ({} tokens used)",
                     st.usage.total()
                 );
-                return Ok(self.stop(end(&st, None, EndReason::Budget(why))).await?);
+                return self.stop(end(&st, None, EndReason::Budget(why))).await;
             }
             if let Some(max) = budget.max_cost_usd
                 && st.usage.cost_usd >= max
@@ -353,14 +353,14 @@ impl AgentRun<'_> {
                     "the cost budget of ${max:.2} ran out (${:.4} spent)",
                     st.usage.cost_usd
                 );
-                return Ok(self.stop(end(&st, None, EndReason::Budget(why))).await?);
+                return self.stop(end(&st, None, EndReason::Budget(why))).await;
             }
             self.maybe_compact(&mut st, &run_cancel).await?;
 
             let resp = match self.call_model(&st.req, &run_cancel).await? {
                 ModelCall::Done(r) => *r,
                 ModelCall::Cancelled if time_up.load(std::sync::atomic::Ordering::SeqCst) => {
-                    return Ok(self.stop(time_budget(&st)).await?);
+                    return self.stop(time_budget(&st)).await;
                 }
                 ModelCall::Cancelled => return Ok(end(&st, None, EndReason::Cancelled)),
                 ModelCall::Failed(msg) => {
@@ -458,7 +458,7 @@ impl AgentRun<'_> {
             }
             if run_cancel.is_cancelled() {
                 if time_up.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Ok(self.stop(time_budget(&st)).await?);
+                    return self.stop(time_budget(&st)).await;
                 }
                 return Ok(end(&st, None, EndReason::Cancelled));
             }

@@ -350,3 +350,18 @@ fn a_budget_stops_a_real_provider_run_with_its_work_committed() {
         "the work is kept: {diff}"
     );
 }
+
+#[test]
+fn openai_responses_adapter_fixes_a_real_bug_end_to_end() {
+    fixes_a_real_bug_through(Vendor::OpenAiResponses);
+}
+
+#[test]
+fn openai_chat_adapter_fixes_a_real_bug_end_to_end() {
+    fixes_a_real_bug_through(Vendor::OpenAiChat);
+}
+
+#[test]
+fn gemini_adapter_fixes_a_real_bug_end_to_end() {
+    fixes_a_real_bug_through(Vendor::Gemini);
+}

@@ -111,8 +111,13 @@ pub(crate) fn stream_error(kind: ErrorKind, message: &str) -> String {
     frame("error", &error_body(kind, message))
 }
 
-/// `GET /v1/models/{model_id}`.
+/// `GET /v1/models/{model_id}`, and the list at `GET /v1/models`.
 pub(crate) fn probe(path: &str) -> Option<Value> {
+    if path == "/v1/models" {
+        return Some(json!({"data": [
+            {"type": "model", "id": "claude-sonnet-4-5", "display_name": "Fake claude-sonnet-4-5", "created_at": "2025-09-29T00:00:00Z"}
+        ], "has_more": false, "first_id": "claude-sonnet-4-5", "last_id": "claude-sonnet-4-5"}));
+    }
     let id = path.strip_prefix("/v1/models/")?;
     id.starts_with("claude").then(|| {
         json!({"type": "model", "id": id, "display_name": format!("Fake {id}"), "created_at": "2025-09-29T00:00:00Z"})

@@ -208,6 +208,9 @@ pub(crate) fn stream_error(kind: ErrorKind, message: &str) -> String {
 
 /// `GET /v1beta/models/{model}`: the `Model` resource. Only `gemini*` models exist.
 pub(crate) fn probe(path: &str) -> Option<Value> {
+    if path == "/models" {
+        return probe("/models/gemini-2.5-pro").map(|m| json!({"models": [m]}));
+    }
     let id = path.strip_prefix("/models/")?;
     (id.starts_with("gemini") && !id.contains(['/', ':'])).then(|| {
         json!({

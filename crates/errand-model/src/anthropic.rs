@@ -414,6 +414,14 @@ impl Provider for Anthropic {
     }
     async fn probe(&self, model: Option<&str>) -> Result<String> {
         let model = model.unwrap_or(&self.p.model);
+        if model.is_empty() || model == "-" {
+            let v = self
+                .http
+                .get(&self.p.url("/v1/models"), &self.headers())
+                .await?;
+            let n = v.get("data").and_then(Value::as_array).map_or(0, Vec::len);
+            return Ok(format!("ok: key accepted, {n} models available"));
+        }
         let url = self.p.url(&format!("/v1/models/{model}"));
         let v = self.http.get(&url, &self.headers()).await?;
         Ok(format!(

@@ -592,6 +592,18 @@ impl Provider for Gemini {
     }
     async fn probe(&self, model: Option<&str>) -> Result<String> {
         let model = model_id(model.unwrap_or(&self.p.model));
+        if model.is_empty() || model == "-" {
+            let v = self
+                .http
+                .get(&self.p.url("/models"), &self.headers())
+                .await
+                .map_err(|e| self.refine(e))?;
+            let n = v
+                .get("models")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            return Ok(format!("ok: key accepted, {n} models available"));
+        }
         let url = self.p.url(&format!("/models/{model}"));
         let v = self
             .http

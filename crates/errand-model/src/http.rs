@@ -459,8 +459,11 @@ pub(crate) fn classify(
         }
         408 => ErrorKind::Timeout,
         413 => ErrorKind::ContextLength,
+        // A quota message with a retry delay (Google's per-minute quotas) is a rate limit.
         429 if word == "insufficient_quota"
-            || message.contains("quota") && message.contains("billing") =>
+            || message.contains("quota")
+                && message.contains("billing")
+                && retry_after(headers, &v).is_none() =>
         {
             ErrorKind::QuotaExceeded
         }
