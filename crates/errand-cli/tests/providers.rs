@@ -173,6 +173,45 @@ fn fixes_a_real_bug_through(vendor: Vendor) {
             .contains("Run the tests with python3 -m unittest.")
     );
 
+    // Prefix stability: each request repeats the previous one's conversation exactly and
+    // appends to it; instructions and tools do not change. (Anthropic's cache breakpoint moves
+    // to the newest block, so `cache_control` markers are left out of the comparison.)
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("cache_control");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let conv = |b: &serde_json::Value| {
+        let key = ["input", "messages", "contents"]
+            .into_iter()
+            .find(|k| b.get(*k).is_some())
+            .unwrap();
+        let mut v = b[key].clone();
+        strip(&mut v);
+        v.as_array().cloned().unwrap()
+    };
+    for w in reqs.windows(2) {
+        let (a, b) = (conv(&w[0].body), conv(&w[1].body));
+        assert!(b.len() > a.len());
+        assert_eq!(
+            a[..],
+            b[..a.len()],
+            "request {:?} is not an extension",
+            vendor
+        );
+        for k in ["system", "instructions", "systemInstruction", "tools"] {
+            let (mut x, mut y) = (w[0].body[k].clone(), w[1].body[k].clone());
+            strip(&mut x);
+            strip(&mut y);
+            assert_eq!(x, y, "{k} changed between turns");
+        }
+    }
+
     // The key is nowhere in the log, and the log says which model ran.
     let logs = ok(server.cli(&["logs", &id, "--json"]));
     assert!(!logs.contains(KEY));
