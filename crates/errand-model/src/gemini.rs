@@ -550,14 +550,8 @@ impl Provider for Gemini {
     fn name(&self) -> &str {
         &self.name
     }
-    fn context_window(&self) -> Option<u64> {
-        self.p.model_config.context_window
-    }
-    fn retry_policy(&self) -> crate::retry::RetryPolicy {
-        crate::retry::RetryPolicy {
-            max_retries: self.p.max_retries,
-            ..Default::default()
-        }
+    fn settings(&self) -> Option<&ResolvedProvider> {
+        Some(&self.p)
     }
     async fn stream(
         &self,

@@ -162,13 +162,22 @@ pub trait Provider: Send + Sync {
     fn scripted(&self) -> bool {
         false
     }
+    /// The resolved settings of an HTTP provider (none for playback providers).
+    fn settings(&self) -> Option<&registry::ResolvedProvider> {
+        None
+    }
     /// Tokens the model accepts in one request, when known.
     fn context_window(&self) -> Option<u64> {
-        None
+        self.settings().and_then(|p| p.model_config.context_window)
     }
     /// How to retry this provider's retryable errors.
     fn retry_policy(&self) -> retry::RetryPolicy {
-        retry::RetryPolicy::default()
+        retry::RetryPolicy {
+            max_retries: self
+                .settings()
+                .map_or(retry::RetryPolicy::default().max_retries, |p| p.max_retries),
+            ..Default::default()
+        }
     }
     /// Runs one turn, streaming when the provider does, and reports progress to `on_delta`.
     /// Dropping the future aborts the request.
