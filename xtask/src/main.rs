@@ -1,8 +1,9 @@
 //! Errand's dev tasks. `cargo xtask bench` measures dispatch latency, enqueue throughput,
-//! event append throughput, workspace preparation, box start, copy-on-write workspaces and
-//! idle box memory on this machine and prints a Markdown report (progress goes to stderr, the
-//! report to stdout).
+//! event append throughput, workspace preparation, box start, copy-on-write workspaces,
+//! idle box memory, and the agent loop's overhead, prompt-prefix reuse and compaction on this
+//! machine, and prints a Markdown report (progress goes to stderr, the report to stdout).
 
+mod agent;
 mod api;
 mod cow;
 mod gitgen;
@@ -20,7 +21,8 @@ use std::time::Instant;
 const USAGE: &str = "\
 usage: cargo xtask bench [options]
 
-Builds the release `errand` binary, runs the benchmarks and prints a Markdown report.
+Builds the release `errand` binary (unless only benches that do not run it are chosen:
+append, workspace, agent), runs the benchmarks and prints a Markdown report.
 
 options:
   --skip-build          use the existing binary instead of running cargo build
@@ -33,9 +35,11 @@ options:
   --box-runs N          box starts per way (default 200)
   --boxes N             idle boxes for the memory bench (default 10)
   --cow-files LIST      repository sizes for the copy-on-write bench (default 5000,50000)
+  --agent-turns N       turns per scripted agent-loop run (default 1000)
+  --adapter-turns N     tool-call turns per agent run through each adapter (default 200)
   --no-private-ns       stay in the host's user and mount namespaces (no copy-on-write)
   --only LIST           run only these benches (comma-separated: dispatch, enqueue,
-                        append, workspace, box, cow, box-memory)
+                        append, workspace, box, cow, box-memory, agent)
   --quick               small counts, for checking that the bench works
 ";
 
@@ -56,6 +60,8 @@ struct Options {
     cow_warm: usize,
     /// Boxes started on each copy-on-write workspace size.
     cow_box_runs: usize,
+    agent_turns: usize,
+    adapter_turns: usize,
     no_private_ns: bool,
     only: Option<Vec<String>>,
     args: Vec<String>,
@@ -67,9 +73,16 @@ impl Options {
             .as_ref()
             .is_none_or(|l| l.iter().any(|b| b == bench))
     }
+
+    /// Whether a wanted bench runs the `errand` binary (the others link the crates).
+    fn needs_bin(&self) -> bool {
+        ["dispatch", "enqueue", "box", "cow", "box-memory"]
+            .iter()
+            .any(|b| self.wants(b))
+    }
 }
 
-const BENCHES: [&str; 7] = [
+const BENCHES: [&str; 8] = [
     "dispatch",
     "enqueue",
     "append",
@@ -77,6 +90,7 @@ const BENCHES: [&str; 7] = [
     "box",
     "cow",
     "box-memory",
+    "agent",
 ];
 
 fn parse(args: Vec<String>) -> Result<Options> {
@@ -94,6 +108,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
         cow_runs: 3,
         cow_warm: 50,
         cow_box_runs: 10,
+        agent_turns: 1000,
+        adapter_turns: 200,
         no_private_ns: false,
         only: None,
         args: args.clone(),
@@ -121,6 +137,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
             "--runs" => o.runs = num(&a, it.next())?,
             "--box-runs" => o.box_runs = num(&a, it.next())?,
             "--boxes" => o.boxes = num(&a, it.next())?,
+            "--agent-turns" => o.agent_turns = num(&a, it.next())?,
+            "--adapter-turns" => o.adapter_turns = num(&a, it.next())?,
             "--cow-files" => {
                 let v = it.next().context("--cow-files needs a list")?;
                 o.cow_files = v
@@ -155,6 +173,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
                 o.cow_runs = 1;
                 o.cow_warm = 5;
                 o.cow_box_runs = 3;
+                o.agent_turns = 100;
+                o.adapter_turns = 60;
             }
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -298,7 +318,7 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
     let root = workspace_root();
     let started = Instant::now();
     let bin = o.bin.clone().unwrap_or_else(|| default_bin(&root));
-    if !bin.is_file() {
+    if o.needs_bin() && !bin.is_file() {
         bail!(
             "{} does not exist; run cargo build --release -p errand-cli, or pass --bin",
             bin.display()
@@ -425,6 +445,23 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
         report += "\n";
     }
 
+    if o.wants("agent") {
+        eprintln!(
+            "bench: agent loop ({} scripted turns x 3, {} turns per adapter run)",
+            o.agent_turns, o.adapter_turns
+        );
+        let t = Instant::now();
+        let plan = agent::Plan {
+            loop_turns: o.agent_turns,
+            loop_runs: 3,
+            adapter_turns: o.adapter_turns,
+        };
+        let r = agent::run(&plan).await?;
+        eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
+        report += &agent::report(&r);
+        report += "\n";
+    }
+
     let measured = started.elapsed();
     let load_end = loadavg();
     eprintln!("bench: removing the temporary files");
@@ -462,7 +499,7 @@ fn main() -> std::process::ExitCode {
     let result = parse(args).and_then(|o| {
         // Everything that forks or changes namespaces happens here, before the runtime starts
         // a thread: the build, installing bubblewrap, and entering the private namespace.
-        if !o.skip_build && o.bin.is_none() {
+        if !o.skip_build && o.bin.is_none() && o.needs_bin() {
             build(&workspace_root())?;
         }
         let tools = sandbox::Tools {
