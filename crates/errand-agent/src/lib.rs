@@ -248,10 +248,21 @@ struct Loop {
     usage: Usage,
     turns: u64,
     plan: Vec<PlanStep>,
-    /// Input tokens the provider reported for the last request, and the message count then.
+    /// Input tokens the provider reported for the last request, and `conv_bytes` then.
     last_input: Option<(u64, usize)>,
+    /// Bytes of the system prompt and tools, measured once.
+    fixed_bytes: usize,
+    /// Bytes of the conversation, kept up to date as messages are added.
+    conv_bytes: usize,
     agents_seen: std::collections::HashSet<PathBuf>,
     warned_unpriced: bool,
+}
+
+impl Loop {
+    fn push(&mut self, m: Message) {
+        self.conv_bytes += message_bytes(&m);
+        self.req.messages.push(m);
+    }
 }
 
 enum ModelCall {
@@ -293,9 +304,18 @@ impl AgentRun<'_> {
             turns: 0,
             plan: Vec::new(),
             last_input: None,
+            fixed_bytes: 0,
+            conv_bytes: 0,
             agents_seen: Default::default(),
             warned_unpriced: false,
         };
+        st.fixed_bytes = st.req.system.len()
+            + st.req
+                .tools
+                .iter()
+                .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
+                .sum::<usize>();
+        st.conv_bytes = st.req.messages.iter().map(message_bytes).sum();
         let ctx = tools::ToolContext {
             root: self.workspace.to_path_buf(),
             sandbox: self.sandbox,
@@ -369,7 +389,7 @@ impl AgentRun<'_> {
             };
             st.turns += 1;
             st.usage.add(&resp.usage);
-            st.last_input = Some((resp.usage.input_tokens, st.req.messages.len()));
+            st.last_input = Some((resp.usage.input_tokens, st.conv_bytes));
             let mut events = Vec::new();
             if !st.warned_unpriced
                 && resp.usage.total() > 0
@@ -398,7 +418,7 @@ impl AgentRun<'_> {
             });
             self.sink.emit(events).await?;
             self.sink.usage(st.usage, st.turns).await?;
-            st.req.messages.push(resp.to_message());
+            st.push(resp.to_message());
             if resp.tool_calls.is_empty() {
                 return Ok(end(&st, resp.text, EndReason::NoToolCalls));
             }
@@ -439,7 +459,7 @@ impl AgentRun<'_> {
                     truncated,
                 });
                 self.sink.emit(events).await?;
-                st.req.messages.push(Message::Tool {
+                st.push(Message::Tool {
                     call_id: call.id.clone(),
                     name: call.name.clone(),
                     content: shown,
@@ -530,17 +550,11 @@ impl AgentRun<'_> {
     /// Estimated size of the next request, in tokens: what the provider counted for the last
     /// one plus an estimate for the messages added since, else an estimate of everything.
     fn estimate(&self, st: &Loop) -> u64 {
-        let fixed = st.req.system.len()
-            + st.req
-                .tools
-                .iter()
-                .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
-                .sum::<usize>();
         match st.last_input {
-            Some((input, at)) if input > 0 && at <= st.req.messages.len() => {
-                input + estimate_tokens(st.req.messages[at..].iter().map(message_bytes).sum())
+            Some((input, at)) if input > 0 && at <= st.conv_bytes => {
+                input + estimate_tokens(st.conv_bytes - at)
             }
-            _ => estimate_tokens(fixed + st.req.messages.iter().map(message_bytes).sum::<usize>()),
+            _ => estimate_tokens(st.fixed_bytes + st.conv_bytes),
         }
     }
 
@@ -620,11 +634,15 @@ impl AgentRun<'_> {
         messages.push(Message::User { text });
         messages.extend_from_slice(&msgs[cut..]);
         let kept = messages.len() - 2;
-        // Scale the estimate by the bytes kept, so that it stays in the provider's units.
-        let bytes = |m: &[Message]| m.iter().map(message_bytes).sum::<usize>().max(1) as f64;
-        let after = (before as f64 * bytes(&messages) / bytes(&st.req.messages)).ceil() as u64;
+        // Scale the estimate by the bytes kept (system prompt and tools included), so that it
+        // stays in the provider's units.
+        let new_bytes: usize = messages.iter().map(message_bytes).sum();
+        let ratio =
+            (st.fixed_bytes + new_bytes) as f64 / (st.fixed_bytes + st.conv_bytes).max(1) as f64;
+        let after = (before as f64 * ratio).ceil() as u64;
         st.req.messages = messages;
-        st.last_input = Some((after, st.req.messages.len()));
+        st.conv_bytes = new_bytes;
+        st.last_input = Some((after, st.conv_bytes));
         self.sink
             .emit(vec![EventKind::Compacted {
                 removed_messages: removed as u32,

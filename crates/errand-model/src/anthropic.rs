@@ -396,6 +396,7 @@ impl Provider for Anthropic {
     ) -> Result<ModelResponse> {
         let mut body = self.body(req);
         body["stream"] = json!(self.p.stream);
+        crate::conversation_last(&mut body, "messages");
         let url = self.p.url("/v1/messages");
         let (resp, deadline) = self.http.post_json(&url, &self.headers(), &body).await?;
         let msg = if self.p.stream {

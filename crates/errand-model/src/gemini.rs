@@ -558,7 +558,8 @@ impl Provider for Gemini {
         req: &ModelRequest,
         on_delta: &mut (dyn for<'d> FnMut(Delta<'d>) + Send),
     ) -> Result<ModelResponse> {
-        let body = self.body(req);
+        let mut body = self.body(req);
+        crate::conversation_last(&mut body, "contents");
         let model = model_id(&self.p.model);
         let url = if self.p.stream {
             self.p

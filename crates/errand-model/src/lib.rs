@@ -244,6 +244,17 @@ pub(crate) fn merge_extra(
     }
 }
 
+/// Moves the conversation (`key`) to the end of a request body, after the instructions, tools
+/// and settings, so that each request's bytes start with the previous request's bytes (the
+/// workspace builds serde_json with `preserve_order`).
+pub(crate) fn conversation_last(body: &mut serde_json::Value, key: &str) {
+    if let Some(obj) = body.as_object_mut()
+        && let Some(v) = obj.shift_remove(key)
+    {
+        obj.insert(key.to_string(), v);
+    }
+}
+
 /// Parses tool-call arguments the model produced as a JSON string. Arguments that are not a
 /// JSON object are passed on under `_raw` so the tool can say what is wrong.
 pub(crate) fn parse_arguments(s: &str) -> serde_json::Value {

@@ -356,7 +356,8 @@ impl Provider for OpenAiChat {
         req: &ModelRequest,
         on_delta: &mut (dyn for<'d> FnMut(Delta<'d>) + Send),
     ) -> Result<ModelResponse> {
-        let body = self.body(req, self.p.stream);
+        let mut body = self.body(req, self.p.stream);
+        crate::conversation_last(&mut body, "messages");
         let url = self.p.url("/chat/completions");
         let (resp, deadline) = self.http.post_json(&url, &self.headers(), &body).await?;
         let completion = if self.p.stream {

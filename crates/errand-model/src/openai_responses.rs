@@ -455,6 +455,7 @@ impl Provider for OpenAiResponses {
     ) -> Result<ModelResponse> {
         let mut body = self.body(req);
         body["stream"] = json!(self.p.stream);
+        crate::conversation_last(&mut body, "input");
         let url = self.p.url("/responses");
         let (resp, deadline) = self.http.post_json(&url, &self.headers(), &body).await?;
         let resp = if self.p.stream {
