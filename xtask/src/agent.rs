@@ -310,6 +310,9 @@ async fn loop_timed(
 ) -> Result<LoopRun> {
     let turns = calls.len();
     let config = config(turns + 10);
+    // The tools alone run once before and once after the loop, and T_tools is their mean, so
+    // that neither side gets all the warm caches.
+    let (t_before, _) = tools_timed(ws, sandbox, &config, calls).await?;
     let sink = Collect::default();
     let run = AgentRun {
         prompt: PROMPT,
@@ -325,15 +328,32 @@ async fn loop_timed(
     let t_loop = start.elapsed();
     let loop_events = sink.take();
     check_outcome("scripted loop", &outcome, turns, &loop_events)?;
+    let (t_after, tool_events) = tools_timed(ws, sandbox, &config, calls).await?;
+    let t_tools = (t_before + t_after) / 2;
+    Ok(LoopRun {
+        turns,
+        t_loop,
+        t_tools,
+        loop_events: loop_events.len(),
+        tool_events,
+    })
+}
 
-    // The same calls with the ids the scripted provider gave them, through the tools alone.
+/// The same calls, with the ids the scripted provider gives them, through the tools alone:
+/// the time and the number of events.
+async fn tools_timed(
+    ws: &Workspace,
+    sandbox: &dyn SandboxBox,
+    config: &errand_agent::AgentConfig,
+    calls: &[(String, Value)],
+) -> Result<(Duration, usize)> {
     let sink = Collect::default();
     let ctx = ToolContext {
         root: ws.root.clone(),
         sandbox,
         sink: &sink,
         cancel: CancellationToken::new(),
-        config: &config,
+        config,
     };
     let tool_calls: Vec<ToolCall> = calls
         .iter()
@@ -351,15 +371,9 @@ async fn loop_timed(
             failed += 1;
         }
     }
-    let t_tools = start.elapsed();
+    let t = start.elapsed();
     ensure!(failed == 0, "{failed} direct tool calls failed");
-    Ok(LoopRun {
-        turns,
-        t_loop,
-        t_tools,
-        loop_events: loop_events.len(),
-        tool_events: sink.take().len(),
-    })
+    Ok((t, sink.take().len()))
 }
 
 /// One model request as the fake received it.
@@ -526,9 +540,7 @@ const CONVERSATION: [&str; 3] = ["messages", "input", "contents"];
 
 /// The body with its top-level keys in prompt order: tools and the system prompt first, the
 /// other settings next, the conversation last, which is the order in which the vendors'
-/// prompt caches match prefixes. The adapters' bodies are `serde_json` maps without
-/// `preserve_order`, so they go on the wire with their keys sorted, the conversation before
-/// the system prompt and the tools; this shows what the share would be without that.
+/// prompt caches match prefixes; a check that the adapters send their bodies that way.
 fn prompt_order(body: &Value) -> String {
     let Some(map) = body.as_object() else {
         return body.to_string();
@@ -765,7 +777,7 @@ pub fn report(r: &AgentResult) -> String {
          call each (`read_file` whole and ranges of 20 generated 2.5–4 KB files, `list_dir`, \
          `search`, `write_file` overwriting 4 notes; the last turn calls `finish`): T_loop is \
          the whole run. The same {} calls then go straight through `tools::execute` on the same \
-         workspace (T_tools). Overhead per turn = (T_loop − T_tools) / {}. Each run on a fresh \
+         workspace, once before and once after the loop (T_tools: their mean). Overhead per turn = (T_loop − T_tools) / {}. Each run on a fresh \
          workspace.\n\n",
         fmt_int(turns as f64),
         fmt_int(turns as f64),
@@ -830,12 +842,12 @@ pub fn report(r: &AgentResult) -> String {
             fmt_ms(a.wall.as_secs_f64() * 1e3 / a.turns.max(1) as f64),
         );
     }
-    s += "\nThe adapters build their bodies as `serde_json` maps, which serialize their keys \
-          sorted: the conversation (`contents`, `input`, `messages`) goes out before the system \
-          prompt and the tools, so each new turn is inserted in front of them and the previous \
-          request's system prompt, tools and other trailing keys fall out of the shared prefix. \
-          The same bodies with their top-level keys rewritten in prompt order (tools, system \
-          prompt, other settings, conversation last):\n\n";
+    s += "\nThe adapters keep their bodies' keys in the order they build them (`serde_json` with \
+          `preserve_order`) and put the conversation (`contents`, `input`, `messages`) last, \
+          after the tools, the system prompt and the settings, so a request's bytes start with \
+          the previous request's bytes up to its closing brackets. As a check, the same bodies \
+          with their top-level keys rewritten in prompt order (tools, system prompt, other \
+          settings, conversation last) give the same figures:\n\n";
     s += "| adapter | prefix share | lowest share of one request | previous request reused | previous request's bytes past the shared prefix (median / max) |\n";
     s += "|---|---:|---:|---:|---:|\n";
     for a in &r.plain {
@@ -852,9 +864,9 @@ pub fn report(r: &AgentResult) -> String {
         );
     }
     s += "\nAnthropic's second `cache_control` breakpoint sits on the last block of the \
-          conversation, so it moves every turn and the shared prefix ends inside the previous \
-          request's last block (at its start, as `cache_control` sorts first among the block's \
-          keys). The run time per turn includes the loop, the tools, the adapter's JSON and the \
+          conversation, so it moves every turn: the shared prefix ends where the previous \
+          request's marker was (the block's last key), a few dozen bytes before its end. The \
+          run time per turn includes the loop, the tools, the adapter's JSON and the \
           loopback HTTP round trip to the fake.\n\n";
 
     // 3. Compaction.
