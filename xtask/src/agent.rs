@@ -955,7 +955,7 @@ mod tests {
         assert_eq!(o.len(), b.to_string().len());
         assert_eq!(
             o,
-            r#"{"tools":[{"name":"t"}],"system":"s","model":"m","messages":[{"content":"hi \"x\"","role":"user"}]}"#
+            r#"{"tools":[{"name":"t"}],"system":"s","model":"m","messages":[{"role":"user","content":"hi \"x\""}]}"#
         );
         let back: Value = serde_json::from_str(&o).unwrap_or_default();
         assert_eq!(back, b);
