@@ -445,7 +445,9 @@ async fn one_size(
                     _ => None,
                 };
                 let scratch = dir.join(format!("box-scratch-{i}-{j}"));
-                let t = crate::sandbox::lib_once(b, ws, &scratch, quota_dir).await?;
+                let t = crate::sandbox::lib_once(b, ws, &scratch, quota_dir)
+                    .await?
+                    .times;
                 for (x, d) in v[j].iter_mut().zip(t) {
                     x.push(d);
                 }

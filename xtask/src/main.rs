@@ -470,11 +470,11 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
     let removed = t.elapsed();
     eprintln!("bench:   removed in {:.1} s", removed.as_secs_f64());
     if o.wants("box") || o.wants("box-memory") || o.wants("cow") {
-        // Every `errand sandbox run` above left its (pooled, empty) box cgroups behind when it
-        // exited; remove those of processes that are gone, as `errand serve` does at start.
-        // This process's own pool goes with the next sweep.
+        // Remove the box cgroups of processes that are gone, as `errand serve` does at start,
+        // and this process's own idle ones (its back ends, and their pools, are gone by now).
         let swept = errand_sandbox::ns::sweep_stale_cgroups();
         eprintln!("bench: removed {swept} box cgroups left by exited processes");
+        errand_sandbox::ns::release_pooled_cgroups();
     }
     report += &format!(
         "\nBench run time: {:.0} s (excluding the build), then {:.0} s to remove the temporary \

@@ -137,14 +137,12 @@ fn shell_words(prog: &str, args: &[OsString]) -> String {
 
 /// One box through the library: create (until Ready), run `true`, run `true` again, destroy.
 /// `quota_dir` is what the disk quota measures (`None`: the whole workspace).
-/// Returns the time to Ready and to the first command's exit (both from the start of create),
-/// the second command's round trip, and how long destroy took.
 pub async fn lib_once(
     backend: &NamespaceBackend,
     workspace: &Path,
     scratch: &Path,
     quota_dir: Option<&Path>,
-) -> Result<[Duration; 4]> {
+) -> Result<LibRun> {
     let spec = BoxSpec {
         workspace: workspace.to_path_buf(),
         scratch: scratch.to_path_buf(),
@@ -159,6 +157,7 @@ pub async fn lib_once(
         .context("the box did not start in time")?
         .context("starting a box")?;
     let ready = start.elapsed();
+    let from_pool = b.as_ns().is_some_and(|n| n.from_pool());
     let first = run_true(b.as_ref()).await;
     let exited = start.elapsed();
     let t = Instant::now();
@@ -174,7 +173,27 @@ pub async fn lib_once(
     destroyed
         .context("destroying the box timed out")?
         .context("destroying the box")?;
-    Ok([ready, exited, again, destroy])
+    Ok(LibRun {
+        times: [ready, exited, again, destroy],
+        from_pool,
+    })
+}
+
+/// One library box: the time to Ready and to the first command's exit (both from the start of
+/// create), the second command's round trip, and how long destroy took.
+pub struct LibRun {
+    pub times: [Duration; 4],
+    /// Whether the box's process came from the back end's pool.
+    pub from_pool: bool,
+}
+
+/// Waits (untimed, bounded) until the back end's pool of box processes is full again, so that
+/// its refill does not run during the next way's timing.
+async fn wait_for_pool(backend: &NamespaceBackend) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while backend.pooled() < backend.options.pool && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Runs `true` in a live box and checks that it exited 0.
@@ -205,6 +224,8 @@ enum Way {
     Lib,
     /// The library box without cgroups (no memory or pids limit).
     LibNoCgroup,
+    /// The library box without the pool: every box process started from scratch.
+    LibCold,
     Cli,
     Bwrap,
     Unshare,
@@ -248,6 +269,8 @@ pub struct StartRow {
 pub struct StartResult {
     runs: usize,
     warmup: usize,
+    /// Timed library boxes whose process came from the pool.
+    pooled: usize,
     rows: Vec<StartRow>,
     unavailable: Vec<(String, String)>,
     enforced: String,
@@ -282,9 +305,7 @@ pub async fn start(
         ..Default::default()
     })?;
     // A first box proves the box works here (the bench fails otherwise) and says what it enforces.
-    let me = std::process::id() as i32;
     let (enforced, controllers) = {
-        let before = proc::children(me);
         let spec = BoxSpec {
             workspace: ws.clone(),
             scratch: root.join("scratch-check"),
@@ -298,10 +319,11 @@ pub async fn start(
             .context("the first box did not start in time")?
             .context("starting a box (see `errand sandbox check`)")?;
         let e = b.as_ns().map(|n| n.enforced.summary()).unwrap_or_default();
-        let controllers: Vec<String> = proc::children(me)
-            .difference(&before)
-            .flat_map(|p| box_controllers(*p))
-            .collect();
+        let controllers = b
+            .as_ns()
+            .and_then(|n| n.pid())
+            .map(|p| box_controllers(p as i32))
+            .unwrap_or_default();
         let r = run_true(b.as_ref()).await;
         let _ = tokio::time::timeout(RUN_TIMEOUT, b.destroy()).await;
         r?;
@@ -317,7 +339,12 @@ pub async fn start(
         },
         ..Default::default()
     })?;
-    let mut ways = vec![Way::Lib, Way::LibNoCgroup, Way::Cli];
+    let cold = NamespaceBackend::new(NsOptions {
+        exe: Some(bin.to_path_buf()),
+        pool: 0,
+        ..Default::default()
+    })?;
+    let mut ways = vec![Way::Lib, Way::LibNoCgroup, Way::LibCold, Way::Cli];
     let mut unavailable = Vec::new();
     let cli = Spawn {
         prog: bin.to_path_buf(),
@@ -375,6 +402,8 @@ pub async fn start(
 
     let mut lib: [Vec<Duration>; 4] = Default::default();
     let mut lib_nocg: [Vec<Duration>; 2] = Default::default();
+    let mut lib_cold: [Vec<Duration>; 2] = Default::default();
+    let mut pooled = 0;
     let mut all = Vec::new();
     let mut by_way: Vec<Vec<Duration>> = vec![Vec::new(); ways.len()];
     for round in 0..warmup + runs {
@@ -386,6 +415,11 @@ pub async fn start(
                 Way::Lib => {
                     let t = lib_once(&backend, &ws, &root.join(format!("scratch-{round}")), None)
                         .await?;
+                    if keep && t.from_pool {
+                        pooled += 1;
+                    }
+                    wait_for_pool(&backend).await;
+                    let t = t.times;
                     if keep {
                         for (v, d) in lib.iter_mut().zip(t) {
                             v.push(d);
@@ -397,10 +431,19 @@ pub async fn start(
                 }
                 Way::LibNoCgroup => {
                     let scratch = root.join(format!("scratch-nocg-{round}"));
-                    let t = lib_once(&no_cgroup, &ws, &scratch, None).await?;
+                    let t = lib_once(&no_cgroup, &ws, &scratch, None).await?.times;
+                    wait_for_pool(&no_cgroup).await;
                     if keep {
                         lib_nocg[0].push(t[0]);
                         lib_nocg[1].push(t[1]);
+                    }
+                }
+                Way::LibCold => {
+                    let scratch = root.join(format!("scratch-cold-{round}"));
+                    let t = lib_once(&cold, &ws, &scratch, None).await?.times;
+                    if keep {
+                        lib_cold[0].push(t[0]);
+                        lib_cold[1].push(t[1]);
                     }
                 }
                 Way::Cli => {
@@ -434,7 +477,7 @@ pub async fn start(
     }];
     for (w, t) in ways.iter().zip(&by_way) {
         let label = match w {
-            Way::Lib | Way::LibNoCgroup => continue,
+            Way::Lib | Way::LibNoCgroup | Way::LibCold => continue,
             Way::Cli => "`errand sandbox run --workspace WS -- true` (a process: exec, box, exit)",
             Way::Bwrap => "`bwrap` (bubblewrap, layout below) `true`",
             Way::Unshare => "`unshare -Urmpfn --mount-proc true` (namespaces only: the floor)",
@@ -458,6 +501,16 @@ pub async fn start(
         times: Summary::new(&lib_nocg[1]),
     });
     rows.push(StartRow {
+        label: "Errand box (library) without the pool (`NsOptions::pool` 0: stage 1 started, \
+                namespaces made and cgroups joined on `create`): `create` → Ready"
+            .into(),
+        times: Summary::new(&lib_cold[0]),
+    });
+    rows.push(StartRow {
+        label: "Errand box (library) without the pool: `create` → `true` exited".into(),
+        times: Summary::new(&lib_cold[1]),
+    });
+    rows.push(StartRow {
         label: "Errand box (library): `create` + `true` + `destroy`".into(),
         times: Summary::new(&all),
     });
@@ -473,6 +526,7 @@ pub async fn start(
     Ok(StartResult {
         runs,
         warmup,
+        pooled,
         rows,
         unavailable,
         enforced,
@@ -497,14 +551,17 @@ pub fn report_start(r: &StartResult) -> String {
         "{} timed runs per way after {} discarded warm-up runs, the ways taking turns (the order \
          rotates every round). Each run starts a new box, runs `true` in it and waits for its \
          exit. The library rows use `NamespaceBackend::create` (with the release `errand` binary \
-         as the box executable), `NsBox::exec_argv([\"true\"])` and `destroy`, from this bench \
-         process; the process rows are timed from just before `spawn` to the return of `wait`, \
-         so they include starting the program itself. The rows after the first four split the \
-         library box's time: until it reports Ready (set up, no command yet); the same box \
-         without cgroups (`Limits` with no memory and no pids limit, so it joins no cgroup); \
-         `destroy` on its own; and a second `true` in the box that already ran one (the round \
-         trip of one command).\n\n",
-        r.runs, r.warmup
+         as the box executable and default options, so with the default pool of ready box \
+         processes: {} of the {} timed boxes took their process from it), \
+         `NsBox::exec_argv([\"true\"])` and `destroy`, from this bench process; the process rows \
+         are timed from just before `spawn` to the return of `wait`, so they include starting \
+         the program itself. The rows after the first four split the library box's time: until \
+         it reports Ready (set up, no command yet); the same box without cgroups (`Limits` with \
+         no memory and no pids limit, so it joins no cgroup); the box without the pool (its \
+         process started, its namespaces made and its cgroups joined during `create`, as \
+         `errand sandbox run` does); `destroy` on its own; and a second `true` in the box that \
+         already ran one (the round trip of one command).\n\n",
+        r.runs, r.warmup, r.pooled, r.runs
     );
     s += "| way | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |\n|---|---:|---:|---:|---:|\n";
     for row in &r.rows {
@@ -651,8 +708,10 @@ pub async fn memory(bin: &Path, tools: &Tools, n: usize) -> Result<MemoryResult>
         .prefix("errand-bench-mem-")
         .tempdir()?;
     let root = tmp.path().canonicalize()?;
+    // No pool: each box's process is the one new child, and no pooled process is counted.
     let backend = NamespaceBackend::new(NsOptions {
         exe: Some(bin.to_path_buf()),
+        pool: 0,
         ..Default::default()
     })?;
     let me = std::process::id() as i32;

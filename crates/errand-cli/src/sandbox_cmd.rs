@@ -116,9 +116,11 @@ async fn run_one(a: RunArgs) -> Result<ExitCode> {
     if net == NetMode::Open {
         eprintln!("errand: warning: --net open gives the command the host's network");
     }
+    // One box per process: a pool of ready box processes would only be thrown away.
     let backend = NamespaceBackend::new(NsOptions {
         net,
         limits,
+        pool: 0,
         ..Default::default()
     })?;
     if let Some(r) = &a.rootfs
@@ -276,7 +278,10 @@ async fn check() -> Result<ExitCode> {
     );
     let ws = tempdir()?;
     let scratch = ws.join(".scratch");
-    let backend = NamespaceBackend::new(NsOptions::default())?;
+    let backend = NamespaceBackend::new(NsOptions {
+        pool: 0,
+        ..Default::default()
+    })?;
     let spec = BoxSpec {
         workspace: ws.clone(),
         scratch,

@@ -1,17 +1,22 @@
 //! The box side: runs in a fresh `errand` process started by the host side with
 //! `ERRAND_BOX_INIT` set, before any thread exists.
 //!
-//! Stage 1 joins the box's cgroups, creates a user namespace (mapping the caller to root
-//! inside), then mount, PID, IPC, UTS and (unless the network is open) network namespaces, and
-//! forks. The child is PID 1 of the new PID namespace: it builds the filesystem view, raises
-//! loopback, sets `no_new_privs`, Landlock and seccomp, reports `Ready`, then runs commands on
-//! request until the control socket closes. When PID 1 exits, the kernel kills every process
-//! left in the namespace; when stage 1 (or the host side) dies, PID 1 gets SIGKILL.
+//! Stage 1 creates a user namespace (mapping the caller to root inside), then PID, IPC, UTS
+//! and (unless the network is open) network namespaces, raises loopback and compiles the
+//! seccomp filter. Meanwhile the host puts it in the box's cgroups. It then waits for the
+//! go-ahead with the box's configuration (a pooled stage 1 waits there until a box is
+//! created), creates the mount namespace (a copy of the host's mounts as they are now), makes
+//! its mounts private and forks. The child is PID 1 of the new PID namespace: it builds
+//! the filesystem view, sets `no_new_privs`, Landlock and seccomp, reports `Ready`, then runs
+//! commands on request until the control socket closes. When PID 1 exits, the kernel kills
+//! every process left in the namespace; when stage 1 (or the host side) dies, PID 1 gets
+//! SIGKILL. On SIGTERM stage 1 kills PID 1 and exits once it is gone.
 
 use super::proto::{self, Reply, Request};
-use super::{BoxConfig, Enforced, NetMode, WORKSPACE};
+use super::{BoxConfig, Enforced, NetMode, Stage1Args, WORKSPACE};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::unistd::{ForkResult, Pid, fork};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -34,22 +39,16 @@ fn fail(msg: String) -> i32 {
 }
 
 /// Stage 1. Returns the process exit code.
-pub fn stage1(config_json: &str) -> i32 {
+pub fn stage1(args_json: &str) -> i32 {
     // Nothing the host process happened to inherit may reach the box, and the control
     // socket must not reach the commands (they could forge replies, like a command's exit).
     close_inherited_fds();
     // SAFETY: fcntl on a descriptor number; no pointers.
     unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-    let mut cfg: BoxConfig = match serde_json::from_str(config_json) {
+    let args: Stage1Args = match serde_json::from_str(args_json) {
         Ok(c) => c,
-        Err(e) => return fail(format!("bad box configuration: {e}")),
+        Err(e) => return fail(format!("bad box arguments: {e}")),
     };
-    for dir in &cfg.cgroups {
-        let procs = dir.join("cgroup.procs");
-        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
-            return fail(format!("joining cgroup {}: {e}", procs.display()));
-        }
-    }
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
     if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
@@ -70,47 +69,98 @@ pub fn stage1(config_json: &str) -> i32 {
             return fail(format!("writing {path}: {e}"));
         }
     }
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
-    if cfg.net != NetMode::Open {
+    // The mount namespace comes after the go-ahead: a copy made now would miss what the host
+    // mounts meanwhile (a pooled process waits, and attempts' workspaces are mounts).
+    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    if args.net != NetMode::Open {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     if let Err(e) = unshare(flags) {
         return fail(format!("cannot create the box's namespaces ({e})"));
     }
+    // What does not depend on the box's configuration or the host's mounts is done before.
+    if args.net != NetMode::Open
+        && let Err(e) = loopback_up()
+    {
+        return fail(e);
+    }
+    let filters = match super::seccomp::build(args.net) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
     // The host puts this process in the box's cgroups meanwhile; wait for it before forking
     // PID 1, so that every process of the box is inside them.
     let mut buf = vec![0u8; proto::MAX_MSG];
-    match proto::recv(CONTROL_FD, &mut buf) {
+    let cfg: BoxConfig = match proto::recv(CONTROL_FD, &mut buf) {
         Ok(Some((bytes, _))) => match serde_json::from_slice::<Request>(&bytes) {
-            Ok(Request::Go { limits }) => cfg.limits = limits,
+            Ok(Request::Go { config }) => *config,
             _ => return fail("expected the go-ahead from the host".into()),
         },
         _ => return 0,
+    };
+    drop(buf);
+    if cfg.net != args.net {
+        return fail("the box's network mode differs from its namespaces'".into());
     }
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
+        return fail(format!("cannot create the box's mount namespace ({e})"));
+    }
+    if let Err(e) = ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        || "making mounts private".to_string(),
+    ) {
+        return fail(e);
+    }
+    // Stage 1 waits for these below; PID 1 unblocks them first thing.
+    let mut waited = SigSet::empty();
+    waited.add(Signal::SIGTERM);
+    waited.add(Signal::SIGCHLD);
+    let old_mask = match waited.thread_swap_mask(SigmaskHow::SIG_BLOCK) {
+        Ok(m) => m,
+        Err(e) => return fail(format!("blocking signals: {e}")),
+    };
     // SAFETY: this process is single-threaded here (stage 1 runs before any runtime starts),
     // so the child may run arbitrary code.
     match unsafe { fork() } {
         Err(e) => fail(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
-            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-            let code = match pid1(&cfg) {
+            if let Err(e) = old_mask.thread_set_mask() {
+                std::process::exit(fail(format!("unblocking signals: {e}")));
+            }
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            let code = match pid1(&cfg, &filters) {
                 Ok(()) => 0,
                 Err(e) => fail(e),
             };
             std::process::exit(code)
         }
-        Ok(ForkResult::Parent { child }) => loop {
-            match nix::sys::wait::waitpid(child, None) {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return code,
-                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return 71,
+        Ok(ForkResult::Parent { child }) => wait_pid1(child, &waited),
+    }
+}
+
+/// Waits for PID 1 (which exits only once every process of its namespace is gone); on
+/// SIGTERM kills it first. Returns stage 1's exit code.
+fn wait_pid1(child: Pid, waited: &SigSet) -> i32 {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGTERM) => {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
             }
-        },
+            Ok(_) => match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return code,
+                Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return 71,
+            },
+            Err(_) => continue,
+        }
     }
 }
 
@@ -216,16 +266,6 @@ const MASKED_PROC: &[&str] = &["keys", "key-users"];
 const DEV_FILES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 fn build_root(cfg: &BoxConfig) -> Res<PathBuf> {
-    ctx(
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        ),
-        || "making mounts private".to_string(),
-    )?;
     let root = cfg.scratch.join("root");
     mkdir_p(&root)?;
     tmpfs(&root, 16 << 20, "0755")?;
@@ -439,21 +479,21 @@ struct Tracked {
     groups: HashMap<u64, i32>,
 }
 
-/// PID 1 of the box.
-fn pid1(cfg: &BoxConfig) -> Res<()> {
+/// PID 1 of the box. Stage 1 made its mounts private and raised loopback.
+fn pid1(cfg: &BoxConfig, filters: &[seccompiler::BpfProgram]) -> Res<()> {
     let root = build_root(cfg)?;
     pivot(&root)?;
     let _ = nix::unistd::sethostname(&cfg.hostname);
-    let mut net = "host network (open)".to_string();
-    if cfg.net != NetMode::Open {
-        loopback_up()?;
-        net = "own network namespace with loopback only".into();
-    }
+    let net = if cfg.net == NetMode::Open {
+        "host network (open)"
+    } else {
+        "own network namespace with loopback only"
+    };
     ctx(nix::sys::prctl::set_no_new_privs(), || {
         "setting no_new_privs".to_string()
     })?;
     let (landlock_abi, landlock_status) = landlock(cfg);
-    super::seccomp::install(cfg.net)?;
+    super::seccomp::install(filters)?;
     // Commands run as the same user as PID 1: without this they could open /proc/1/fd/*
     // (PID 1's stderr is the host's) or read /proc/1/environ and /proc/1/mem.
     ctx(nix::sys::prctl::set_dumpable(false), || {
@@ -466,7 +506,7 @@ fn pid1(cfg: &BoxConfig) -> Res<()> {
             "user, mount, pid, net, ipc, uts"
         }
         .into(),
-        network: net,
+        network: net.into(),
         landlock_abi,
         landlock: landlock_status,
         seccomp: "enforced".into(),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
@@ -31,10 +31,10 @@ const ENV_INIT: &str = "ERRAND_BOX_INIT";
 /// If this process was started as a box, runs it and exits. Call first thing in `main`.
 pub fn maybe_run_box() {
     if let Some(cfg) = std::env::var_os(ENV_INIT) {
-        let cfg = cfg.to_string_lossy().into_owned();
+        let args = cfg.to_string_lossy().into_owned();
         // SAFETY: single-threaded at this point; nothing else reads the environment.
         unsafe { std::env::remove_var(ENV_INIT) };
-        std::process::exit(init::stage1(&cfg));
+        std::process::exit(init::stage1(&args));
     }
 }
 
@@ -99,7 +99,13 @@ impl Default for Limits {
     }
 }
 
-/// Sent to the box process.
+/// What stage 1 needs before the box's configuration arrives (passed in its environment).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stage1Args {
+    net: NetMode,
+}
+
+/// Sent to the box process with the go-ahead.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BoxConfig {
     pub workspace: PathBuf,
@@ -155,6 +161,9 @@ pub struct NsOptions {
     /// The executable to re-run as the box (default: this process's executable).
     pub exe: Option<PathBuf>,
     pub workspace_readonly: bool,
+    /// Box processes kept ready (namespaces made, cgroups joined) for the next `create`;
+    /// 0 starts every box from scratch.
+    pub pool: usize,
 }
 
 impl Default for NsOptions {
@@ -164,24 +173,43 @@ impl Default for NsOptions {
             limits: Limits::default(),
             exe: None,
             workspace_readonly: false,
+            pool: 2,
         }
     }
 }
 
-/// The namespace back end.
+/// The namespace back end. Clones share its pool of ready box processes.
 #[derive(Debug, Clone)]
 pub struct NamespaceBackend {
     pub options: NsOptions,
+    pool: Arc<Pool>,
 }
 
 impl NamespaceBackend {
+    /// How many box processes are ready in the pool.
+    pub fn pooled(&self) -> usize {
+        self.pool.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// The host pids of the box processes ready in the pool.
+    pub fn pool_pids(&self) -> Vec<u32> {
+        self.pool
+            .idle
+            .lock()
+            .map(|v| v.iter().filter_map(|s| s.child.id()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn new(options: NsOptions) -> Result<Self> {
         if options.net == NetMode::Allowlist {
             return Err(SandboxError::Refused(
                 "network mode 'allowlist' needs the egress proxy, which this build does not have yet; use --net off (default) or --net open".into(),
             ));
         }
-        Ok(NamespaceBackend { options })
+        Ok(NamespaceBackend {
+            options,
+            pool: Arc::new(Pool::default()),
+        })
     }
 }
 
@@ -209,7 +237,9 @@ impl SandboxBackend for NamespaceBackend {
         )
     }
     async fn create(&self, spec: BoxSpec) -> Result<Box<dyn SandboxBox>> {
-        Ok(Box::new(NsBox::start(&self.options, spec).await?))
+        Ok(Box::new(
+            NsBox::start(&self.options, &self.pool, spec).await?,
+        ))
     }
 }
 
@@ -235,6 +265,8 @@ pub struct NsBox {
     last_quota_check: Mutex<Option<Instant>>,
     pub enforced: Enforced,
     reader: tokio::task::JoinHandle<()>,
+    pid: Option<u32>,
+    from_pool: bool,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -314,51 +346,38 @@ fn memory_events(cgroups: &[PathBuf]) -> u64 {
     0
 }
 
-impl NsBox {
-    async fn start(opts: &NsOptions, spec: BoxSpec) -> Result<NsBox> {
-        let exe = match &opts.exe {
-            Some(e) => e.clone(),
-            None => std::env::current_exe().map_err(io_err("finding the errand executable"))?,
-        };
-        tokio::fs::create_dir_all(&spec.scratch)
-            .await
-            .map_err(io_err(format!("creating {}", spec.scratch.display())))?;
-        let workspace = spec
-            .workspace
-            .canonicalize()
-            .map_err(io_err(format!("workspace {}", spec.workspace.display())))?;
+/// A stage 1 process that has made the box's namespaces and joined its cgroups, and waits for
+/// the box's configuration.
+struct Stage1 {
+    child: tokio::process::Child,
+    sock: OwnedFd,
+    cgroups: Vec<PathBuf>,
+    /// With rlimit fallbacks for the limits no cgroup enforces.
+    limits: Limits,
+}
+
+impl Stage1 {
+    async fn spawn(exe: &Path, net: NetMode, limits: &Limits) -> Result<Stage1> {
         let name = format!(
             "box-{}-{}",
             std::process::id(),
             NEXT_BOX.fetch_add(1, Ordering::Relaxed)
         );
-        // Cgroups are made while the box process starts (mkdir in the memory hierarchy is not
-        // free); the process waits for the go-ahead before it forks PID 1.
+        // Cgroups are made while the process starts (mkdir in the memory hierarchy is not free).
         let cg_task = {
-            let (name, limits) = (name.clone(), opts.limits.clone());
+            let limits = limits.clone();
             tokio::task::spawn_blocking(move || {
                 take_pooled(&limits).unwrap_or_else(|| make_cgroups(&name, &limits))
             })
         };
-        let cfg = BoxConfig {
-            workspace,
-            workspace_readonly: opts.workspace_readonly,
-            scratch: spec.scratch.clone(),
-            ro_binds: spec.ro_binds.clone(),
-            rootfs: spec.rootfs.clone(),
-            net: opts.net,
-            limits: opts.limits.clone(),
-            cgroups: vec![],
-            hostname: "errand-box".into(),
-        };
-        let cfg_json =
-            serde_json::to_string(&cfg).map_err(|e| SandboxError::Refused(e.to_string()))?;
+        let args = serde_json::to_string(&Stage1Args { net })
+            .map_err(|e| SandboxError::Refused(e.to_string()))?;
         let (host_end, box_end) =
             proto::socket_pair().map_err(io_err("creating the control socket"))?;
         let box_fd = box_end.as_raw_fd();
-        let mut cmd = tokio::process::Command::new(&exe);
+        let mut cmd = tokio::process::Command::new(exe);
         cmd.env_clear()
-            .env(ENV_INIT, cfg_json)
+            .env(ENV_INIT, args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
@@ -374,15 +393,17 @@ impl NsBox {
                 Ok(())
             });
         }
-        let child = match cmd.spawn() {
+        let spawned = cmd.spawn();
+        drop(box_end);
+        let cgroups = cg_task.await.unwrap_or_default();
+        let child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                cleanup_cgroups(&cg_task.await.unwrap_or_default());
+                cleanup_cgroups(&cgroups);
                 return Err(io_err(format!("starting the box ({})", exe.display()))(e));
             }
         };
-        let cgroups = cg_task.await.unwrap_or_default();
-        let mut limits = opts.limits.clone();
+        let mut limits = limits.clone();
         let has = |kind: &str| cgroups.iter().any(|c| c.to_string_lossy().contains(kind));
         let v2 = cgroups
             .iter()
@@ -393,57 +414,282 @@ impl NsBox {
         if !v2 && !has("/pids/") {
             limits.nproc = limits.pids;
         }
-        if let Some(pid) = child.id() {
-            for dir in &cgroups {
-                if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
-                    cleanup_cgroups(&cgroups);
-                    return Err(SandboxError::Refused(format!(
-                        "joining cgroup {}: {e}",
-                        dir.display()
-                    )));
-                }
+        let Some(pid) = child.id() else {
+            cleanup_cgroups(&cgroups);
+            return Err(SandboxError::Refused("the box exited during setup".into()));
+        };
+        // Joining a v1 cgroup waits for an RCU grace period: not on an async thread.
+        let joined = {
+            let dirs = cgroups.clone();
+            tokio::task::spawn_blocking(move || join_cgroups(&dirs, pid)).await
+        };
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                drop(child);
+                cleanup_cgroups(&cgroups);
+                // A stage 1 that failed (and so could not join) said why.
+                return Err(SandboxError::Refused(setup_failure(&host_end).unwrap_or(e)));
+            }
+            Err(e) => {
+                drop(child);
+                cleanup_cgroups(&cgroups);
+                return Err(SandboxError::Refused(format!("joining the cgroups: {e}")));
             }
         }
-        drop(box_end);
-        set_nonblocking(&host_end)?;
-        // SAFETY: `host_end` owns its descriptor, and the AsyncFd owns `host_end` from here on.
-        let sock = unsafe { AsyncFd::register(host_end) }
-            .map_err(|e| io_err("watching the control socket")(e.into()))?;
-        let sock = Arc::new(sock);
-        let go = proto::Request::Go {
-            limits: limits.clone(),
+        Ok(Stage1 {
+            child,
+            sock: host_end,
+            cgroups,
+            limits,
+        })
+    }
+}
+
+/// The error a box process reported before exiting, if one is waiting on the control socket.
+fn setup_failure(sock: &OwnedFd) -> Option<String> {
+    set_nonblocking(sock).ok()?;
+    let mut buf = vec![0u8; proto::MAX_MSG];
+    let (bytes, _) = proto::recv(sock.as_raw_fd(), &mut buf).ok()??;
+    match serde_json::from_slice(&bytes).ok()? {
+        proto::Reply::SetupFailed { error } => Some(error),
+        _ => None,
+    }
+}
+
+fn join_cgroups(dirs: &[PathBuf], pid: u32) -> std::result::Result<(), String> {
+    for dir in dirs {
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("joining cgroup {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Kills stage 1 processes that will not become boxes and recycles their cgroups.
+fn discard(stage1s: Vec<Stage1>) {
+    let mut stage1s = stage1s;
+    for s in &mut stage1s {
+        let _ = s.child.start_kill();
+    }
+    for mut s in stage1s {
+        // A killed stage 1 has no child yet; it is gone within a few milliseconds.
+        for _ in 0..200 {
+            if !matches!(s.child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let limits = s.limits.clone();
+        recycle_cgroups(std::mem::take(&mut s.cgroups), &limits);
+    }
+}
+
+/// How long after a box is up its pool starts refilling: making a box process costs a few
+/// milliseconds of CPU, which the new box's first commands should not compete with.
+const REFILL_DELAY: Duration = Duration::from_millis(50);
+
+/// Stage 1 processes ready for the next boxes of one back end. Bounded by
+/// [`NsOptions::pool`]; refilled in the background, [`REFILL_DELAY`] after each box is up.
+/// Pooled processes die with the thread that spawned them (a runtime worker), or with this
+/// pool.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<Stage1>>,
+    filling: AtomicUsize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.idle.lock().map(|v| v.len()).unwrap_or(0);
+        f.debug_struct("Pool").field("idle", &idle).finish()
+    }
+}
+
+impl Pool {
+    /// A live pooled stage 1, if there is one.
+    fn take(&self) -> Option<Stage1> {
+        loop {
+            let mut s = self.idle.lock().ok()?.pop()?;
+            match s.child.try_wait() {
+                Ok(None) => return Some(s),
+                _ => discard(vec![s]),
+            }
+        }
+    }
+
+    /// Starts filling the pool up to `opts.pool` in the background.
+    fn refill(self: &Arc<Self>, exe: &Path, opts: &NsOptions) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
         };
-        let sent = send_request(&sock, &go, &[]).await;
-        if let Err(e) = sent {
+        let idle = self.idle.lock().map(|v| v.len()).unwrap_or(opts.pool);
+        let want = opts
+            .pool
+            .saturating_sub(idle + self.filling.load(Ordering::SeqCst));
+        for _ in 0..want {
+            self.filling.fetch_add(1, Ordering::SeqCst);
+            let pool = Arc::downgrade(self);
+            let (exe, net, limits, max) =
+                (exe.to_path_buf(), opts.net, opts.limits.clone(), opts.pool);
+            rt.spawn(async move {
+                tokio::time::sleep(REFILL_DELAY).await;
+                let made = Stage1::spawn(&exe, net, &limits).await;
+                let Some(pool) = pool.upgrade() else {
+                    if let Ok(s) = made {
+                        discard(vec![s]);
+                    }
+                    return;
+                };
+                pool.filling.fetch_sub(1, Ordering::SeqCst);
+                match made {
+                    Ok(s) => {
+                        let extra = match pool.idle.lock() {
+                            Ok(mut idle) if idle.len() < max => {
+                                idle.push(s);
+                                None
+                            }
+                            _ => Some(s),
+                        };
+                        if let Some(s) = extra {
+                            discard(vec![s]);
+                        }
+                    }
+                    Err(e) => tracing::debug!("refilling the box pool: {e}"),
+                }
+            });
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().map(std::mem::take).unwrap_or_default();
+        discard(idle);
+    }
+}
+
+/// Why a box did not come up: `Gone` when its process ended or stopped answering before
+/// reporting anything (a pooled process may have been killed meanwhile).
+enum BootError {
+    Gone(SandboxError),
+    Failed(SandboxError),
+}
+
+impl NsBox {
+    async fn start(opts: &NsOptions, pool: &Arc<Pool>, spec: BoxSpec) -> Result<NsBox> {
+        let exe = match &opts.exe {
+            Some(e) => e.clone(),
+            None => std::env::current_exe().map_err(io_err("finding the errand executable"))?,
+        };
+        // One mkdir: cheaper here than a hop to a blocking thread.
+        std::fs::create_dir_all(&spec.scratch)
+            .map_err(io_err(format!("creating {}", spec.scratch.display())))?;
+        let workspace = spec
+            .workspace
+            .canonicalize()
+            .map_err(io_err(format!("workspace {}", spec.workspace.display())))?;
+        let cfg = BoxConfig {
+            workspace,
+            workspace_readonly: opts.workspace_readonly,
+            scratch: spec.scratch.clone(),
+            ro_binds: spec.ro_binds.clone(),
+            rootfs: spec.rootfs.clone(),
+            net: opts.net,
+            limits: opts.limits.clone(),
+            cgroups: vec![],
+            hostname: "errand-box".into(),
+        };
+        let mut pooled = if opts.pool > 0 { pool.take() } else { None };
+        loop {
+            let from_pool = pooled.is_some();
+            let stage1 = match pooled.take() {
+                Some(s) => s,
+                None => Stage1::spawn(&exe, opts.net, &opts.limits).await?,
+            };
+            match NsBox::boot(stage1, cfg.clone(), spec.clone(), from_pool).await {
+                Ok(b) => {
+                    if opts.pool > 0 {
+                        pool.refill(&exe, opts);
+                    }
+                    return Ok(b);
+                }
+                Err(BootError::Gone(e)) if from_pool => {
+                    tracing::debug!("a pooled box process was gone ({e}); starting a new one");
+                }
+                Err(BootError::Gone(e) | BootError::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends a stage 1 the box's configuration and waits until the box is Ready.
+    async fn boot(
+        stage1: Stage1,
+        mut cfg: BoxConfig,
+        spec: BoxSpec,
+        from_pool: bool,
+    ) -> std::result::Result<NsBox, BootError> {
+        let Stage1 {
+            child,
+            sock,
+            cgroups,
+            limits,
+        } = stage1;
+        let abandon = |child: tokio::process::Child, e: SandboxError| {
+            // kill_on_drop: the process is killed, then its cgroups can go.
+            drop(child);
             cleanup_cgroups(&cgroups);
-            return Err(io_err("starting the box")(e));
+            e
+        };
+        let registered = set_nonblocking(&sock).and_then(|()| {
+            // SAFETY: `sock` owns its descriptor, and the AsyncFd owns `sock` from here on.
+            unsafe { AsyncFd::register(sock) }
+                .map_err(|e| io_err("watching the control socket")(e.into()))
+        });
+        let sock = match registered {
+            Ok(s) => Arc::new(s),
+            Err(e) => return Err(BootError::Failed(abandon(child, e))),
+        };
+        cfg.limits = limits.clone();
+        let go = proto::Request::Go {
+            config: Box::new(cfg),
+        };
+        if let Err(e) = send_request(&sock, &go, &[]).await {
+            if let Some(error) = setup_failure(sock.get_ref()) {
+                return Err(BootError::Failed(abandon(
+                    child,
+                    SandboxError::Refused(error),
+                )));
+            }
+            return Err(BootError::Gone(abandon(
+                child,
+                io_err("starting the box")(e),
+            )));
         }
         // Wait for Ready or SetupFailed.
-        let first = match tokio::time::timeout(Duration::from_secs(20), read_reply(&sock)).await {
-            Ok(r) => r,
-            Err(_) => {
-                cleanup_cgroups(&cgroups);
-                return Err(SandboxError::Refused(
-                    "the box did not start within 20 s".into(),
-                ));
-            }
-        };
+        let first = tokio::time::timeout(Duration::from_secs(20), read_reply(&sock)).await;
         let enforced = match first {
-            Ok(Some(proto::Reply::Ready { mut report })) => {
+            Ok(Ok(Some(proto::Reply::Ready { mut report }))) => {
                 report.cgroups = cgroups.iter().map(|p| p.display().to_string()).collect();
                 report
             }
-            Ok(Some(proto::Reply::SetupFailed { error })) => {
-                cleanup_cgroups(&cgroups);
-                return Err(SandboxError::Refused(error));
+            Ok(Ok(Some(proto::Reply::SetupFailed { error }))) => {
+                return Err(BootError::Failed(abandon(
+                    child,
+                    SandboxError::Refused(error),
+                )));
             }
-            Ok(_) => {
-                cleanup_cgroups(&cgroups);
-                return Err(SandboxError::Refused("the box exited during setup".into()));
+            Ok(Ok(_)) => {
+                return Err(BootError::Gone(abandon(
+                    child,
+                    SandboxError::Refused("the box exited during setup".into()),
+                )));
             }
-            Err(e) => {
-                cleanup_cgroups(&cgroups);
-                return Err(e);
+            Ok(Err(e)) => return Err(BootError::Gone(abandon(child, e))),
+            Err(_) => {
+                return Err(BootError::Failed(abandon(
+                    child,
+                    SandboxError::Refused("the box did not start within 20 s".into()),
+                )));
             }
         };
         let waiters = Arc::new(Mutex::new(Waiters::default()));
@@ -463,6 +709,8 @@ impl NsBox {
             })
         };
         Ok(NsBox {
+            pid: child.id(),
+            from_pool,
             child: Mutex::new(Some(child)),
             sock,
             waiters,
@@ -476,6 +724,16 @@ impl NsBox {
             enforced,
             reader,
         })
+    }
+
+    /// The host pid of the box's first process (stage 1, PID 1's parent).
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Whether this box's process came from the back end's pool.
+    pub fn from_pool(&self) -> bool {
+        self.from_pool
     }
 
     async fn send(&self, req: &proto::Request, fds: &[std::os::fd::RawFd]) -> Result<()> {
@@ -559,12 +817,12 @@ fn recycle_cgroups(cgroups: Vec<PathBuf>, limits: &Limits) {
         return;
     }
     let empty = |dir: &PathBuf| {
-        (0..50).any(|_| {
+        (0..500).any(|_| {
             let none = std::fs::read_to_string(dir.join("cgroup.procs"))
                 .map(|s| s.trim().is_empty())
                 .unwrap_or(false);
             if !none {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(1));
             }
             none
         })
@@ -581,11 +839,11 @@ fn recycle_cgroups(cgroups: Vec<PathBuf>, limits: &Limits) {
 
 fn cleanup_cgroups(cgroups: &[PathBuf]) {
     for dir in cgroups {
-        for _ in 0..50 {
+        for _ in 0..500 {
             if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
@@ -755,8 +1013,9 @@ impl NsBox {
         let mut exit_rx = exit_rx;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let mut quota_tick = tokio::time::interval(Duration::from_secs(2));
-        quota_tick.tick().await;
+        // Not `interval`: its first tick waits for the timer wheel's next millisecond.
+        let mut quota_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + QUOTA_EVERY, QUOTA_EVERY);
         let exit = loop {
             tokio::select! {
                 r = &mut exit_rx => break r.ok(),
@@ -837,8 +1096,21 @@ impl SandboxBox for NsBox {
         }
         let child = self.child.lock().ok().and_then(|mut c| c.take());
         if let Some(mut child) = child {
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            // SIGTERM asks stage 1 to kill PID 1 and wait for it: PID 1 exits only after
+            // every process of its namespace is gone, so once stage 1 has exited the box's
+            // cgroups are empty. SIGKILL if it does not answer.
+            let asked = child.id().is_some_and(|pid| {
+                // SAFETY: a signal to our own unreaped child.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) == 0 }
+            });
+            let done = asked
+                && tokio::time::timeout(Duration::from_secs(2), child.wait())
+                    .await
+                    .is_ok();
+            if !done {
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            }
         }
         self.reader.abort();
         let cgroups = self.cgroups.clone();

@@ -22,9 +22,9 @@ pub enum Request {
     },
     /// Kill a command's process group.
     Kill { id: u64 },
-    /// Sent once to stage 1 after the host has put it in the box's cgroups: the final limits
-    /// (rlimit fallbacks filled in where no cgroup could be made).
-    Go { limits: super::Limits },
+    /// Sent once to stage 1 after the host has put it in the box's cgroups: the box's
+    /// configuration, with rlimit fallbacks filled in where no cgroup could be made.
+    Go { config: Box<super::BoxConfig> },
 }
 
 /// Box → host.

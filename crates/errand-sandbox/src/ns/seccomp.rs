@@ -161,11 +161,16 @@ fn clone3_filter() -> Result<BpfProgram, String> {
         .map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
+/// The box's filters, compiled (before the box's configuration arrives).
+pub fn build(net: NetMode) -> Result<Vec<BpfProgram>, String> {
+    Ok(vec![clone3_filter()?, deny_filter(net)?])
+}
+
 /// Installs the filters on the calling thread (inherited by every child). Requires
 /// `no_new_privs`.
-pub fn install(net: NetMode) -> Result<(), String> {
-    for prog in [clone3_filter()?, deny_filter(net)?] {
-        seccompiler::apply_filter(&prog)
+pub fn install(filters: &[BpfProgram]) -> Result<(), String> {
+    for prog in filters {
+        seccompiler::apply_filter(prog)
             .map_err(|e| format!("installing the seccomp filter: {e}"))?;
     }
     Ok(())
