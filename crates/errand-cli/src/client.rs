@@ -115,13 +115,38 @@ impl Client {
         resp.json().await.context("decoding the task")
     }
 
-    pub async fn diff(&self, id: &str, attempt: Option<i64>) -> Result<String> {
-        let mut path = format!("/tasks/{}/diff", urlencode(id));
+    pub async fn diff(&self, id: &str, attempt: Option<i64>, file: Option<&str>) -> Result<String> {
+        let mut path = format!("/tasks/{}/diff?", urlencode(id));
+        if let Some(n) = attempt {
+            path.push_str(&format!("attempt={n}&"));
+        }
+        if let Some(f) = file {
+            path.push_str(&format!("file={}", urlencode(f)));
+        }
+        let resp = self.send(self.http.get(self.url(&path))).await?;
+        resp.text().await.context("reading the diff")
+    }
+
+    /// The attempt's whole change for `git apply`, with its base and head commits.
+    pub async fn patch(&self, id: &str, attempt: Option<i64>) -> Result<(String, String, String)> {
+        let mut path = format!("/tasks/{}/patch", urlencode(id));
         if let Some(n) = attempt {
             path.push_str(&format!("?attempt={n}"));
         }
         let resp = self.send(self.http.get(self.url(&path))).await?;
-        resp.text().await.context("reading the diff")
+        let header = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (base, head) = (
+            header("x-errand-base-commit"),
+            header("x-errand-head-commit"),
+        );
+        let text = resp.text().await.context("reading the patch")?;
+        Ok((text, base, head))
     }
 
     pub async fn diff_json(&self, id: &str, attempt: Option<i64>) -> Result<serde_json::Value> {

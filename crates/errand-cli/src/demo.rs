@@ -179,7 +179,7 @@ pub async fn run(server: &str, data_dir: Option<PathBuf>) -> Result<ExitCode> {
     println!("\n──── errand show {} ────", done.short_id);
     print!("{}", render::show(&done));
     println!("\n──── errand diff {} ────", done.short_id);
-    print!("{}", client.diff(&task.id, None).await?);
+    print!("{}", client.diff(&task.id, None, None).await?);
     let checks = done
         .result_attempt()
         .map(|a| a.checks.clone())

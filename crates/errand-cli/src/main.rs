@@ -3,6 +3,7 @@
 //! Every command but `serve` and `demo` talks to a server over HTTP (`--server`, or
 //! `ERRAND_SERVER`, default `http://127.0.0.1:7878`).
 
+mod apply;
 mod client;
 mod demo;
 mod render;
@@ -75,6 +76,21 @@ enum Command {
         /// Only the per-file summary.
         #[arg(long)]
         stat: bool,
+        /// Only this file's changes.
+        #[arg(long)]
+        file: Option<String>,
+    },
+    /// Apply an attempt's change onto the current checkout, with a 3-way merge where it does
+    /// not apply cleanly; lists the applied, conflicted and skipped paths.
+    Apply {
+        task: String,
+        #[arg(long)]
+        attempt: Option<i64>,
+        /// The checkout to apply to (default: the current directory).
+        #[arg(long, short = 'C')]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a task: its agents stop and their boxes are torn down.
     Cancel {
@@ -293,10 +309,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Apply {
+            task,
+            attempt,
+            dir,
+            json,
+        } => apply::run(&client, &task, attempt, dir, json).await,
         Command::Diff {
             task,
             attempt,
             stat,
+            file,
         } => {
             if stat {
                 let d = client.diff_json(&task, attempt).await?;
@@ -304,7 +327,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     serde_json::from_value(d["stats"].clone()).unwrap_or_default();
                 print!("{}", render::diffstat(&stats));
             } else {
-                print!("{}", client.diff(&task, attempt).await?);
+                print!("{}", client.diff(&task, attempt, file.as_deref()).await?);
             }
             Ok(ExitCode::SUCCESS)
         }

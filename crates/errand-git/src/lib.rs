@@ -498,7 +498,89 @@ pub async fn commit_all(
     ))
 }
 
-/// The unified diff `base..head` and its stats (renames detected, binary files noted).
+/// A file whose diff is longer than this is shown as a note instead (the branch and
+/// `errand apply` have all of it).
+pub const FILE_DIFF_CAP: usize = 1 << 20;
+
+/// The sections of a unified diff, one per file (each starts with `diff --git `).
+fn diff_sections(text: &str) -> Vec<&str> {
+    let mut starts: Vec<usize> = text
+        .match_indices("diff --git ")
+        .filter(|(i, _)| *i == 0 || text.as_bytes()[i - 1] == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    if starts.first() != Some(&0) {
+        starts.insert(0, 0);
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (k, &a) in starts.iter().enumerate() {
+        let b = starts.get(k + 1).copied().unwrap_or(text.len());
+        if a < b {
+            out.push(&text[a..b]);
+        }
+    }
+    out
+}
+
+/// Replaces the hunks of files whose diff is longer than `cap` bytes by a note, keeping each
+/// file's header lines (`diff --git`, modes, `index`, `---`, `+++`, renames).
+pub fn cap_file_diffs(text: &str, cap: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(cap * 4));
+    for sec in diff_sections(text) {
+        if sec.len() <= cap {
+            out.push_str(sec);
+            continue;
+        }
+        let header_end = sec
+            .find("\n@@")
+            .map(|i| i + 1)
+            .unwrap_or(sec.len().min(cap));
+        out.push_str(&sec[..header_end]);
+        out.push_str(&format!(
+            "# Errand: this file's diff ({} bytes) is over the {} KiB display cap and is not shown; the branch and `errand apply` have all of it\n",
+            sec.len(),
+            cap / 1024
+        ));
+    }
+    out
+}
+
+/// The sections of a unified diff that touch `path` (as the old or the new name).
+pub fn filter_diff(text: &str, path: &str) -> String {
+    let path = path.trim().trim_start_matches("./");
+    diff_sections(text)
+        .into_iter()
+        .filter(|sec| {
+            let first = sec.lines().next().unwrap_or("");
+            first == format!("diff --git a/{path} b/{path}")
+                || first.starts_with(&format!("diff --git a/{path} b/"))
+                || first.ends_with(&format!(" b/{path}"))
+        })
+        .collect()
+}
+
+/// The whole change `base..head` as a patch that `git apply --3way` can use: binary files
+/// included, full blob ids, renames detected.
+pub async fn full_patch(repo: &Path, base: &str, head: &str) -> Result<String> {
+    run_ok(
+        Some(repo),
+        &[
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            "--find-renames",
+            "--binary",
+            "--full-index",
+            base,
+            head,
+            "--",
+        ],
+    )
+    .await
+}
+
+/// The unified diff `base..head` and its stats (renames detected, binary files noted, files
+/// over [`FILE_DIFF_CAP`] shown as a note).
 pub async fn diff(repo: &Path, base: &str, head: &str) -> Result<(String, DiffStats)> {
     let text = run_ok(
         Some(repo),
@@ -528,7 +610,10 @@ pub async fn diff(repo: &Path, base: &str, head: &str) -> Result<(String, DiffSt
         ],
     )
     .await?;
-    Ok((text, parse_numstat_z(&numstat)))
+    Ok((
+        cap_file_diffs(&text, FILE_DIFF_CAP),
+        parse_numstat_z(&numstat),
+    ))
 }
 
 /// Parses `git diff --numstat -z`.
@@ -737,6 +822,33 @@ pub async fn commit_workspace(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TWO_FILES: &str = "diff --git a/a.txt b/a.txt\nindex 1..2 100644\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-x\n+y\ndiff --git a/big.txt b/big.txt\nindex 3..4 100644\n--- a/big.txt\n+++ b/big.txt\n@@ -1 +1 @@\n-diff --git inside a line\n+zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n";
+
+    #[test]
+    fn oversized_file_diffs_become_a_note() {
+        let capped = cap_file_diffs(TWO_FILES, 120);
+        assert!(capped.starts_with("diff --git a/a.txt b/a.txt\n"));
+        assert!(capped.contains("+y\n"), "small files stay: {capped}");
+        assert!(
+            capped.contains("+++ b/big.txt\n# Errand: this file's diff ("),
+            "{capped}"
+        );
+        assert!(!capped.contains("zzzz"));
+        assert_eq!(cap_file_diffs(TWO_FILES, 1 << 20), TWO_FILES);
+    }
+
+    #[test]
+    fn filter_keeps_one_file() {
+        let one = filter_diff(TWO_FILES, "big.txt");
+        assert!(one.starts_with("diff --git a/big.txt b/big.txt"));
+        assert!(!one.contains("a.txt b/a.txt"));
+        assert_eq!(filter_diff(TWO_FILES, "./a.txt").lines().count(), 7);
+        assert_eq!(filter_diff(TWO_FILES, "nope"), "");
+        let renamed = "diff --git a/old.rs b/new.rs\nsimilarity index 90%\nrename from old.rs\nrename to new.rs\n";
+        assert_eq!(filter_diff(renamed, "new.rs"), renamed);
+        assert_eq!(filter_diff(renamed, "old.rs"), renamed);
+    }
 
     #[test]
     fn urls_and_paths() {

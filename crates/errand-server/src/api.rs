@@ -59,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tasks/{id}/events", get(events))
         .route("/api/v1/tasks/{id}/events/stream", get(crate::sse::stream))
         .route("/api/v1/tasks/{id}/diff", get(diff))
+        .route("/api/v1/tasks/{id}/patch", get(patch))
         .route("/api/v1/models", get(list_models))
         .route("/api/v1/models/check", post(check_models))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json") })
@@ -455,6 +456,8 @@ async fn events(
 struct DiffParams {
     attempt: Option<i64>,
     format: Option<String>,
+    /// Only this file's section.
+    file: Option<String>,
 }
 
 async fn diff(
@@ -466,12 +469,31 @@ async fn diff(
     let task = s.store.get_task(&id).await?;
     let attempt = pick_attempt(&task, p.attempt)?;
     let diff = s.store.get_diff(&attempt.id).await?;
-    let Some(diff) = diff else {
+    let Some(mut diff) = diff else {
         return Err(ApiError::conflict(format!(
             "attempt {} of task {} has no diff yet (status: {}); wait for it to finish",
             attempt.number, task.short_id, attempt.status
         )));
     };
+    if let Some(f) = p.file.as_deref() {
+        diff = errand_git::filter_diff(&diff, f);
+        if diff.is_empty() {
+            let known: Vec<&str> = attempt
+                .diff_stats
+                .as_ref()
+                .map(|st| st.files.iter().map(|x| x.path.as_str()).collect())
+                .unwrap_or_default();
+            return Err(ApiError::not_found(format!(
+                "the diff of attempt {} does not touch '{f}'; it changes: {}",
+                attempt.number,
+                if known.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
     if p.format.as_deref() == Some("json") {
         return Ok(Json(json!({
             "task": task.id,
@@ -485,6 +507,52 @@ async fn diff(
         .into_response());
     }
     Ok(([(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")], diff).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchParams {
+    attempt: Option<i64>,
+}
+
+/// The whole change of an attempt as a binary-safe patch with full blob ids, made from the
+/// mirror, for `errand apply` (`git apply --3way`).
+async fn patch(
+    State(s): Shared,
+    Path(id): Path<String>,
+    params: Result<Query<PatchParams>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Response> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let task = s.store.get_task(&id).await?;
+    let attempt = pick_attempt(&task, p.attempt)?;
+    let Some(head) = attempt.head_commit.clone() else {
+        return Err(ApiError::conflict(format!(
+            "attempt {} of task {} has no commit yet (status: {}); wait for it to finish",
+            attempt.number, task.short_id, attempt.status
+        )));
+    };
+    let mirror = s.mirrors.mirror_path(&task.repo);
+    let text = errand_git::full_patch(&mirror, &task.base_commit, &head)
+        .await
+        .map_err(|e| ApiError::internal(format!("making the patch: {e}")))?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/x-diff; charset=utf-8".to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-errand-base-commit"),
+                task.base_commit.clone(),
+            ),
+            (
+                header::HeaderName::from_static("x-errand-head-commit"),
+                head,
+            ),
+        ],
+        text,
+    )
+        .into_response())
 }
 
 #[cfg(test)]
