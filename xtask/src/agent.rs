@@ -322,6 +322,7 @@ async fn loop_timed(
         sink: &sink,
         cancel: CancellationToken::new(),
         config: config.clone(),
+        history: vec![],
     };
     let start = Instant::now();
     let outcome = run.run().await.context("the scripted agent run")?;
@@ -668,6 +669,7 @@ async fn adapter_timed(
         sink: &sink,
         cancel: CancellationToken::new(),
         config: config(turns + 10),
+        history: vec![],
     };
     let start = Instant::now();
     let outcome = run

@@ -100,6 +100,8 @@ pub struct AgentOutcome {
     pub end: EndReason,
     pub elapsed: Duration,
     pub plan: Vec<PlanStep>,
+    /// The conversation at the end, to continue with a follow-up.
+    pub messages: Vec<Message>,
 }
 
 /// Everything one run needs.
@@ -111,6 +113,9 @@ pub struct AgentRun<'a> {
     pub sink: &'a dyn EventSink,
     pub cancel: CancellationToken,
     pub config: AgentConfig,
+    /// The conversation of an earlier run to continue (a follow-up): `prompt` is then added
+    /// as the next user message instead of starting a new conversation.
+    pub history: Vec<Message>,
 }
 
 const SYSTEM_PROMPT: &str = "You are Errand, an autonomous coding agent working in the background on a fresh checkout of a \
@@ -293,9 +298,20 @@ impl AgentRun<'_> {
             req: ModelRequest {
                 system: SYSTEM_PROMPT.to_string(),
                 tools: tools::specs(),
-                messages: vec![Message::User {
-                    text: initial_message(self.workspace, self.prompt),
-                }],
+                messages: if self.history.is_empty() {
+                    vec![Message::User {
+                        text: initial_message(self.workspace, self.prompt),
+                    }]
+                } else {
+                    let mut m = self.history.clone();
+                    m.push(Message::User {
+                        text: format!(
+                            "<followup>\nThe user asks for more on the same task. Your earlier work is committed on this branch.\n{}\n</followup>",
+                            self.prompt.trim()
+                        ),
+                    });
+                    m
+                },
                 options: self.config.model_options.clone(),
                 cache_key: self.config.cache_key.clone(),
                 compaction: false,
@@ -330,6 +346,7 @@ impl AgentRun<'_> {
             end,
             elapsed: start.elapsed(),
             plan: st.plan.clone(),
+            messages: st.req.messages.clone(),
         };
         let time_budget = |st: &Loop| {
             let secs = budget.max_time_secs.unwrap_or_default();

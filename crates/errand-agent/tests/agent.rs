@@ -131,6 +131,7 @@ impl Env {
             sink: &sink,
             cancel,
             config,
+            history: vec![],
         }
         .run()
         .await
@@ -1705,6 +1706,7 @@ async fn run_flaky(
         sink: &sink,
         cancel: CancellationToken::new(),
         config: AgentConfig::default(),
+        history: vec![],
     }
     .run()
     .await
@@ -1807,6 +1809,7 @@ async fn cancellation_stops_a_model_request_in_flight() {
         sink: &sink,
         cancel,
         config: AgentConfig::default(),
+        history: vec![],
     }
     .run()
     .await

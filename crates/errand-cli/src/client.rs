@@ -105,6 +105,17 @@ impl Client {
         self.get_json(&format!("/tasks/{}", urlencode(id))).await
     }
 
+    pub async fn followup(&self, id: &str, prompt: &str, by: &str) -> Result<Task> {
+        let resp = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/tasks/{}/followup", urlencode(id))))
+                    .json(&serde_json::json!({ "prompt": prompt, "created_by": by })),
+            )
+            .await?;
+        resp.json().await.context("decoding the task")
+    }
+
     pub async fn cancel(&self, id: &str) -> Result<Task> {
         let resp = self
             .send(

@@ -98,6 +98,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Continue a finished task: the agent picks up its branch and conversation with a new
+    /// request, and the branch gets a new commit.
+    Followup {
+        task: String,
+        /// What else the agent should do.
+        prompt: String,
+        /// Stream the log until the follow-up ends.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Model providers: what is configured, where each key comes from, and whether it works.
     Models {
         #[command(subcommand)]
@@ -330,6 +342,51 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 print!("{}", client.diff(&task, attempt, file.as_deref()).await?);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Followup {
+            task,
+            prompt,
+            follow,
+            json,
+        } => {
+            if prompt.trim().is_empty() {
+                bail!(
+                    "the follow-up is empty; say what else the agent should do, for example: errand followup {task} \"Also cover the empty cart\""
+                );
+            }
+            let before = client.task(&task).await?;
+            let last_seq = before
+                .result_attempt()
+                .map(|a| a.last_seq)
+                .unwrap_or_default();
+            let t = client.followup(&task, &prompt, &whoami()).await?;
+            if json && !follow {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !json {
+                println!("follow-up queued on task {} ({})", t.short_id, t.title);
+            }
+            if !follow {
+                println!("follow it with: errand logs -f {}", t.short_id);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mode = if json {
+                render::LogMode::Json
+            } else {
+                render::LogMode::Human
+            };
+            client.follow(&t.id, None, last_seq, mode).await?;
+            let done = client.task(&t.id).await?;
+            if !json {
+                println!();
+                print!("{}", render::show(&done));
+            }
+            Ok(if done.status == errand_core::Status::Done {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Cancel { task, json } => {
             let t = client.cancel(&task).await?;

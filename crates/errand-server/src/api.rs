@@ -56,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tasks", post(create_task).get(list_tasks))
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/v1/tasks/{id}/followup", post(followup))
         .route("/api/v1/tasks/{id}/events", get(events))
         .route("/api/v1/tasks/{id}/events/stream", get(crate::sse::stream))
         .route("/api/v1/tasks/{id}/diff", get(diff))
@@ -450,6 +451,42 @@ async fn events(
         "more": next_after < attempt.last_seq,
     }))
     .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FollowupRequest {
+    prompt: String,
+    #[serde(default)]
+    created_by: Option<String>,
+}
+
+/// Continues a finished task: its attempt runs again on its branch head with the prompt added
+/// to its conversation.
+async fn followup(
+    State(s): Shared,
+    Path(id): Path<String>,
+    body: Result<Json<FollowupRequest>, axum::extract::rejection::JsonRejection>,
+) -> AppResult<(StatusCode, Json<Task>)> {
+    let Json(req) = body.map_err(|e| {
+        ApiError::bad_request(format!("{}; expected {{\"prompt\": \"…\"}}", e.body_text()))
+    })?;
+    if req.prompt.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "the follow-up prompt is empty; say what else the agent should do",
+        ));
+    }
+    if req.prompt.len() > 256 * 1024 {
+        return Err(ApiError::bad_request(
+            "the follow-up prompt is over 256 KiB",
+        ));
+    }
+    let by = req
+        .created_by
+        .filter(|c| !c.trim().is_empty())
+        .unwrap_or_else(|| "api".into());
+    let task = s.store.followup(&id, req.prompt.trim(), &by).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
 #[derive(Deserialize)]

@@ -51,6 +51,7 @@ impl From<StoreError> for ApiError {
             StoreError::Ambiguous(m) => ApiError::bad_request(m),
             StoreError::Invalid(m) => ApiError::bad_request(m),
             e @ StoreError::Conflict { .. } => ApiError::conflict(e.to_string()),
+            StoreError::WrongState(m) => ApiError::conflict(m),
             e @ StoreError::LeaseLost(_) => ApiError::conflict(e.to_string()),
             StoreError::Db(m) => {
                 tracing::error!(error = %m, "database error");

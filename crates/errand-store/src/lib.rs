@@ -29,6 +29,9 @@ pub enum StoreError {
         expected: String,
         actual: Status,
     },
+    /// The request does not fit the task's current state (409).
+    #[error("{0}")]
+    WrongState(String),
     /// The caller no longer holds the attempt's lease.
     #[error("attempt {0}: lease is no longer held by this worker")]
     LeaseLost(String),
@@ -78,8 +81,12 @@ pub struct ClaimedAttempt {
     pub task: Task,
     pub attempt: Attempt,
     pub model_payload: Option<serde_json::Value>,
-    /// 1 for the first run, 2+ after a restart.
+    /// 1 for the first run, 2+ after a restart or a follow-up.
     pub run: i64,
+    /// A follow-up prompt to run on the attempt's branch head, continuing its conversation.
+    pub followup: Option<String>,
+    /// The conversation the attempt's last run ended with (agent messages as JSON).
+    pub conversation: Option<serde_json::Value>,
 }
 
 /// What a heartbeat learned about the attempt.
@@ -106,6 +113,8 @@ pub struct AttemptOutcome {
     pub checks: Vec<CheckResult>,
     pub summary: Option<String>,
     pub error: Option<String>,
+    /// The agent's conversation at the end, kept for follow-ups.
+    pub conversation: Option<serde_json::Value>,
 }
 
 /// Tasks, attempts, events and the queue. Every method is one transaction.
@@ -118,6 +127,10 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage>;
     /// Cancels every attempt that has not ended. Idempotent.
     async fn cancel_task(&self, id: &str, reason: &str) -> Result<Task>;
+    /// Queues a follow-up on the task's result attempt, which must have ended done or failed:
+    /// the attempt goes back to the queue with the prompt, and its next run continues its
+    /// branch and conversation. Appends a notice naming who asked.
+    async fn followup(&self, id: &str, prompt: &str, by: &str) -> Result<Task>;
 
     /// Takes the oldest queued attempt: queued → preparing, with a lease. Appends the run's
     /// `claimed` event (first of the run) and the status event in the same transaction.

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_isolation.sql"),
+    include_str!("migrations/0003_followup.sql"),
 ];
 const READERS: usize = 3;
 
@@ -547,26 +548,116 @@ impl Store for SqliteStore {
         Ok(task)
     }
 
+    async fn followup(&self, id: &str, prompt: &str, by: &str) -> Result<Task> {
+        let (id, prompt, by) = (id.to_string(), prompt.to_string(), by.to_string());
+        let (task, aid) = self
+            .write(move |tx| {
+                let full = resolve_task_id(tx, &id)?;
+                let task = load_task(tx, &full)?;
+                let Some(a) = task.result_attempt().cloned() else {
+                    return Err(StoreError::Invalid(format!(
+                        "task {} has no attempt to follow up",
+                        task.short_id
+                    )));
+                };
+                if !matches!(a.status, Status::Done | Status::Failed) {
+                    return Err(StoreError::WrongState(format!(
+                        "task {} is {}; a follow-up needs it done or failed{}",
+                        task.short_id,
+                        a.status,
+                        if a.status == Status::Cancelled {
+                            " (start a new task instead)"
+                        } else {
+                            " (wait for it to finish, or cancel it)"
+                        }
+                    )));
+                }
+                if a.head_commit.is_none() {
+                    return Err(StoreError::WrongState(format!(
+                        "attempt {} of task {} has no commit to continue from",
+                        a.number, task.short_id
+                    )));
+                }
+                let changed = tx.execute(
+                    "UPDATE attempts SET status = 'queued', pending_followup = ?3, queued_at = ?4,
+                         finished_at = NULL, error = NULL, restart_reason = NULL
+                     WHERE id = ?1 AND status = ?2 AND lease_owner IS NULL",
+                    params![a.id, a.status.as_str(), prompt, now_ms()],
+                )?;
+                if changed != 1 {
+                    return Err(StoreError::WrongState(format!(
+                        "task {} changed meanwhile; try again",
+                        task.short_id
+                    )));
+                }
+                append_in(
+                    tx,
+                    &a.id,
+                    None,
+                    &[
+                        K::Notice {
+                            message: format!("follow-up from {by}: {prompt}"),
+                        },
+                        K::Status {
+                            from: a.status,
+                            to: Status::Queued,
+                            reason: Some("follow-up".into()),
+                        },
+                    ],
+                )?;
+                refresh_task_status(tx, &full)?;
+                Ok((load_task(tx, &full)?, a.id))
+            })
+            .await?;
+        self.inner.notifier.events_appended(&aid);
+        self.inner.notifier.work_queued();
+        Ok(task)
+    }
+
     async fn claim_attempt(&self, claim: &ClaimRequest) -> Result<Option<ClaimedAttempt>> {
         let claim = claim.clone();
         let out = self
             .write(move |tx| {
-                let row: Option<(String, String, i64, Option<String>)> = tx
+                type Row = (
+                    String,
+                    String,
+                    i64,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                );
+                let row: Option<Row> = tx
                     .query_row(
-                        "SELECT a.id, a.task_id, a.runs, a.restart_reason FROM attempts a
+                        "SELECT a.id, a.task_id, a.runs, a.restart_reason, a.pending_followup,
+                                a.conversation FROM attempts a
                          WHERE a.status = 'queued' ORDER BY a.queued_at, a.id LIMIT 1",
                         [],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                        |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                            ))
+                        },
                     )
                     .optional()?;
-                let Some((attempt_id, task_id, runs, restart_reason)) = row else {
+                let Some((attempt_id, task_id, runs, restart_reason, followup, conversation)) = row
+                else {
                     return Ok(None);
+                };
+                let resumed_from = if followup.is_some() {
+                    "followup"
+                } else {
+                    "start"
                 };
                 let now = now_ms();
                 let run = runs + 1;
                 let changed = tx.execute(
                     "UPDATE attempts SET status = 'preparing', runs = ?2, lease_owner = ?3,
-                         lease_expires_at = ?4, worker = ?3, resumed_from = 'start', isolated = ?6,
+                         lease_expires_at = ?4, worker = ?3, resumed_from = ?7, isolated = ?6,
                          started_at = COALESCE(started_at, ?5)
                      WHERE id = ?1 AND status = 'queued'",
                     params![
@@ -575,13 +666,19 @@ impl Store for SqliteStore {
                         claim.worker,
                         now.saturating_add(claim.lease_ttl_ms),
                         now,
-                        claim.isolated
+                        claim.isolated,
+                        resumed_from
                     ],
                 )?;
                 if changed != 1 {
                     return Ok(None);
                 }
-                let note = if run > 1 {
+                let note = if let Some(f) = &followup {
+                    Some(format!(
+                        "run {run} is a follow-up on the branch head: {}",
+                        errand_core::text::title_of(f, 200)
+                    ))
+                } else if run > 1 {
                     Some(format!(
                         "run {run} starts over from the beginning{}",
                         restart_reason
@@ -600,7 +697,7 @@ impl Store for SqliteStore {
                             worker: claim.worker.clone(),
                             sandbox: claim.sandbox.clone(),
                             isolated: claim.isolated,
-                            resumed_from: "start".into(),
+                            resumed_from: resumed_from.into(),
                             note,
                         },
                         K::Status {
@@ -630,11 +727,20 @@ impl Store for SqliteStore {
                     .find(|a| a.id == attempt_id)
                     .cloned()
                     .ok_or_else(|| StoreError::Db("claimed attempt vanished".into()))?;
+                let conversation = match conversation {
+                    Some(c) => Some(
+                        serde_json::from_str(&c)
+                            .map_err(|e| StoreError::Db(format!("conversation: {e}")))?,
+                    ),
+                    None => None,
+                };
                 Ok(Some(ClaimedAttempt {
                     task,
                     attempt,
                     model_payload,
                     run,
+                    followup,
+                    conversation,
                 }))
             })
             .await?;
@@ -756,7 +862,8 @@ impl Store for SqliteStore {
                     "UPDATE attempts SET status = ?2, head_commit = ?3, diff = ?4, diff_stats = ?5,
                          usage = ?6, turns = ?7, checks = ?8, summary = ?9, error = ?10,
                          finished_at = COALESCE(finished_at, ?11), lease_owner = NULL,
-                         lease_expires_at = NULL
+                         lease_expires_at = NULL, conversation = COALESCE(?12, conversation),
+                         pending_followup = NULL
                      WHERE id = ?1",
                     params![
                         aid,
@@ -773,7 +880,8 @@ impl Store for SqliteStore {
                         } else {
                             None
                         },
-                        now_ms()
+                        now_ms(),
+                        outcome.conversation.as_ref().map(json).transpose()?
                     ],
                 )?;
                 if final_status != actual {

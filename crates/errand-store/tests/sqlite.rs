@@ -56,6 +56,7 @@ suite_tests!(
     notifier_wakes_on_work_and_events,
     lease_ttl_extremes,
     finish_attempt_rejects_non_final_status,
+    followup_requeues_a_finished_attempt_with_its_conversation,
 );
 
 fn user_version(path: &Path) -> i64 {

@@ -406,6 +406,12 @@ impl Worker {
         let task = &c.task;
         let fail = |what: &str, e: &dyn std::fmt::Display| RunError::Failed(format!("{what}: {e}"));
 
+        // A follow-up continues from the attempt's branch head; a run starts from the base.
+        let start_commit = match (&c.followup, &c.attempt.head_commit) {
+            (Some(_), Some(head)) => head.clone(),
+            _ => task.base_commit.clone(),
+        };
+
         // 1. Mirror and workspace.
         let t = Instant::now();
         let mirror = self
@@ -414,22 +420,26 @@ impl Worker {
             .await
             .map_err(|e| fail("fetching the repository", &e))?;
         self.mirrors
-            .ensure_commit(&mirror, &task.repo, &task.base_commit)
+            .ensure_commit(&mirror, &task.repo, &start_commit)
             .await
             .map_err(|e| fail("finding the base commit", &e))?;
         let fetched = t.elapsed();
         let ws = dir.join("repo");
         let t = Instant::now();
         let (how, seed_index) = self
-            .make_workspace(&mirror, dir, &ws, &c.attempt.branch, &task.base_commit)
+            .make_workspace(&mirror, dir, &ws, &c.attempt.branch, &start_commit)
             .await?;
         self.notice(
             aid,
             format!(
                 "workspace ready: {} at {} ({}) on branch {} — fetch {} ms, {how} {} ms",
                 task.repo,
-                task.base_ref,
-                errand_core::text::title_of(&task.base_commit, 12).trim_end_matches('…'),
+                if c.followup.is_some() {
+                    "the branch head"
+                } else {
+                    task.base_ref.as_str()
+                },
+                errand_core::text::title_of(&start_commit, 12).trim_end_matches('…'),
                 c.attempt.branch,
                 fetched.as_millis(),
                 t.elapsed().as_millis()
@@ -501,19 +511,37 @@ impl Worker {
             cache_key: Some(aid.to_string()),
             ..self.config.agent.clone()
         };
+        let history: Vec<errand_model::Message> = match (&c.followup, &c.conversation) {
+            (Some(_), Some(v)) => serde_json::from_value(v.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let prompt = match &c.followup {
+            Some(f) if history.is_empty() => format!("{}\n\nFollow-up: {f}", task.prompt),
+            Some(f) => f.clone(),
+            None => task.prompt.clone(),
+        };
         let outcome = AgentRun {
-            prompt: &task.prompt,
+            prompt: &prompt,
             workspace: &ws,
             sandbox: sandbox_box,
             provider: provider.as_ref(),
             sink: &sink,
             cancel: cancel.clone(),
             config: agent_config,
+            history,
         }
         .run()
         .await?;
-        state.outcome.usage = outcome.usage;
-        state.outcome.turns = outcome.turns;
+        // A follow-up adds to what the attempt used before.
+        let (mut usage, mut turns) = (Usage::default(), outcome.turns);
+        if c.followup.is_some() {
+            usage = c.attempt.usage;
+            turns += c.attempt.turns;
+        }
+        usage.add(&outcome.usage);
+        state.outcome.usage = usage;
+        state.outcome.turns = turns;
+        state.outcome.conversation = serde_json::to_value(&outcome.messages).ok();
         state.outcome.summary = outcome.summary.clone();
         let mut failure: Option<String> = match outcome.end {
             EndReason::Finished | EndReason::NoToolCalls => None,
@@ -625,7 +653,7 @@ impl Worker {
                 &mirror,
                 &ws,
                 &dir.join("commit.git"),
-                &task.base_commit,
+                &start_commit,
                 &c.attempt.branch,
                 &message,
                 &trailers,
@@ -634,6 +662,9 @@ impl Worker {
             .await
             .map_err(|e| fail("committing the work", &e))?
         };
+        // A follow-up that changed nothing keeps the branch head it started from.
+        let head =
+            head.or_else(|| (start_commit != task.base_commit).then(|| start_commit.clone()));
         match head {
             Some(head) => {
                 let (diff, stats) = errand_git::diff(&mirror, &task.base_commit, &head)

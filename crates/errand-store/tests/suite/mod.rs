@@ -1465,6 +1465,7 @@ pub async fn finish_attempt_done(store: &dyn Store) {
                 summary: Some("Fixed it.".into()),
                 // Ignored for a successful attempt.
                 error: Some("stale error".into()),
+                conversation: None,
             },
         )
         .await
@@ -2110,4 +2111,76 @@ pub async fn finish_attempt_rejects_non_final_status(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(s, Status::Done);
+}
+
+pub async fn followup_requeues_a_finished_attempt_with_its_conversation(store: &dyn Store) {
+    let t = store.create_task(new_task("follow me")).await.unwrap();
+    // Not yet finished: refused.
+    let err = store.followup(&t.id, "more", "ann").await.unwrap_err();
+    assert!(matches!(err, StoreError::WrongState(_)), "{err}");
+    let c = claim(store, "w1").await;
+    assert_eq!(c.followup, None);
+    let aid = c.attempt.id.clone();
+    let conv =
+        serde_json::json!([{"role": "user", "text": "hi"}, {"role": "assistant", "text": "done"}]);
+    store
+        .finish_attempt(
+            &aid,
+            "w1",
+            AttemptOutcome {
+                status: Some(Status::Done),
+                head_commit: Some("c0ffee".into()),
+                conversation: Some(conv.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let task = store
+        .followup(&t.short_id, "Also cover the empty cart", "ann")
+        .await
+        .unwrap();
+    assert_eq!(task.status, Status::Queued);
+    let c2 = claim(store, "w2").await;
+    assert_eq!(c2.attempt.id, aid, "the same attempt");
+    assert_eq!(c2.run, 2);
+    assert_eq!(c2.followup.as_deref(), Some("Also cover the empty cart"));
+    assert_eq!(c2.conversation, Some(conv));
+    assert_eq!(c2.attempt.resumed_from, "followup");
+    assert_eq!(c2.attempt.head_commit.as_deref(), Some("c0ffee"));
+    let ev = all_events(store, &aid).await;
+    assert!(ev.iter().any(|e| matches!(&e.kind, EventKind::Notice { message } if message == "follow-up from ann: Also cover the empty cart")));
+    assert!(ev.iter().any(
+        |e| matches!(&e.kind, EventKind::Claimed { resumed_from, .. } if resumed_from == "followup")
+    ));
+    // A follow-up while it runs is refused; after it finishes, the prompt is gone.
+    assert!(matches!(
+        store.followup(&t.id, "again", "ann").await.unwrap_err(),
+        StoreError::WrongState(_)
+    ));
+    store
+        .finish_attempt(
+            &aid,
+            "w2",
+            AttemptOutcome {
+                status: Some(Status::Done),
+                head_commit: Some("beef".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let t3 = store.followup(&t.id, "third", "bob").await.unwrap();
+    let c3 = claim(store, "w3").await;
+    assert_eq!(c3.followup.as_deref(), Some("third"));
+    assert_eq!(c3.run, 3);
+    assert!(
+        c3.conversation.is_some(),
+        "kept when a run does not replace it"
+    );
+    assert_eq!(t3.id, t.id);
+    // A cancelled task cannot be followed up.
+    store.cancel_task(&t.id, "stop").await.unwrap();
+    let err = store.followup(&t.id, "x", "ann").await.unwrap_err();
+    assert!(err.to_string().contains("start a new task"), "{err}");
 }
