@@ -81,7 +81,7 @@ pub fn push_refspec(branch: &str) -> Result<String> {
 const ALLOWED_PROTOCOLS: &str = "https:http:ssh:git:file";
 
 /// Refuses remote URLs that carry a password, look like an option, or name a transport other
-/// than those in [`ALLOWED_PROTOCOLS`]. The error never repeats the URL's userinfo.
+/// than https, http, ssh, git or file. The error never repeats the URL's userinfo.
 pub fn check_remote_url(url: &str) -> Result<()> {
     let refuse = |reason: &str| Err(GitError::BadRemote(reason.to_string()));
     if url.is_empty() || url.trim() != url || url.chars().any(|c| c.is_control()) {
