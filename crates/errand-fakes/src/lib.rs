@@ -8,10 +8,12 @@
 //! `errand` binary) and async tests can both use it. Model-info requests (`GET …/models/…`)
 //! are answered without using up a reply.
 //!
-//! [`git_http::GitHttpServer`] runs the real `git http-backend` behind HTTP basic
-//! authentication, for pushes over HTTP.
+//! Delivery fakes: [`forge::FakeForge`] speaks the pull request endpoints of GitHub, GitLab
+//! and Gitea, and [`git_http::GitHttpServer`] runs the real `git http-backend` behind HTTP
+//! basic authentication, for pushes over HTTP.
 
 mod anthropic;
+pub mod forge;
 mod gemini;
 pub mod git_http;
 mod openai_chat;

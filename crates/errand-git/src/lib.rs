@@ -6,8 +6,10 @@
 //! (only read from it), and it refuses to create or move any branch outside `errand/`.
 //!
 //! Delivery: [`push::push_branch`] pushes an attempt's branch to a remote (only `errand/…`,
-//! never the default branch, credentials through `GIT_ASKPASS`).
+//! never the default branch, credentials through `GIT_ASKPASS`); [`forge::ForgeClient`] opens
+//! or updates the pull request on GitHub, GitLab or Gitea; [`forge::PrBody`] writes its text.
 
+pub mod forge;
 pub mod push;
 mod secret;
 
