@@ -172,6 +172,218 @@ pub struct EnvironmentConfig {
     pub model_options: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub budget: Budget,
+    /// Push the attempt's `errand/…` branch to [`EnvironmentConfig::remote`] when it is done.
+    #[serde(default)]
+    pub push: bool,
+    /// Open (or update) a pull request for the pushed branch. Needs `push = true` and `forge`.
+    #[serde(default)]
+    pub pr: PrMode,
+    /// The forge that hosts the remote: its API, for pull requests, and the token used for
+    /// both the push and the API.
+    #[serde(default)]
+    pub forge: Option<ForgeConfig>,
+    /// Where to push (a git URL). Defaults to the environment's `repo`.
+    #[serde(default)]
+    pub remote: Option<String>,
+}
+
+/// `pr = "off" | "draft" | "ready"`: whether a pushed branch gets a pull request, and of
+/// which kind.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum PrMode {
+    #[default]
+    Off,
+    Draft,
+    Ready,
+}
+
+impl PrMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrMode::Off => "off",
+            PrMode::Draft => "draft",
+            PrMode::Ready => "ready",
+        }
+    }
+
+    /// Whether a pull request is wanted at all.
+    pub fn enabled(self) -> bool {
+        self != PrMode::Off
+    }
+}
+
+/// The kind of forge a remote lives on, which decides the REST API spoken.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    Github,
+    Gitlab,
+    Gitea,
+}
+
+impl ForgeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForgeKind::Github => "github",
+            ForgeKind::Gitlab => "gitlab",
+            ForgeKind::Gitea => "gitea",
+        }
+    }
+
+    /// The API root used when `api_url` is not set (`None` for Gitea, which has no public
+    /// default instance).
+    pub fn default_api_url(self) -> Option<&'static str> {
+        match self {
+            ForgeKind::Github => Some("https://api.github.com"),
+            ForgeKind::Gitlab => Some("https://gitlab.com/api/v4"),
+            ForgeKind::Gitea => None,
+        }
+    }
+
+    /// The HTTP user name sent with the token on a push when `username` is not set. Each
+    /// forge checks only the token; these are the names their docs use for token pushes.
+    pub fn default_username(self) -> &'static str {
+        match self {
+            ForgeKind::Github => "x-access-token",
+            ForgeKind::Gitlab => "oauth2",
+            ForgeKind::Gitea => "errand",
+        }
+    }
+}
+
+/// `[environments.NAME.forge]`: the forge hosting the remote.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeConfig {
+    pub kind: ForgeKind,
+    /// The API root: `https://api.github.com` (GitHub Enterprise: `https://HOST/api/v3`),
+    /// `https://gitlab.com/api/v4`, `https://HOST/api/v1` for Gitea. Required for Gitea.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// The environment variable holding the token (the token itself never goes in the file).
+    pub token_env: String,
+    /// The user name sent with the token on a push (default: [`ForgeKind::default_username`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+impl ForgeConfig {
+    /// `api_url`, else the kind's default; `None` only for a Gitea without `api_url` (which
+    /// [`ForgeConfig::validate`] refuses).
+    pub fn api_url(&self) -> Option<String> {
+        self.api_url
+            .clone()
+            .or_else(|| self.kind.default_api_url().map(str::to_string))
+    }
+
+    /// The user name for pushes.
+    pub fn username(&self) -> &str {
+        self.username
+            .as_deref()
+            .unwrap_or(self.kind.default_username())
+    }
+
+    /// Names the first problem, with its fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if !is_env_var_name(&self.token_env) {
+            return Err(format!(
+                "forge.token_env must name an environment variable (letters, digits and '_', not starting with a digit, for example GITHUB_TOKEN), not '{}'",
+                self.token_env
+            ));
+        }
+        match &self.api_url {
+            Some(u) => {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(format!(
+                        "forge.api_url '{u}' must start with http:// or https://"
+                    ));
+                }
+                if url_has_password(u) {
+                    return Err(
+                        "forge.api_url must not contain credentials; put the token in the variable named by forge.token_env"
+                            .into(),
+                    );
+                }
+            }
+            None if self.kind == ForgeKind::Gitea => {
+                return Err(
+                    "forge.api_url is required for kind = \"gitea\" (for example https://gitea.example.com/api/v1)"
+                        .into(),
+                );
+            }
+            None => {}
+        }
+        if let Some(u) = &self.username
+            && (u.is_empty() || u.chars().any(|c| c.is_control() || c == ':'))
+        {
+            return Err(format!(
+                "forge.username must be a non-empty user name without ':' or control characters, not '{}'",
+                u.escape_debug()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a portable environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_var_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether a URL carries a password (`scheme://user:secret@host/…`).
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => userinfo.contains(':'),
+        None => false,
+    }
+}
+
+impl EnvironmentConfig {
+    /// Checks the delivery settings (`push`, `pr`, `forge`, `remote`) together; names the
+    /// first problem with its fix.
+    pub fn validate_delivery(&self) -> Result<(), String> {
+        if let Some(f) = &self.forge {
+            f.validate()?;
+        }
+        if self.pr.enabled() {
+            if !self.push {
+                return Err(format!(
+                    "pr = \"{}\" needs push = true (a pull request points at the pushed branch); add push = true or set pr = \"off\"",
+                    self.pr.as_str()
+                ));
+            }
+            if self.forge.is_none() {
+                return Err(format!(
+                    "pr = \"{}\" needs a forge: add forge = {{ kind = \"github\", token_env = \"GITHUB_TOKEN\" }} (kind github, gitlab or gitea)",
+                    self.pr.as_str()
+                ));
+            }
+        }
+        if let Some(r) = &self.remote {
+            if r.trim().is_empty() || r.trim() != r {
+                return Err(format!(
+                    "remote '{r}' must be a git URL without surrounding spaces"
+                ));
+            }
+            if r.starts_with('-') {
+                return Err(format!("remote '{r}' must not start with '-'"));
+            }
+            if url_has_password(r) {
+                return Err(
+                    "remote must not contain credentials; put the token in the variable named by forge.token_env"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The whole `errand.toml`.
@@ -282,6 +494,8 @@ impl Config {
                     });
                 }
             }
+            env.validate_delivery()
+                .map_err(|m| invalid(format!("environment '{name}': {m}")))?;
             for c in &env.checks {
                 if c.command.trim().is_empty() {
                     return Err(ConfigError::Invalid {
@@ -332,5 +546,149 @@ RUST_LOG = "info"
             err.contains("/etc/errand.toml") && err.contains("repoo"),
             "{err}"
         );
+    }
+
+    fn parse_err(text: &str) -> String {
+        match Config::parse(text, "errand.toml") {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn delivery_defaults_are_off() {
+        let cfg = Config::parse("[environments.a]\nrepo = \"/src/a\"\n", "errand.toml")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let a = &cfg.environments["a"];
+        assert!(!a.push);
+        assert_eq!(a.pr, PrMode::Off);
+        assert!(!a.pr.enabled());
+        assert_eq!(a.forge, None);
+        assert_eq!(a.remote, None);
+    }
+
+    #[test]
+    fn parses_delivery_settings() {
+        let cfg = Config::parse(
+            r#"
+[environments.shop]
+repo = "https://github.com/acme/shop.git"
+push = true
+pr = "draft"
+remote = "https://github.com/acme/shop-fork.git"
+forge = { kind = "github", token_env = "GITHUB_TOKEN" }
+
+[environments.lab]
+push = true
+pr = "ready"
+[environments.lab.forge]
+kind = "gitlab"
+token_env = "GL_TOKEN"
+username = "bot"
+
+[environments.tea]
+push = true
+pr = "ready"
+forge = { kind = "gitea", api_url = "https://tea.example.com/api/v1", token_env = "TEA_TOKEN" }
+"#,
+            "errand.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let shop = &cfg.environments["shop"];
+        assert!(shop.push);
+        assert_eq!(shop.pr, PrMode::Draft);
+        assert_eq!(
+            shop.remote.as_deref(),
+            Some("https://github.com/acme/shop-fork.git")
+        );
+        let f = shop.forge.as_ref().unwrap_or_else(|| panic!("forge"));
+        assert_eq!(f.kind, ForgeKind::Github);
+        assert_eq!(f.api_url().as_deref(), Some("https://api.github.com"));
+        assert_eq!(f.username(), "x-access-token");
+        let lab = cfg.environments["lab"]
+            .forge
+            .as_ref()
+            .unwrap_or_else(|| panic!("forge"));
+        assert_eq!(lab.api_url().as_deref(), Some("https://gitlab.com/api/v4"));
+        assert_eq!(lab.username(), "bot");
+        let tea = cfg.environments["tea"]
+            .forge
+            .as_ref()
+            .unwrap_or_else(|| panic!("forge"));
+        assert_eq!(
+            tea.api_url().as_deref(),
+            Some("https://tea.example.com/api/v1")
+        );
+        assert_eq!(cfg.environments["tea"].pr, PrMode::Ready);
+    }
+
+    #[test]
+    fn pr_without_push_names_the_fix() {
+        let err = parse_err(
+            "[environments.a]\npr = \"draft\"\nforge = { kind = \"github\", token_env = \"T\" }\n",
+        );
+        assert!(err.contains("environment 'a'"), "{err}");
+        assert!(err.contains("push = true"), "{err}");
+    }
+
+    #[test]
+    fn pr_needs_a_forge() {
+        let err = parse_err("[environments.a]\npush = true\npr = \"ready\"\n");
+        assert!(err.contains("needs a forge"), "{err}");
+        assert!(err.contains("token_env"), "{err}");
+        // push alone (an ssh remote, a local bare repo) needs no forge.
+        assert!(Config::parse("[environments.a]\npush = true\n", "errand.toml").is_ok());
+    }
+
+    #[test]
+    fn token_env_must_be_a_variable_name() {
+        for bad in ["", "ghp_abc def", "1TOKEN", "A=B", "MY-TOKEN", "$TOKEN"] {
+            let err = parse_err(&format!(
+                "[environments.a]\nforge = {{ kind = \"github\", token_env = \"{bad}\" }}\n"
+            ));
+            assert!(err.contains("token_env"), "{bad}: {err}");
+        }
+        for good in ["GITHUB_TOKEN", "_T", "t1"] {
+            assert!(is_env_var_name(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn forge_fields_are_checked() {
+        let err = parse_err("[environments.a]\nforge = { kind = \"gitea\", token_env = \"T\" }\n");
+        assert!(err.contains("api_url is required"), "{err}");
+        let err = parse_err(
+            "[environments.a]\nforge = { kind = \"gitlab\", token_env = \"T\", api_url = \"gitlab.example.com\" }\n",
+        );
+        assert!(err.contains("http://"), "{err}");
+        let err =
+            parse_err("[environments.a]\nforge = { kind = \"bitbucket\", token_env = \"T\" }\n");
+        assert!(err.contains("bitbucket"), "{err}");
+        let err = parse_err(
+            "[environments.a]\nforge = { kind = \"github\", token_env = \"T\", token = \"x\" }\n",
+        );
+        assert!(err.contains("token"), "{err}");
+        let err = parse_err("[environments.a]\npr = \"yes\"\n");
+        assert!(err.contains("yes"), "{err}");
+    }
+
+    #[test]
+    fn remote_must_not_carry_credentials() {
+        let err = parse_err(
+            "[environments.a]\npush = true\nremote = \"https://bot:hunter2@example.com/a/b.git\"\n",
+        );
+        assert!(err.contains("must not contain credentials"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        // A user name alone is fine (ssh and scp-like URLs have one).
+        for ok in [
+            "git@example.com:a/b.git",
+            "ssh://git@example.com/a/b.git",
+            "https://bot@example.com/a/b.git",
+        ] {
+            let text = format!("[environments.a]\npush = true\nremote = \"{ok}\"\n");
+            assert!(Config::parse(&text, "errand.toml").is_ok(), "{ok}");
+        }
+        let err = parse_err("[environments.a]\nremote = \"--upload-pack=x\"\n");
+        assert!(err.contains("'-'"), "{err}");
     }
 }

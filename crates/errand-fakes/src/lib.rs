@@ -7,11 +7,20 @@
 //! every request it got. It runs on its own thread and runtime, so sync tests (that drive the
 //! `errand` binary) and async tests can both use it. Model-info requests (`GET …/models/…`)
 //! are answered without using up a reply.
+//!
+//! Delivery fakes: [`forge::FakeForge`] speaks the pull request endpoints of GitHub, GitLab
+//! and Gitea, and [`git_http::GitHttpServer`] runs the real `git http-backend` behind HTTP
+//! basic authentication, for pushes over HTTP.
 
 mod anthropic;
+pub mod forge;
 mod gemini;
+pub mod git_http;
 mod openai_chat;
 mod openai_responses;
+mod server;
+
+pub use server::{base64_decode, percent_decode, query_pairs};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};

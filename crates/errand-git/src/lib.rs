@@ -4,6 +4,17 @@
 //!
 //! This crate owns every git invocation. It must never write to the user's own repository
 //! (only read from it), and it refuses to create or move any branch outside `errand/`.
+//!
+//! Delivery: [`push::push_branch`] pushes an attempt's branch to a remote (only `errand/…`,
+//! never the default branch, credentials through `GIT_ASKPASS`); [`forge::ForgeClient`] opens
+//! or updates the pull request on GitHub, GitLab or Gitea; [`forge::PrBody`] writes its text.
+
+pub mod forge;
+pub mod push;
+mod secret;
+
+pub use push::{PushOutcome, PushStatus, push_branch};
+pub use secret::{Credentials, MissingToken, Secret, percent_encode};
 
 use errand_core::{DiffStats, FileStat};
 use sha2::{Digest, Sha256};
@@ -29,6 +40,20 @@ pub enum GitError {
     Unreachable { repo: String, message: String },
     #[error("refusing to write branch '{0}': Errand only writes branches under errand/")]
     ForbiddenBranch(String),
+    #[error("refusing to push '{branch}': {reason}")]
+    PushRefused { branch: String, reason: String },
+    #[error("unusable remote URL: {0}")]
+    BadRemote(String),
+    #[error("{remote} rejected the push of '{branch}': {reason}")]
+    PushRejected {
+        branch: String,
+        remote: String,
+        reason: String,
+    },
+    #[error("authentication failed pushing to {remote}: {hint}")]
+    AuthFailed { remote: String, hint: String },
+    #[error(transparent)]
+    MissingToken(#[from] MissingToken),
     #[error("git {args} failed: {stderr}")]
     Command { args: String, stderr: String },
     #[error("running git: {0}")]
@@ -174,13 +199,19 @@ pub fn branch_name(short_id: &str, slug: &str, attempt: i64) -> String {
     }
 }
 
-/// Refuses any branch Errand must not write: everything outside `errand/`.
+/// Refuses any branch Errand must not write: everything outside `errand/`, and names git
+/// would refuse or read as something else (refspec syntax such as `:` or `+`, a leading `-`,
+/// `..`, empty or dot-led components, a `.lock` suffix).
 pub fn check_agent_branch(branch: &str) -> Result<()> {
     let ok = branch.starts_with("errand/")
         && branch.len() > "errand/".len()
         && !branch.contains("..")
         && !branch.ends_with('/')
+        && !branch.ends_with('.')
         && !branch.ends_with(".lock")
+        && branch
+            .split('/')
+            .all(|c| !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock"))
         && branch
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
@@ -872,6 +903,10 @@ mod tests {
             "refs/heads/main",
             "errand/a b",
             "feature/x",
+            "errand//x",
+            "errand/.hidden",
+            "errand/x.lock/y",
+            "errand/x.",
         ] {
             assert!(check_agent_branch(bad).is_err(), "{bad}");
         }
