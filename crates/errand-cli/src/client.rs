@@ -116,6 +116,22 @@ impl Client {
         resp.json().await.context("decoding the task")
     }
 
+    pub async fn pr(
+        &self,
+        id: &str,
+        draft: bool,
+        attempt: Option<i64>,
+    ) -> Result<serde_json::Value> {
+        let resp = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/tasks/{}/pr", urlencode(id))))
+                    .json(&serde_json::json!({ "draft": draft, "attempt": attempt })),
+            )
+            .await?;
+        resp.json().await.context("decoding the answer")
+    }
+
     pub async fn cancel(&self, id: &str) -> Result<Task> {
         let resp = self
             .send(

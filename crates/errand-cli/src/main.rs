@@ -98,6 +98,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Push an ended attempt's branch and open (or update) its pull request on the
+    /// environment's forge.
+    Pr {
+        task: String,
+        /// Open it as a draft (an existing pull request keeps its state).
+        #[arg(long)]
+        draft: bool,
+        #[arg(long)]
+        attempt: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue a finished task: the agent picks up its branch and conversation with a new
     /// request, and the branch gets a new commit.
     Followup {
@@ -342,6 +354,43 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 print!("{}", client.diff(&task, attempt, file.as_deref()).await?);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Pr {
+            task,
+            draft,
+            attempt,
+            json,
+        } => {
+            let v = client.pr(&task, draft, attempt).await?;
+            let d: errand_core::Delivery =
+                serde_json::from_value(v["delivery"].clone()).unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(e) = &d.error {
+                bail!(
+                    "{}{}",
+                    e,
+                    if d.retryable {
+                        " (this may work if you try again)"
+                    } else {
+                        ""
+                    }
+                );
+            } else {
+                println!(
+                    "pushed {} ({})",
+                    d.remote,
+                    d.push.as_deref().unwrap_or("?").replace('_', " ")
+                );
+                if let (Some(url), Some(action)) = (&d.pr_url, &d.pr_action) {
+                    println!("pull request {action}: {url}");
+                }
+            }
+            Ok(if d.error.is_none() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Followup {
             task,

@@ -393,6 +393,9 @@ pub struct Config {
     /// Model used when neither the task nor its environment names one.
     #[serde(default)]
     pub default_model: Option<String>,
+    /// How people reach this server (links in pull requests); default: its listen address.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// Budget for every attempt unless its environment or task says otherwise.
     #[serde(default)]
     pub budget: Budget,

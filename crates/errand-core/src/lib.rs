@@ -19,8 +19,8 @@ pub use event::{Event, EventKind, OutputStream, PlanStep, Usage};
 pub use id::{new_id, short_id};
 pub use status::Status;
 pub use task::{
-    Attempt, CheckResult, DiffStats, EnvironmentSnapshot, FileStat, NewAttempt, NewTask, Task,
-    TaskRequest,
+    Attempt, CheckResult, Delivery, DiffStats, EnvironmentSnapshot, FileStat, NewAttempt, NewTask,
+    Task, TaskRequest,
 };
 
 /// Milliseconds since the Unix epoch, the timestamp unit used across Errand.

@@ -57,6 +57,42 @@ pub struct EnvironmentSnapshot {
     /// Context management of the built-in agent, from the server's `[agent]`.
     #[serde(default)]
     pub agent: crate::AgentSettings,
+    /// Push the attempt's branch when it ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub push: bool,
+    /// Open or update a pull request after the push.
+    #[serde(default)]
+    pub pr: crate::PrMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<crate::ForgeConfig>,
+    /// Where to push (default: the task's repo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+/// What happened when the attempt's branch was pushed and its pull request opened.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Delivery {
+    /// The remote, with any credentials removed.
+    pub remote: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_commit: Option<String>,
+    /// `created`, `updated`, `force_updated` or `up_to_date`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr_number: Option<u64>,
+    /// `created` or `updated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr_action: Option<String>,
+    /// Why pushing or opening the pull request failed (the work itself is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether trying again later can succeed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
 }
 
 /// A validated, fully resolved task, ready to be stored.
@@ -142,6 +178,9 @@ pub struct Attempt {
     pub error: Option<String>,
     /// Last event seq written.
     pub last_seq: i64,
+    /// The push and pull request, when the environment asks for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

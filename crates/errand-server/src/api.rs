@@ -57,6 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/api/v1/tasks/{id}/followup", post(followup))
+        .route("/api/v1/tasks/{id}/pr", post(open_pr))
         .route("/api/v1/tasks/{id}/events", get(events))
         .route("/api/v1/tasks/{id}/events/stream", get(crate::sse::stream))
         .route("/api/v1/tasks/{id}/diff", get(diff))
@@ -305,6 +306,10 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             name: env.as_ref().map(|(n, _)| n.clone()),
             checks,
             rootfs: env.as_ref().and_then(|(_, e)| e.rootfs.clone()),
+            push: env.as_ref().is_some_and(|(_, e)| e.push),
+            pr: env.as_ref().map(|(_, e)| e.pr).unwrap_or_default(),
+            forge: env.as_ref().and_then(|(_, e)| e.forge.clone()),
+            remote: env.as_ref().and_then(|(_, e)| e.remote.clone()),
             env: env.map(|(_, e)| e.env).unwrap_or_default(),
             model_options,
             budget,
@@ -451,6 +456,76 @@ async fn events(
         "more": next_after < attempt.last_seq,
     }))
     .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PrRequestBody {
+    #[serde(default)]
+    draft: bool,
+    #[serde(default)]
+    attempt: Option<i64>,
+}
+
+/// Pushes an ended attempt's branch and opens (or updates) its pull request, with the
+/// environment's forge settings.
+async fn open_pr(
+    State(s): Shared,
+    Path(id): Path<String>,
+    body: Option<Json<PrRequestBody>>,
+) -> AppResult<Json<serde_json::Value>> {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let task = s.store.get_task(&id).await?;
+    let attempt = pick_attempt(&task, req.attempt)?;
+    if task.environment.forge.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "task {} has no forge to open a pull request on; run it with an environment that sets [environments.NAME.forge] (kind = \"github\" | \"gitlab\" | \"gitea\", token_env, api_url)",
+            task.short_id
+        )));
+    }
+    if !attempt.status.is_terminal() || attempt.head_commit.is_none() {
+        return Err(ApiError::conflict(format!(
+            "attempt {} of task {} has no finished commit yet (status: {}); wait for it to end",
+            attempt.number, task.short_id, attempt.status
+        )));
+    }
+    let mirror = s.mirrors.mirror_path(&task.repo);
+    let log_url = s.public_url.as_ref().map(|u| {
+        format!(
+            "{}/api/v1/tasks/{}/events",
+            u.trim_end_matches('/'),
+            task.id
+        )
+    });
+    let d = errand_worker::deliver::deliver(errand_worker::deliver::DeliverInput {
+        mirror: &mirror,
+        task: &task,
+        branch: &attempt.branch,
+        summary: attempt.summary.as_deref(),
+        checks: &attempt.checks,
+        diff: attempt.diff_stats.as_ref(),
+        cost_usd: attempt.usage.cost_usd,
+        log_url,
+        pr: if req.draft {
+            errand_core::PrMode::Draft
+        } else {
+            errand_core::PrMode::Ready
+        },
+    })
+    .await;
+    s.store.set_delivery(&attempt.id, &d).await?;
+    s.store
+        .append_events(
+            &attempt.id,
+            None,
+            vec![errand_core::EventKind::Notice {
+                message: errand_worker::deliver::describe(&d),
+            }],
+        )
+        .await?;
+    Ok(Json(
+        json!({ "task": task.id, "attempt": attempt.number, "delivery": d }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -82,6 +82,8 @@ impl ServeOptions {
 /// Shared by every request handler.
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// How people reach this server, for links.
+    pub public_url: Option<String>,
     pub config: Config,
     pub config_path: Option<PathBuf>,
     pub mirrors: Arc<MirrorCache>,
@@ -204,6 +206,10 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<ServerHandle> {
             )
         })?;
     let addr = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let shutdown = CancellationToken::new();
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -212,6 +218,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<ServerHandle> {
         wc.lease_ttl = opts.lease_ttl;
         wc.heartbeat_every = opts.heartbeat_every;
         wc.attempt_timeout = opts.attempt_timeout;
+        wc.public_url = Some(public_url.clone());
         let worker = Arc::new(Worker::new(
             wc,
             Arc::new(LocalClient::new(store.clone())),
@@ -242,6 +249,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<ServerHandle> {
 
     let state = Arc::new(AppState {
         store,
+        public_url: Some(public_url.clone()),
         config,
         config_path,
         mirrors,

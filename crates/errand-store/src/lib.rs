@@ -115,6 +115,8 @@ pub struct AttemptOutcome {
     pub error: Option<String>,
     /// The agent's conversation at the end, kept for follow-ups.
     pub conversation: Option<serde_json::Value>,
+    /// The push and pull request, when the environment asked for them.
+    pub delivery: Option<errand_core::Delivery>,
 }
 
 /// Tasks, attempts, events and the queue. Every method is one transaction.
@@ -131,6 +133,8 @@ pub trait Store: Send + Sync + 'static {
     /// the attempt goes back to the queue with the prompt, and its next run continues its
     /// branch and conversation. Appends a notice naming who asked.
     async fn followup(&self, id: &str, prompt: &str, by: &str) -> Result<Task>;
+    /// Records a push and pull request made after the attempt ended (`errand pr`).
+    async fn set_delivery(&self, attempt_id: &str, delivery: &errand_core::Delivery) -> Result<()>;
 
     /// Takes the oldest queued attempt: queued → preparing, with a lease. Appends the run's
     /// `claimed` event (first of the run) and the status event in the same transaction.

@@ -6,7 +6,8 @@ use crate::{
 };
 use async_trait::async_trait;
 use errand_core::{
-    Attempt, Event, EventKind, EventKind as K, NewTask, Status, Task, Usage, now_ms, short_id,
+    Attempt, Delivery, Event, EventKind, EventKind as K, NewTask, Status, Task, Usage, now_ms,
+    short_id,
 };
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use std::path::{Path, PathBuf};
@@ -174,7 +175,7 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
     })
 }
 
-const ATTEMPT_COLS: &str = "id, task_id, number, status, branch, model, runs, resumed_from, restart_reason, worker, started_at, finished_at, head_commit, diff_stats, usage, turns, checks, summary, error, last_seq, lease_owner";
+const ATTEMPT_COLS: &str = "id, task_id, number, status, branch, model, runs, resumed_from, restart_reason, worker, started_at, finished_at, head_commit, diff_stats, usage, turns, checks, summary, error, last_seq, lease_owner, delivery";
 
 fn attempt_from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
     let diff_stats: Option<String> = r.get(13)?;
@@ -203,6 +204,10 @@ fn attempt_from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
         error: r.get(18)?,
         last_seq: r.get(19)?,
         active_worker: r.get(20)?,
+        delivery: match r.get::<_, Option<String>>(21)? {
+            Some(d) => serde_json::from_str(&d).ok(),
+            None => None,
+        },
     })
 }
 
@@ -548,6 +553,21 @@ impl Store for SqliteStore {
         Ok(task)
     }
 
+    async fn set_delivery(&self, attempt_id: &str, delivery: &Delivery) -> Result<()> {
+        let (aid, d) = (attempt_id.to_string(), json(delivery)?);
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE attempts SET delivery = ?2 WHERE id = ?1",
+                params![aid, d],
+            )?;
+            if n != 1 {
+                return Err(StoreError::NotFound(format!("no attempt {aid}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn followup(&self, id: &str, prompt: &str, by: &str) -> Result<Task> {
         let (id, prompt, by) = (id.to_string(), prompt.to_string(), by.to_string());
         let (task, aid) = self
@@ -863,7 +883,7 @@ impl Store for SqliteStore {
                          usage = ?6, turns = ?7, checks = ?8, summary = ?9, error = ?10,
                          finished_at = COALESCE(finished_at, ?11), lease_owner = NULL,
                          lease_expires_at = NULL, conversation = COALESCE(?12, conversation),
-                         pending_followup = NULL
+                         pending_followup = NULL, delivery = COALESCE(?13, delivery)
                      WHERE id = ?1",
                     params![
                         aid,
@@ -881,7 +901,8 @@ impl Store for SqliteStore {
                             None
                         },
                         now_ms(),
-                        outcome.conversation.as_ref().map(json).transpose()?
+                        outcome.conversation.as_ref().map(json).transpose()?,
+                        outcome.delivery.as_ref().map(json).transpose()?
                     ],
                 )?;
                 if final_status != actual {

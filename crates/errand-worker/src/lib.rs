@@ -7,6 +7,7 @@
 //! must not reach into the database any other way.
 
 mod client;
+pub mod deliver;
 
 pub use client::{LocalClient, WorkerClient};
 
@@ -40,6 +41,8 @@ pub struct WorkerConfig {
     /// Wall-time limit of one attempt (agent and checks).
     pub attempt_timeout: Duration,
     pub agent: AgentConfig,
+    /// How people reach the server, for links (pull request bodies).
+    pub public_url: Option<String>,
 }
 
 impl WorkerConfig {
@@ -55,6 +58,7 @@ impl WorkerConfig {
             check_timeout: Duration::from_secs(20 * 60),
             attempt_timeout: Duration::from_secs(2 * 3600),
             agent: AgentConfig::default(),
+            public_url: None,
         }
     }
 }
@@ -703,6 +707,32 @@ impl Worker {
                 state.outcome.diff = Some(String::new());
                 state.outcome.diff_stats = Some(Default::default());
             }
+        }
+        // 5. Push and pull request, when the environment asks for them.
+        if task.environment.push
+            && !cancel.is_cancelled()
+            && let Some(_head) = &state.outcome.head_commit
+        {
+            let d = deliver::deliver(deliver::DeliverInput {
+                mirror: &mirror,
+                task,
+                branch: &c.attempt.branch,
+                summary: state.outcome.summary.as_deref(),
+                checks: &state.outcome.checks,
+                diff: state.outcome.diff_stats.as_ref(),
+                cost_usd: state.outcome.usage.cost_usd,
+                log_url: self.config.public_url.as_ref().map(|u| {
+                    format!(
+                        "{}/api/v1/tasks/{}/events",
+                        u.trim_end_matches('/'),
+                        task.id
+                    )
+                }),
+                pr: task.environment.pr,
+            })
+            .await;
+            self.notice(aid, deliver::describe(&d)).await?;
+            state.outcome.delivery = Some(d);
         }
         state.outcome.status = Some(if failure.is_some() {
             Status::Failed

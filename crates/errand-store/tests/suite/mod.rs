@@ -1466,6 +1466,12 @@ pub async fn finish_attempt_done(store: &dyn Store) {
                 // Ignored for a successful attempt.
                 error: Some("stale error".into()),
                 conversation: None,
+                delivery: Some(errand_core::Delivery {
+                    remote: "https://git.example.com/acme/shop.git".into(),
+                    pushed_commit: Some("feedface".into()),
+                    push: Some("created".into()),
+                    ..Default::default()
+                }),
             },
         )
         .await
@@ -1474,6 +1480,17 @@ pub async fn finish_attempt_done(store: &dyn Store) {
 
     let a = store.get_attempt(&aid).await.unwrap();
     assert_eq!(a.status, Status::Done);
+    assert_eq!(
+        a.delivery.as_ref().and_then(|d| d.push.as_deref()),
+        Some("created")
+    );
+    let later = errand_core::Delivery {
+        pr_url: Some("https://git.example.com/acme/shop/pull/3".into()),
+        ..a.delivery.clone().unwrap_or_default()
+    };
+    store.set_delivery(&aid, &later).await.unwrap();
+    let a = store.get_attempt(&aid).await.unwrap();
+    assert_eq!(a.delivery, Some(later));
     assert_eq!(a.head_commit.as_deref(), Some("feedface"));
     assert_eq!(a.diff_stats, Some(stats));
     assert_eq!(a.checks, checks);

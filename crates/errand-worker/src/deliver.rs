@@ -1,0 +1,137 @@
+//! Delivery: pushing an attempt's `errand/…` branch to the environment's remote and opening
+//! (or updating) its pull request. Used by the worker when an attempt ends and by the server
+//! for `errand pr`. A failure is recorded in the [`Delivery`], never lost, and never undoes
+//! the attempt's work.
+
+use errand_core::{CheckResult, Delivery, DiffStats, PrMode, Task};
+use errand_git::forge::{ForgeClient, PrBody, PrRequest, pr_title};
+use std::path::Path;
+
+/// One attempt's result, to deliver.
+pub struct DeliverInput<'a> {
+    pub mirror: &'a Path,
+    pub task: &'a Task,
+    pub branch: &'a str,
+    pub summary: Option<&'a str>,
+    pub checks: &'a [CheckResult],
+    pub diff: Option<&'a DiffStats>,
+    pub cost_usd: f64,
+    /// A link to the attempt's log in the server, for the pull request body.
+    pub log_url: Option<String>,
+    /// Whether to open a pull request after the push, and how.
+    pub pr: PrMode,
+}
+
+/// Pushes the branch (to the environment's `remote`, else the task's repo; credentials from
+/// the forge's token variable through `GIT_ASKPASS`), then opens or updates the pull request.
+pub async fn deliver(i: DeliverInput<'_>) -> Delivery {
+    let snap = &i.task.environment;
+    let remote = snap.remote.clone().unwrap_or_else(|| i.task.repo.clone());
+    let mut d = Delivery {
+        remote: errand_git::push::redact_url(&remote),
+        ..Default::default()
+    };
+    let creds = match &snap.forge {
+        Some(f) => match errand_git::Credentials::from_env(f.username(), &f.token_env) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                d.error = Some(format!("push skipped: {e}"));
+                return d;
+            }
+        },
+        None => None,
+    };
+    // The attempt's own branch only (checked again inside); a re-run may have rewritten it.
+    let pushed =
+        match errand_git::push_branch(i.mirror, &remote, i.branch, creds.as_ref(), true).await {
+            Ok(p) => p,
+            Err(e) => {
+                d.error = Some(format!("push failed: {e}"));
+                d.retryable = true;
+                return d;
+            }
+        };
+    d.pushed_commit = Some(pushed.commit.clone());
+    d.push = Some(pushed.status.as_str().to_string());
+    if !i.pr.enabled() {
+        return d;
+    }
+    let Some(forge) = &snap.forge else {
+        d.error = Some(
+            "no pull request: the environment has no [environments.NAME.forge] (kind, api_url, token_env)"
+                .into(),
+        );
+        return d;
+    };
+    let client = match ForgeClient::from_env(forge, &remote) {
+        Ok(c) => c,
+        Err(e) => {
+            d.error = Some(format!("pull request: {e}"));
+            d.retryable = e.retryable();
+            return d;
+        }
+    };
+    let body = PrBody {
+        summary: i.summary,
+        checks: i.checks,
+        diff: i.diff,
+        cost_usd: Some(i.cost_usd),
+        log_url: i.log_url.as_deref(),
+    }
+    .render();
+    let req = PrRequest {
+        title: pr_title(&i.task.title),
+        body,
+        head: i.branch.to_string(),
+        base: pushed
+            .default_branch
+            .clone()
+            .unwrap_or_else(|| i.task.base_ref.clone()),
+        draft: i.pr == PrMode::Draft,
+    };
+    match client.create_or_update_pr(&req).await {
+        Ok(pr) => {
+            d.pr_url = Some(pr.url);
+            d.pr_number = Some(pr.number);
+            d.pr_action = Some(
+                match pr.action {
+                    errand_git::forge::PrAction::Created => "created",
+                    errand_git::forge::PrAction::Updated => "updated",
+                }
+                .into(),
+            );
+        }
+        Err(e) => {
+            d.error = Some(format!("pull request: {e}"));
+            d.retryable = e.retryable();
+        }
+    }
+    d
+}
+
+/// One line for the log.
+pub fn describe(d: &Delivery) -> String {
+    let mut s = match (&d.push, &d.pushed_commit) {
+        (Some(how), Some(c)) => format!(
+            "pushed {} to {} ({})",
+            errand_core::text::title_of(c, 12).trim_end_matches('…'),
+            d.remote,
+            how.replace('_', " ")
+        ),
+        _ => format!("not pushed to {}", d.remote),
+    };
+    if let (Some(url), Some(action)) = (&d.pr_url, &d.pr_action) {
+        s.push_str(&format!("; pull request {action}: {url}"));
+    }
+    if let Some(e) = &d.error {
+        s.push_str(&format!(
+            "; {e}{}",
+            if d.retryable {
+                " (retry with errand pr)"
+            } else {
+                ""
+            }
+        ));
+    }
+    s
+}
