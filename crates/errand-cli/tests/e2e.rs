@@ -294,6 +294,105 @@ async fn environments_from_errand_toml() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn checks_report_test_counts_from_junit_and_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path());
+    // A JUnit report from some earlier run is committed and must not be taken for the
+    // check's.
+    std::fs::create_dir_all(repo.join("reports")).unwrap();
+    std::fs::write(
+        repo.join("reports/old.xml"),
+        "<testsuite><testcase name='stale'/></testsuite>",
+    )
+    .unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "tests"]);
+    let script = write_script(
+        tmp.path(),
+        "s.json",
+        json!({"turns": [{"tool_calls": [
+            {"name": "shell", "arguments": {"command": "sleep 0.3"}},
+            {"name": "finish", "arguments": {"summary": "ok"}}]}]}),
+    );
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("errand.toml"),
+        format!(
+            r#"[environments.counts]
+repo = "{}"
+model = "scripted:{}"
+
+[[environments.counts.checks]]
+name = "junit"
+command = "mkdir -p reports/new && printf \"<testsuite><testcase name='a'/><testcase name='b'><skipped/></testcase></testsuite>\" > reports/new/junit.xml && echo 'test result: ok. 99 passed; 0 failed; 0 ignored'"
+junit = "reports/**/*.xml"
+
+[[environments.counts.checks]]
+name = "hidden"
+command = "printf 'test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n'; true"
+"#,
+            repo.display(),
+            script.display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&data, &[]);
+
+    let out = server.cli(&["run", "counts", "--env", "counts", "--follow"]);
+    assert!(
+        !out.status.success(),
+        "failed tests behind exit 0 must fail the task"
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "check junit: PASSED (exit 0, " // then the duration
+        ) && text.contains("— tests: 1 passed, 0 failed, 1 skipped (junit)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("reports/old.xml was not written by this run of the check"),
+        "{text}"
+    );
+    assert!(
+        text.contains("check hidden: FAILED (exit 0, ")
+            && text.contains("— tests: 3 passed, 1 failed, 0 skipped (cargo)"),
+        "{text}"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(server.cli(&["ls", "--json", "--status", "failed"]))).unwrap();
+    let t = &ls["tasks"][0];
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap()
+            .contains("check 'hidden' reported 1 failed test (exit 0)"),
+        "{t}"
+    );
+    let short = t["short_id"].as_str().unwrap().to_string();
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(server.cli(&["show", &short, "--json"]))).unwrap();
+    let checks = &show["attempts"][0]["checks"];
+    assert_eq!(
+        checks[0]["tests"],
+        json!({"passed": 1, "failed": 0, "skipped": 1, "source": "junit"})
+    );
+    assert_eq!(checks[1]["passed"], false);
+    assert_eq!(checks[1]["exit_code"], 0);
+    let table = ok(server.cli(&["show", &short]));
+    for needle in [
+        "PASSED FAILED SKIPPED",
+        "✓ junit",
+        "junit   mkdir",
+        "✗ hidden",
+        "cargo",
+    ] {
+        assert!(table.contains(needle), "show lacks {needle:?}:\n{table}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn cancel_kills_the_running_command() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = make_repo(tmp.path());

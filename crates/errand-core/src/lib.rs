@@ -20,7 +20,7 @@ pub use id::{new_id, short_id};
 pub use status::Status;
 pub use task::{
     Attempt, CheckResult, DiffStats, EnvironmentSnapshot, FileStat, NewAttempt, NewTask, Task,
-    TaskRequest,
+    TaskRequest, TestCounts,
 };
 
 /// Milliseconds since the Unix epoch, the timestamp unit used across Errand.
