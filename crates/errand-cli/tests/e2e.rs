@@ -294,12 +294,28 @@ async fn environments_from_errand_toml() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn checks_report_test_counts_from_junit_and_output() {
+async fn checks_report_test_counts_from_junit_output_and_agents_md() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = make_repo(tmp.path());
-    // A JUnit report from some earlier run is committed and must not be taken for the
-    // check's.
+    // AGENTS.md names the check used when none is configured; a JUnit report from some
+    // earlier run is committed and must not be taken for the check's.
+    std::fs::create_dir_all(repo.join("scripts")).unwrap();
     std::fs::create_dir_all(repo.join("reports")).unwrap();
+    std::fs::write(
+        repo.join("AGENTS.md"),
+        "# Sample\n\n## Testing\n\n```sh\n./scripts/test.sh\n```\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("scripts/test.sh"),
+        "#!/bin/sh\necho '\u{1b}[32m============ 2 passed, 1 skipped in 0.01s ============\u{1b}[0m'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        repo.join("scripts/test.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::write(
         repo.join("reports/old.xml"),
         "<testsuite><testcase name='stale'/></testsuite>",
@@ -307,10 +323,12 @@ async fn checks_report_test_counts_from_junit_and_output() {
     .unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "--quiet", "-m", "tests"]);
+    // The agent rewrites AGENTS.md; the checks still come from the version it started with.
     let script = write_script(
         tmp.path(),
         "s.json",
         json!({"turns": [{"tool_calls": [
+            {"name": "write_file", "arguments": {"path": "AGENTS.md", "content": "## Testing\n\n`make test-nothing`\n"}},
             {"name": "shell", "arguments": {"command": "sleep 0.3"}},
             {"name": "finish", "arguments": {"summary": "ok"}}]}]}),
     );
@@ -390,6 +408,30 @@ command = "printf 'test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measure
     ] {
         assert!(table.contains(needle), "show lacks {needle:?}:\n{table}");
     }
+
+    // No checks configured: the ones AGENTS.md names, as it was before the agent ran.
+    let rel = format!("scripted:{}", script.display());
+    let out = ok(server.cli(&[
+        "run",
+        "agents",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--model",
+        &rel,
+        "--follow",
+    ]));
+    assert!(
+        out.contains(
+            "no checks configured; running the command named in AGENTS.md: `./scripts/test.sh`"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("check ./scripts/test.sh: PASSED (exit 0, ")
+            && out.contains("— tests: 2 passed, 0 failed, 1 skipped (pytest)"),
+        "{out}"
+    );
+    assert!(!out.contains("$ make test-nothing"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

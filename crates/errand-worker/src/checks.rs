@@ -1,5 +1,5 @@
 //! What the worker needs around a check besides running it: the check's output kept for
-//! parsing, and its JUnit files read from the workspace.
+//! parsing, its JUnit files read from the workspace, and the workspace's `AGENTS.md`.
 //!
 //! Files are read from the workspace on the host side, outside the box, so every read is
 //! confined: no symbolic links followed out of the workspace (the opened file's real path is
@@ -22,6 +22,8 @@ pub const MAX_JUNIT_FILE: u64 = 16 << 20;
 pub const MAX_JUNIT_FILES: usize = 64;
 /// Directory entries looked at when a `junit` glob has wildcards.
 const MAX_WALK_ENTRIES: usize = 50_000;
+/// Largest `AGENTS.md` read for check commands.
+pub const MAX_AGENTS_MD: u64 = 256 * 1024;
 /// How far a file's change time may lag the clock read before the check started: the kernel
 /// stamps files from a coarse clock (a tick behind at most).
 const CLOCK_SLACK: Duration = Duration::from_millis(50);
@@ -301,6 +303,15 @@ pub fn glob_files(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     Ok(found)
 }
 
+/// The text of the workspace's root `AGENTS.md`, if it has one that can be read (confined,
+/// capped).
+pub fn read_agents_md(root: &Path) -> Option<String> {
+    let root = root.canonicalize().ok()?;
+    let path = root.join("AGENTS.md");
+    path.symlink_metadata().ok()?;
+    read_confined(&root, &path, MAX_AGENTS_MD, None).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +417,26 @@ mod tests {
         assert!(e.contains("over the limit"), "{e}");
         let _ = std::fs::remove_dir_all(&root);
         let _ = std::fs::remove_dir_all(&outside);
+    }
+
+    #[test]
+    fn agents_md_is_read_only_from_inside() {
+        let root = tmp();
+        assert_eq!(read_agents_md(&root), None);
+        std::fs::write(root.join("AGENTS.md"), "# Tests\n`cargo test`\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            read_agents_md(&root)
+                .unwrap_or_default()
+                .contains("cargo test")
+        );
+        let other = tmp();
+        std::fs::write(other.join("secret"), "x").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::remove_file(root.join("AGENTS.md")).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(other.join("secret"), root.join("AGENTS.md"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read_agents_md(&root), None);
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_dir_all(&other);
     }
 }

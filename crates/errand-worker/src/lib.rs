@@ -6,6 +6,7 @@
 //! [`Store`] for the embedded workers of `errand serve`; over HTTP for remote workers. It
 //! must not reach into the database any other way.
 
+pub mod agents_md;
 pub mod checks;
 mod client;
 pub mod testcounts;
@@ -438,7 +439,21 @@ impl Worker {
             ),
         )
         .await?;
-        let check_specs = task.environment.checks.clone();
+        // Without configured checks, the commands named in AGENTS.md are the checks. They are
+        // read now, before the agent runs, so that an agent can't rewrite its own checks.
+        let (check_specs, checks_from_agents_md) = if task.environment.checks.is_empty() {
+            let root = ws.clone();
+            let text = tokio::task::spawn_blocking(move || checks::read_agents_md(&root))
+                .await
+                .unwrap_or(None);
+            let found = text
+                .as_deref()
+                .map(agents_md::checks_from_agents_md)
+                .unwrap_or_default();
+            (found, text.is_some())
+        } else {
+            (task.environment.checks.clone(), false)
+        };
         let spec = BoxSpec {
             workspace: ws.clone(),
             scratch: dir.join("scratch"),
@@ -548,6 +563,26 @@ impl Worker {
 
         // 3. Checks, run by the worker itself.
         let cancelled = cancel.is_cancelled();
+        if !cancelled && checks_from_agents_md {
+            let message = if check_specs.is_empty() {
+                "no checks configured, and AGENTS.md names no test or check command".to_string()
+            } else {
+                format!(
+                    "no checks configured; running the {} named in AGENTS.md: {}",
+                    if check_specs.len() == 1 {
+                        "command"
+                    } else {
+                        "commands"
+                    },
+                    check_specs
+                        .iter()
+                        .map(|c| format!("`{}`", c.command))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            self.notice(aid, message).await?;
+        }
         if !cancelled && !check_specs.is_empty() {
             self.client
                 .transition(
