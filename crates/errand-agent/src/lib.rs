@@ -140,9 +140,23 @@ const AGENTS_MD_CAP: usize = 32 * 1024;
 /// The largest tool output kept in a `tool_result` event.
 const EVENT_OUTPUT_CAP: usize = 1 << 20;
 
-/// Reads an `AGENTS.md`, capped.
-fn read_agents_md(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+/// Reads an `AGENTS.md` inside `root`, capped. A link leading out of the workspace (or to
+/// anything but a regular file) is not read: the repository must not be able to send host
+/// files to the model.
+fn read_agents_md(root: &Path, path: &Path) -> Option<String> {
+    use std::io::Read;
+    let root = root.canonicalize().ok()?;
+    let real = path.canonicalize().ok()?;
+    if !real.starts_with(&root) || !real.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(&real)
+        .ok()?
+        .take(4 * AGENTS_MD_CAP as u64)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let text = String::from_utf8_lossy(&bytes);
     let (capped, _) = errand_core::text::cap_head_tail(&text, AGENTS_MD_CAP);
     Some(capped)
 }
@@ -153,7 +167,7 @@ pub fn initial_message(root: &Path, prompt: &str) -> String {
     m.push_str(
         "<environment>\nworking directory: the repository root\nshell: bash\n</environment>\n\n",
     );
-    if let Some(agents) = read_agents_md(&root.join("AGENTS.md")) {
+    if let Some(agents) = read_agents_md(root, &root.join("AGENTS.md")) {
         m.push_str("<agents_md path=\"AGENTS.md\">\n");
         m.push_str(&agents);
         m.push_str("\n</agents_md>\n\n");
@@ -199,11 +213,7 @@ pub fn nested_agents_md(
             }
             seen.insert(rel_md.clone());
             let md = root_c.join(&rel_md);
-            // Only a regular file inside the workspace (no link leading out).
-            let inside = md
-                .canonicalize()
-                .is_ok_and(|r| r.starts_with(&root_c) && r.is_file());
-            if inside && let Some(text) = read_agents_md(&md) {
+            if let Some(text) = read_agents_md(&root_c, &md) {
                 out.push_str(&format!(
                     "\n\n<agents_md path=\"{}\">\nThese instructions apply to files under {}/.\n{}\n</agents_md>",
                     rel_md.display(),

@@ -1818,3 +1818,25 @@ async fn cancellation_stops_a_model_request_in_flight() {
     assert_eq!(outcome.end, EndReason::Cancelled);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn an_agents_md_link_out_of_the_workspace_is_not_read() {
+    let env = Env::new();
+    std::fs::write(env.outside.join("secret.txt"), "HOST SECRET").unwrap();
+    std::os::unix::fs::symlink(env.outside.join("secret.txt"), env.ws.join("AGENTS.md")).unwrap();
+    std::fs::create_dir_all(env.ws.join("sub")).unwrap();
+    std::os::unix::fs::symlink(env.outside.join("secret.txt"), env.ws.join("sub/AGENTS.md"))
+        .unwrap();
+    env.write("sub/x.txt", "x\n");
+    let run = env
+        .run(json!([
+            turn(vec![call("read_file", json!({"path": "sub/x.txt"}))]),
+            finish_turn()
+        ]))
+        .await;
+    let all = format!("{:?}", run.requests);
+    assert!(
+        !all.contains("HOST SECRET"),
+        "a host file reached the model"
+    );
+}

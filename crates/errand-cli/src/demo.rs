@@ -169,6 +169,7 @@ pub async fn run(server: &str, data_dir: Option<PathBuf>) -> Result<ExitCode> {
         checks: Some(vec![CheckSpec {
             name: "tests".into(),
             command: TEST_CMD.into(),
+            junit: None,
         }]),
         ..Default::default()
     };

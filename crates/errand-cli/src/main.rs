@@ -532,11 +532,13 @@ fn parse_check(s: &str, i: usize) -> Result<CheckSpec> {
             Ok(CheckSpec {
                 name: name.to_string(),
                 command: cmd.to_string(),
+                junit: None,
             })
         }
         _ => Ok(CheckSpec {
             name: format!("check-{i}"),
             command: s.to_string(),
+            junit: None,
         }),
     }
 }

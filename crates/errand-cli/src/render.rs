@@ -1,6 +1,8 @@
 //! Human-readable output: task tables, `show`, and the event log.
 
-use errand_core::{DiffStats, Event, EventKind, OutputStream, Task, format_ts};
+use errand_core::{
+    CheckResult, DiffStats, Event, EventKind, OutputStream, Task, TestCounts, format_ts,
+};
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -235,19 +237,7 @@ pub fn show(t: &Task) -> String {
             row(&mut o, "Checks", "none configured");
         } else {
             row(&mut o, "Checks", "");
-            for c in &a.checks {
-                let _ = writeln!(
-                    o,
-                    "  {} {:<12} exit {:<4} {:>7}  {}",
-                    if c.passed { "✓" } else { "✗" },
-                    c.name,
-                    c.exit_code
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    secs(c.duration_ms as i64),
-                    c.command
-                );
-            }
+            o.push_str(&checks_table(&a.checks));
         }
         if let Some(s) = &a.summary {
             row(&mut o, "Summary", s.trim());
@@ -260,6 +250,60 @@ pub fn show(t: &Task) -> String {
         }
     }
     o
+}
+
+/// The checks of an attempt: name, exit code, duration, test counts and where they come
+/// from, and the command.
+pub fn checks_table(checks: &[CheckResult]) -> String {
+    let name_w = checks
+        .iter()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(4, 24);
+    let source_w = checks
+        .iter()
+        .filter_map(|c| c.tests.as_ref().map(|t| t.source.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "    {:<name_w$} {:>4} {:>7} {:>6} {:>6} {:>7}  {:<source_w$}  COMMAND",
+        "NAME", "EXIT", "TIME", "PASSED", "FAILED", "SKIPPED", "TESTS"
+    );
+    for c in checks {
+        let name: String = c.name.chars().take(name_w).collect();
+        let (p, f, s, source) = match &c.tests {
+            Some(t) => (
+                t.passed.to_string(),
+                t.failed.to_string(),
+                t.skipped.to_string(),
+                t.source.as_str(),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-"),
+        };
+        let _ = writeln!(
+            o,
+            "  {} {name:<name_w$} {:>4} {:>7} {p:>6} {f:>6} {s:>7}  {source:<source_w$}  {}",
+            if c.passed { "✓" } else { "✗" },
+            c.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            secs(c.duration_ms as i64),
+            oneline(&c.command, 100)
+        );
+    }
+    o
+}
+
+/// `5 passed, 1 failed, 2 skipped (cargo)`.
+pub fn test_counts(t: &TestCounts) -> String {
+    format!(
+        "{} passed, {} failed, {} skipped ({})",
+        t.passed, t.failed, t.skipped, t.source
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,14 +477,19 @@ pub fn describe(k: &EventKind) -> String {
             exit_code,
             duration_ms,
             passed,
+            tests,
             ..
         } => format!(
-            "check {name}: {} (exit {}, {:.2}s)",
+            "check {name}: {} (exit {}, {:.2}s){}",
             if *passed { "PASSED" } else { "FAILED" },
             exit_code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
-            *duration_ms as f64 / 1000.0
+            *duration_ms as f64 / 1000.0,
+            tests
+                .as_ref()
+                .map(|t| format!(" — tests: {}", test_counts(t)))
+                .unwrap_or_default()
         ),
         EventKind::Committed {
             branch,
@@ -586,4 +635,94 @@ pub fn model_checks(results: &[serde_json::Value]) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, exit: Option<i32>, tests: Option<TestCounts>) -> CheckResult {
+        CheckResult {
+            name: name.into(),
+            command: format!("run {name}"),
+            exit_code: exit,
+            duration_ms: 1234,
+            passed: exit == Some(0) && tests.as_ref().is_none_or(|t| t.failed == 0),
+            tests,
+        }
+    }
+
+    #[test]
+    fn checks_table_has_counts_and_sources() {
+        let t = checks_table(&[
+            check(
+                "tests",
+                Some(0),
+                Some(TestCounts {
+                    passed: 41,
+                    failed: 0,
+                    skipped: 2,
+                    source: "nextest".into(),
+                }),
+            ),
+            check(
+                "pytest",
+                Some(0),
+                Some(TestCounts {
+                    passed: 3,
+                    failed: 1,
+                    skipped: 0,
+                    source: "junit".into(),
+                }),
+            ),
+            check("lint", None, None),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        for (line, needles) in lines.iter().zip([
+            &[
+                "NAME", "EXIT", "TIME", "PASSED", "FAILED", "SKIPPED", "TESTS", "COMMAND",
+            ][..],
+            &[
+                "✓ tests",
+                " 0 ",
+                "1.2s",
+                " 41 ",
+                " 2 ",
+                "nextest",
+                "run tests",
+            ][..],
+            &["✗ pytest", " 3 ", " 1 ", "junit", "run pytest"][..],
+            &["✗ lint", " - ", "run lint"][..],
+        ]) {
+            for n in needles {
+                assert!(line.contains(n), "{n:?} not in {line:?}\n{t}");
+            }
+        }
+        // Columns line up: every row has its command at the same place.
+        let at = |l: &str, n: &str| l.chars().count() - l[l.find(n).unwrap_or(0)..].chars().count();
+        assert_eq!(at(lines[0], "COMMAND"), at(lines[1], "run tests"));
+        assert_eq!(at(lines[1], "run tests"), at(lines[3], "run lint"));
+    }
+
+    #[test]
+    fn check_result_log_line_has_the_counts() {
+        let e = EventKind::CheckResult {
+            name: "tests".into(),
+            command: "cargo test".into(),
+            exit_code: Some(0),
+            duration_ms: 1500,
+            passed: false,
+            tests: Some(TestCounts {
+                passed: 5,
+                failed: 1,
+                skipped: 2,
+                source: "cargo".into(),
+            }),
+        };
+        assert_eq!(
+            describe(&e),
+            "check tests: FAILED (exit 0, 1.50s) — tests: 5 passed, 1 failed, 2 skipped (cargo)"
+        );
+    }
 }

@@ -294,6 +294,147 @@ async fn environments_from_errand_toml() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn checks_report_test_counts_from_junit_output_and_agents_md() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path());
+    // AGENTS.md names the check used when none is configured; a JUnit report from some
+    // earlier run is committed and must not be taken for the check's.
+    std::fs::create_dir_all(repo.join("scripts")).unwrap();
+    std::fs::create_dir_all(repo.join("reports")).unwrap();
+    std::fs::write(
+        repo.join("AGENTS.md"),
+        "# Sample\n\n## Testing\n\n```sh\n./scripts/test.sh\n```\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("scripts/test.sh"),
+        "#!/bin/sh\necho '\u{1b}[32m============ 2 passed, 1 skipped in 0.01s ============\u{1b}[0m'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        repo.join("scripts/test.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("reports/old.xml"),
+        "<testsuite><testcase name='stale'/></testsuite>",
+    )
+    .unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "tests"]);
+    // The agent rewrites AGENTS.md; the checks still come from the version it started with.
+    let script = write_script(
+        tmp.path(),
+        "s.json",
+        json!({"turns": [{"tool_calls": [
+            {"name": "write_file", "arguments": {"path": "AGENTS.md", "content": "## Testing\n\n`make test-nothing`\n"}},
+            {"name": "shell", "arguments": {"command": "sleep 0.3"}},
+            {"name": "finish", "arguments": {"summary": "ok"}}]}]}),
+    );
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("errand.toml"),
+        format!(
+            r#"[environments.counts]
+repo = "{}"
+model = "scripted:{}"
+
+[[environments.counts.checks]]
+name = "junit"
+command = "mkdir -p reports/new && printf \"<testsuite><testcase name='a'/><testcase name='b'><skipped/></testcase></testsuite>\" > reports/new/junit.xml && echo 'test result: ok. 99 passed; 0 failed; 0 ignored'"
+junit = "reports/**/*.xml"
+
+[[environments.counts.checks]]
+name = "hidden"
+command = "printf 'test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n'; true"
+"#,
+            repo.display(),
+            script.display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&data, &[]);
+
+    let out = server.cli(&["run", "counts", "--env", "counts", "--follow"]);
+    assert!(
+        !out.status.success(),
+        "failed tests behind exit 0 must fail the task"
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "check junit: PASSED (exit 0, " // then the duration
+        ) && text.contains("— tests: 1 passed, 0 failed, 1 skipped (junit)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("reports/old.xml was not written by this run of the check"),
+        "{text}"
+    );
+    assert!(
+        text.contains("check hidden: FAILED (exit 0, ")
+            && text.contains("— tests: 3 passed, 1 failed, 0 skipped (cargo)"),
+        "{text}"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(server.cli(&["ls", "--json", "--status", "failed"]))).unwrap();
+    let t = &ls["tasks"][0];
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap()
+            .contains("check 'hidden' reported 1 failed test (exit 0)"),
+        "{t}"
+    );
+    let short = t["short_id"].as_str().unwrap().to_string();
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(server.cli(&["show", &short, "--json"]))).unwrap();
+    let checks = &show["attempts"][0]["checks"];
+    assert_eq!(
+        checks[0]["tests"],
+        json!({"passed": 1, "failed": 0, "skipped": 1, "source": "junit"})
+    );
+    assert_eq!(checks[1]["passed"], false);
+    assert_eq!(checks[1]["exit_code"], 0);
+    let table = ok(server.cli(&["show", &short]));
+    for needle in [
+        "PASSED FAILED SKIPPED",
+        "✓ junit",
+        "junit   mkdir",
+        "✗ hidden",
+        "cargo",
+    ] {
+        assert!(table.contains(needle), "show lacks {needle:?}:\n{table}");
+    }
+
+    // No checks configured: the ones AGENTS.md names, as it was before the agent ran.
+    let rel = format!("scripted:{}", script.display());
+    let out = ok(server.cli(&[
+        "run",
+        "agents",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--model",
+        &rel,
+        "--follow",
+    ]));
+    assert!(
+        out.contains(
+            "no checks configured; running the command named in AGENTS.md: `./scripts/test.sh`"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("check ./scripts/test.sh: PASSED (exit 0, ")
+            && out.contains("— tests: 2 passed, 0 failed, 1 skipped (pytest)"),
+        "{out}"
+    );
+    assert!(!out.contains("$ make test-nothing"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn cancel_kills_the_running_command() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = make_repo(tmp.path());

@@ -15,6 +15,42 @@ pub enum ConfigError {
 pub struct CheckSpec {
     pub name: String,
     pub command: String,
+    /// Where the check writes JUnit XML: a path or glob (`*`, `?`, `[…]`, `{a,b}`, `**`)
+    /// relative to the repository root. The worker reads the matching files after the check
+    /// (only files written during the check) and takes the test counts from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit: Option<String>,
+}
+
+impl CheckSpec {
+    /// Checks what can be checked without a workspace: a name, a command, and a `junit` path
+    /// that stays inside the repository (relative, without `..`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() || self.command.trim().is_empty() {
+            return Err("every check needs a non-empty name and command".into());
+        }
+        if let Some(j) = &self.junit {
+            let bad = |why: &str| {
+                Err(format!(
+                    "check '{}': junit '{j}' {why}; give a path or glob relative to the repository root, for example \"target/nextest/ci/junit.xml\" or \"reports/**/*.xml\"",
+                    self.name
+                ))
+            };
+            if j.trim().is_empty() {
+                return bad("is empty");
+            }
+            if j.starts_with('/') || j.starts_with('\\') {
+                return bad("is absolute");
+            }
+            if j.split(['/', '\\']).any(|c| c == "..") {
+                return bad("leaves the repository (..)");
+            }
+            if j.contains('\0') || j.len() > 1024 {
+                return bad("is not a usable path");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Limits that stop an attempt cleanly (its work is committed and the reason shown).
@@ -509,6 +545,8 @@ impl Config {
                         ),
                     });
                 }
+                c.validate()
+                    .map_err(|m| invalid(format!("environment '{name}': {m}")))?;
             }
         }
         Ok(cfg)
@@ -537,6 +575,38 @@ RUST_LOG = "info"
         let shop = &cfg.environments["shop"];
         assert_eq!(shop.checks[0].name, "tests");
         assert_eq!(shop.env["RUST_LOG"], "info");
+    }
+
+    #[test]
+    fn check_junit_paths_stay_in_the_repository() {
+        let cfg = Config::parse(
+            r#"
+[environments.shop]
+checks = [{ name = "tests", command = "cargo nextest run --profile ci", junit = "target/nextest/ci/junit.xml" }]
+"#,
+            "errand.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cfg.environments["shop"].checks[0].junit.as_deref(),
+            Some("target/nextest/ci/junit.xml")
+        );
+        for bad in ["/etc/junit.xml", "../junit.xml", "reports/../../x.xml", " "] {
+            let text = format!(
+                "[environments.shop]\nchecks = [{{ name = \"t\", command = \"pytest\", junit = \"{bad}\" }}]\n"
+            );
+            let err = Config::parse(&text, "errand.toml")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("junit"), "{bad}: {err}");
+        }
+        let ok = CheckSpec {
+            name: "t".into(),
+            command: "pytest".into(),
+            junit: Some("reports/**/*.xml".into()),
+        };
+        assert_eq!(ok.validate(), Ok(()));
     }
 
     #[test]

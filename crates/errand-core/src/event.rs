@@ -195,6 +195,8 @@ pub enum EventKind {
         exit_code: Option<i32>,
         duration_ms: u64,
         passed: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tests: Option<crate::TestCounts>,
     },
     /// The workspace was committed onto the attempt's branch.
     Committed {

@@ -147,7 +147,30 @@ pub struct CheckResult {
     pub command: String,
     pub exit_code: Option<i32>,
     pub duration_ms: u64,
+    /// Exit code 0 and no failed tests reported.
     pub passed: bool,
+    /// Test counts read from the check's JUnit XML or its output, when recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestCounts>,
+}
+
+/// How many tests a check ran, as its test runner reported them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TestCounts {
+    pub passed: u64,
+    /// Failures and errors.
+    pub failed: u64,
+    /// Skipped, ignored, todo and expected failures.
+    pub skipped: u64,
+    /// Where the counts come from: `cargo`, `nextest`, `pytest`, `go`, `jest`, `vitest` or
+    /// `junit` (several joined with `+` when one check ran several runners).
+    pub source: String,
+}
+
+impl TestCounts {
+    pub fn total(&self) -> u64 {
+        self.passed + self.failed + self.skipped
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

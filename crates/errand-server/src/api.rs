@@ -278,11 +278,7 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             .unwrap_or_default(),
     };
     for c in &checks {
-        if c.name.trim().is_empty() || c.command.trim().is_empty() {
-            return Err(ApiError::bad_request(
-                "every check needs a non-empty name and command",
-            ));
-        }
+        c.validate().map_err(ApiError::bad_request)?;
     }
     let id = new_id();
     let title = title_of(&prompt, 80);

@@ -6,8 +6,11 @@
 //! [`Store`] for the embedded workers of `errand serve`; over HTTP for remote workers. It
 //! must not reach into the database any other way.
 
+pub mod agents_md;
+pub mod checks;
 mod client;
 pub mod deliver;
+pub mod testcounts;
 
 pub use client::{LocalClient, WorkerClient};
 
@@ -450,6 +453,21 @@ impl Worker {
             ),
         )
         .await?;
+        // Without configured checks, the commands named in AGENTS.md are the checks. They are
+        // read now, before the agent runs, so that an agent can't rewrite its own checks.
+        let (check_specs, checks_from_agents_md) = if task.environment.checks.is_empty() {
+            let root = ws.clone();
+            let text = tokio::task::spawn_blocking(move || checks::read_agents_md(&root))
+                .await
+                .unwrap_or(None);
+            let found = text
+                .as_deref()
+                .map(agents_md::checks_from_agents_md)
+                .unwrap_or_default();
+            (found, text.is_some())
+        } else {
+            (task.environment.checks.clone(), false)
+        };
         let spec = BoxSpec {
             workspace: ws.clone(),
             scratch: dir.join("scratch"),
@@ -577,7 +595,27 @@ impl Worker {
 
         // 3. Checks, run by the worker itself.
         let cancelled = cancel.is_cancelled();
-        if !cancelled && !task.environment.checks.is_empty() {
+        if !cancelled && checks_from_agents_md {
+            let message = if check_specs.is_empty() {
+                "no checks configured, and AGENTS.md names no test or check command".to_string()
+            } else {
+                format!(
+                    "no checks configured; running the {} named in AGENTS.md: {}",
+                    if check_specs.len() == 1 {
+                        "command"
+                    } else {
+                        "commands"
+                    },
+                    check_specs
+                        .iter()
+                        .map(|c| format!("`{}`", c.command))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            self.notice(aid, message).await?;
+        }
+        if !cancelled && !check_specs.is_empty() {
             self.client
                 .transition(
                     aid,
@@ -587,11 +625,15 @@ impl Worker {
                     None,
                 )
                 .await?;
-            for check in &task.environment.checks {
+            for check in &check_specs {
+                let call_id = Some(format!("check:{}", check.name));
+                let capture = checks::CaptureSink::new(&sink, call_id.clone(), checks::OUTPUT_KEEP);
+                // Only JUnit files written from now on belong to this run of the check.
+                let started = std::time::SystemTime::now();
                 let r = StreamedCommand {
                     sandbox: sandbox_box,
-                    sink: &sink,
-                    call_id: Some(format!("check:{}", check.name)),
+                    sink: &capture,
+                    call_id,
                     command: check.command.clone(),
                     workdir: None,
                     timeout: self.config.check_timeout,
@@ -603,7 +645,42 @@ impl Worker {
                     Ok(res) => (res.exit_code, res.duration.as_millis() as u64),
                     Err(_) => (None, 0),
                 };
-                let passed = exit_code == Some(0);
+                let mut tests = None;
+                if let Some(pattern) = &check.junit {
+                    let (root, pattern) = (ws.clone(), pattern.clone());
+                    let read = tokio::task::spawn_blocking(move || {
+                        checks::read_junit(&root, &pattern, started)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    if !read.problems.is_empty() {
+                        self.notice(
+                            aid,
+                            format!(
+                                "check '{}': JUnit {}{}",
+                                check.name,
+                                read.problems_text(),
+                                if read.counts.is_some() {
+                                    ""
+                                } else {
+                                    "; test counts come from the output instead"
+                                }
+                            ),
+                        )
+                        .await?;
+                    }
+                    tests = read.counts;
+                }
+                if tests.is_none() {
+                    tests = testcounts::parse_output(&capture.text());
+                }
+                let failed_tests = tests.as_ref().map_or(0, |t| t.failed);
+                // A check passes on exit code 0 *and* no failed tests. The exit code alone can
+                // hide failures: it is the last command's in a pipeline or a list
+                // (`cargo test | tee log`, `pytest; echo done`, `make -k`, `|| true`), so when
+                // the runner itself reports failed tests the check fails even with exit 0. A
+                // non-zero exit fails the check whatever the counts say.
+                let passed = exit_code == Some(0) && failed_tests == 0;
                 self.emit(
                     aid,
                     vec![EventKind::CheckResult {
@@ -612,12 +689,24 @@ impl Worker {
                         exit_code,
                         duration_ms,
                         passed,
+                        tests: tests.clone(),
                     }],
                 )
                 .await?;
                 if !passed && failure.is_none() {
+                    let counts = tests
+                        .as_ref()
+                        .map(|t| format!("; {} of {} tests failed", t.failed, t.total()))
+                        .unwrap_or_default();
                     failure = Some(match exit_code {
-                        Some(code) => format!("check '{}' failed (exit {code})", check.name),
+                        Some(0) => format!(
+                            "check '{}' reported {failed_tests} failed test{} (exit 0)",
+                            check.name,
+                            if failed_tests == 1 { "" } else { "s" }
+                        ),
+                        Some(code) => {
+                            format!("check '{}' failed (exit {code}{counts})", check.name)
+                        }
                         None => format!("check '{}' did not complete", check.name),
                     });
                 }
@@ -627,6 +716,7 @@ impl Worker {
                     exit_code,
                     duration_ms,
                     passed,
+                    tests,
                 });
                 if cancel.is_cancelled() {
                     break;

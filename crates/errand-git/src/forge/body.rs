@@ -127,6 +127,7 @@ pub const CHECK_COLUMNS: &[(&str, Align)] = &[
     ("Command", Align::Left),
     ("Exit", Align::Right),
     ("Duration", Align::Right),
+    ("Tests (passed / failed / skipped)", Align::Right),
     ("Result", Align::Left),
 ];
 
@@ -145,6 +146,18 @@ pub fn check_cells(c: &CheckResult) -> Vec<String> {
         c.exit_code
             .map_or_else(|| "—".to_string(), |e| e.to_string()),
         format_duration(c.duration_ms),
+        c.tests.as_ref().map_or_else(
+            || "—".to_string(),
+            |t| {
+                format!(
+                    "{} / {} / {} ({})",
+                    t.passed,
+                    t.failed,
+                    t.skipped,
+                    cell(&t.source)
+                )
+            },
+        ),
         if c.passed {
             "✅ passed".to_string()
         } else {
@@ -252,6 +265,7 @@ mod tests {
             exit_code: exit,
             duration_ms: ms,
             passed: exit == Some(0),
+            tests: None,
         }
     }
 
@@ -267,8 +281,15 @@ mod tests {
 
     #[test]
     fn full_body() {
+        let mut with_counts = check("tests", "cargo test", Some(0), 12_345);
+        with_counts.tests = Some(errand_core::TestCounts {
+            passed: 41,
+            failed: 0,
+            skipped: 2,
+            source: "cargo".into(),
+        });
         let checks = [
-            check("tests", "cargo test", Some(0), 12_345),
+            with_counts,
             check("lint", "cargo clippy | tee out", Some(101), 850),
             check("slow", "sleep 999", None, 125_000),
         ];
@@ -306,11 +327,11 @@ Handled the empty cart.
 
 ## Checks
 
-| Check | Command | Exit | Duration | Result |
-| --- | --- | ---: | ---: | --- |
-| tests | `cargo test` | 0 | 12.3 s | ✅ passed |
-| lint | `cargo clippy \\| tee out` | 101 | 850 ms | ❌ failed |
-| slow | `sleep 999` | — | 2 min 5 s | ❌ failed |
+| Check | Command | Exit | Duration | Tests (passed / failed / skipped) | Result |
+| --- | --- | ---: | ---: | ---: | --- |
+| tests | `cargo test` | 0 | 12.3 s | 41 / 0 / 2 (cargo) | ✅ passed |
+| lint | `cargo clippy \\| tee out` | 101 | 850 ms | — | ❌ failed |
+| slow | `sleep 999` | — | 2 min 5 s | — | ❌ failed |
 
 **2 of 3 checks failed** (run by Errand, not reported by the agent).
 

@@ -13,7 +13,7 @@
 
 use errand_core::{
     CheckResult, CheckSpec, DiffStats, EnvironmentSnapshot, Event, EventKind, FileStat, NewAttempt,
-    NewTask, OutputStream, Status, Task, Usage, new_id, now_ms, short_id,
+    NewTask, OutputStream, Status, Task, TestCounts, Usage, new_id, now_ms, short_id,
 };
 use errand_store::{
     AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Store, StoreError, TaskQuery,
@@ -53,6 +53,7 @@ pub fn new_task_with(id: String, title: &str, attempts: usize) -> NewTask {
             checks: vec![CheckSpec {
                 name: "tests".into(),
                 command: "cargo test".into(),
+                junit: Some("target/nextest/ci/junit.xml".into()),
             }],
             env: BTreeMap::from([("RUST_LOG".to_string(), "debug".to_string())]),
             rootfs: None,
@@ -1116,6 +1117,12 @@ pub async fn append_events_fencing(store: &dyn Store) {
             exit_code: Some(0),
             duration_ms: 1234,
             passed: true,
+            tests: Some(TestCounts {
+                passed: 41,
+                failed: 0,
+                skipped: 2,
+                source: "cargo".into(),
+            }),
         },
         EventKind::Committed {
             branch: "errand/x-1".into(),
@@ -1433,6 +1440,12 @@ pub async fn finish_attempt_done(store: &dyn Store) {
             exit_code: Some(0),
             duration_ms: 1500,
             passed: true,
+            tests: Some(TestCounts {
+                passed: 12,
+                failed: 0,
+                skipped: 1,
+                source: "junit".into(),
+            }),
         },
         CheckResult {
             name: "lint".into(),
@@ -1440,6 +1453,7 @@ pub async fn finish_attempt_done(store: &dyn Store) {
             exit_code: None,
             duration_ms: 30_000,
             passed: false,
+            tests: None,
         },
     ];
     let usage = Usage {
