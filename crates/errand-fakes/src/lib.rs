@@ -195,8 +195,7 @@ pub struct FakeServer {
     /// What to put in a provider's `base_url`.
     pub base_url: String,
     state: Arc<State>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _running: server::Running,
 }
 
 impl FakeServer {
@@ -219,42 +218,18 @@ impl FakeServer {
             requests: Mutex::new(Vec::new()),
             served: Mutex::new(0),
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("fake server: bind: {e}"));
-        listener
-            .set_nonblocking(true)
-            .unwrap_or_else(|e| panic!("fake server: nonblocking: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("fake server: addr: {e}"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| panic!("fake server: runtime: {e}"));
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)
-                    .unwrap_or_else(|e| panic!("fake server: listener: {e}"));
-                let app = axum::Router::new().fallback(
-                    move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                        let st = st.clone();
-                        async move { handle(st, method, uri, headers, body).await }
-                    },
-                );
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-        });
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let st = st.clone();
+                async move { handle(st, method, uri, headers, body).await }
+            },
+        );
+        let running = server::serve("fake model API", app);
         FakeServer {
-            base_url: format!("http://{addr}{}", vendor.base_path()),
+            base_url: format!("http://{}{}", running.addr, vendor.base_path()),
             state,
-            stop: Some(tx),
-            thread: Some(thread),
+            _running: running,
         }
     }
 
@@ -282,17 +257,6 @@ impl FakeServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
