@@ -81,7 +81,7 @@ impl Client {
     pub async fn list(&self, status: Option<&str>, limit: usize) -> Result<serde_json::Value> {
         let mut path = format!("/tasks?limit={limit}");
         if let Some(s) = status {
-            path.push_str(&format!("&status={}", urlencode(s)));
+            path.push_str(&format!("&status={}", errand_git::percent_encode(s)));
         }
         self.get_json(&path).await
     }
@@ -102,14 +102,18 @@ impl Client {
     }
 
     pub async fn task(&self, id: &str) -> Result<Task> {
-        self.get_json(&format!("/tasks/{}", urlencode(id))).await
+        self.get_json(&format!("/tasks/{}", errand_git::percent_encode(id)))
+            .await
     }
 
     pub async fn followup(&self, id: &str, prompt: &str, by: &str) -> Result<Task> {
         let resp = self
             .send(
                 self.http
-                    .post(self.url(&format!("/tasks/{}/followup", urlencode(id))))
+                    .post(self.url(&format!(
+                        "/tasks/{}/followup",
+                        errand_git::percent_encode(id)
+                    )))
                     .json(&serde_json::json!({ "prompt": prompt, "created_by": by })),
             )
             .await?;
@@ -125,7 +129,7 @@ impl Client {
         let resp = self
             .send(
                 self.http
-                    .post(self.url(&format!("/tasks/{}/pr", urlencode(id))))
+                    .post(self.url(&format!("/tasks/{}/pr", errand_git::percent_encode(id))))
                     .json(&serde_json::json!({ "draft": draft, "attempt": attempt })),
             )
             .await?;
@@ -136,19 +140,19 @@ impl Client {
         let resp = self
             .send(
                 self.http
-                    .post(self.url(&format!("/tasks/{}/cancel", urlencode(id)))),
+                    .post(self.url(&format!("/tasks/{}/cancel", errand_git::percent_encode(id)))),
             )
             .await?;
         resp.json().await.context("decoding the task")
     }
 
     pub async fn diff(&self, id: &str, attempt: Option<i64>, file: Option<&str>) -> Result<String> {
-        let mut path = format!("/tasks/{}/diff?", urlencode(id));
+        let mut path = format!("/tasks/{}/diff?", errand_git::percent_encode(id));
         if let Some(n) = attempt {
             path.push_str(&format!("attempt={n}&"));
         }
         if let Some(f) = file {
-            path.push_str(&format!("file={}", urlencode(f)));
+            path.push_str(&format!("file={}", errand_git::percent_encode(f)));
         }
         let resp = self.send(self.http.get(self.url(&path))).await?;
         resp.text().await.context("reading the diff")
@@ -156,7 +160,7 @@ impl Client {
 
     /// The attempt's whole change for `git apply`, with its base and head commits.
     pub async fn patch(&self, id: &str, attempt: Option<i64>) -> Result<(String, String, String)> {
-        let mut path = format!("/tasks/{}/patch", urlencode(id));
+        let mut path = format!("/tasks/{}/patch", errand_git::percent_encode(id));
         if let Some(n) = attempt {
             path.push_str(&format!("?attempt={n}"));
         }
@@ -177,7 +181,7 @@ impl Client {
     }
 
     pub async fn diff_json(&self, id: &str, attempt: Option<i64>) -> Result<serde_json::Value> {
-        let mut path = format!("/tasks/{}/diff?format=json", urlencode(id));
+        let mut path = format!("/tasks/{}/diff?format=json", errand_git::percent_encode(id));
         if let Some(n) = attempt {
             path.push_str(&format!("&attempt={n}"));
         }
@@ -189,7 +193,10 @@ impl Client {
         let mut after = 0;
         let mut r = render::Renderer::new(mode);
         loop {
-            let mut path = format!("/tasks/{}/events?after={after}&limit=5000", urlencode(id));
+            let mut path = format!(
+                "/tasks/{}/events?after={after}&limit=5000",
+                errand_git::percent_encode(id)
+            );
             if let Some(n) = attempt {
                 path.push_str(&format!("&attempt={n}"));
             }
@@ -221,7 +228,7 @@ impl Client {
         let mut r = render::Renderer::new(mode);
         let mut failures = 0u32;
         loop {
-            let mut path = format!("/tasks/{}/events/stream", urlencode(id));
+            let mut path = format!("/tasks/{}/events/stream", errand_git::percent_encode(id));
             if let Some(n) = attempt {
                 path.push_str(&format!("?attempt={n}"));
             }
@@ -267,17 +274,4 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-}
-
-/// Percent-encodes a path or query component.
-fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
