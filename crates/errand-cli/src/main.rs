@@ -377,14 +377,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     }
                 );
             } else {
-                println!(
-                    "pushed {} ({})",
-                    d.remote,
-                    d.push.as_deref().unwrap_or("?").replace('_', " ")
-                );
-                if let (Some(url), Some(action)) = (&d.pr_url, &d.pr_action) {
-                    println!("pull request {action}: {url}");
-                }
+                println!("{}", d.summary());
             }
             Ok(if d.error.is_none() {
                 ExitCode::SUCCESS

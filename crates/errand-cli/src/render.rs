@@ -193,24 +193,7 @@ pub fn show(t: &Task) -> String {
         );
         row(&mut o, "Cost", &usd(a.usage.cost_usd));
         if let Some(d) = &a.delivery {
-            let mut line = match (&d.push, &d.pushed_commit) {
-                (Some(how), Some(c)) => {
-                    format!(
-                        "pushed {} to {} ({})",
-                        short_sha(c),
-                        d.remote,
-                        how.replace('_', " ")
-                    )
-                }
-                _ => format!("not pushed to {}", d.remote),
-            };
-            if let Some(url) = &d.pr_url {
-                line.push_str(&format!("; PR {url}"));
-            }
-            if let Some(e) = &d.error {
-                line.push_str(&format!("; {e}"));
-            }
-            row(&mut o, "Delivery", &line);
+            row(&mut o, "Delivery", &d.summary());
         }
         match &a.diff_stats {
             Some(s) if s.files_changed > 0 => {

@@ -95,6 +95,35 @@ pub struct Delivery {
     pub retryable: bool,
 }
 
+impl Delivery {
+    /// One line: what was pushed where, the pull request, and what failed.
+    pub fn summary(&self) -> String {
+        let mut s = match (&self.push, &self.pushed_commit) {
+            (Some(how), Some(c)) => format!(
+                "pushed {} to {} ({})",
+                c.get(..12).unwrap_or(c),
+                self.remote,
+                how.replace('_', " ")
+            ),
+            _ => format!("not pushed to {}", self.remote),
+        };
+        if let (Some(url), Some(action)) = (&self.pr_url, &self.pr_action) {
+            s.push_str(&format!("; pull request {action}: {url}"));
+        }
+        if let Some(e) = &self.error {
+            s.push_str(&format!(
+                "; {e}{}",
+                if self.retryable {
+                    " (retry with errand pr)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        s
+    }
+}
+
 /// A validated, fully resolved task, ready to be stored.
 #[derive(Debug, Clone)]
 pub struct NewTask {
@@ -231,5 +260,36 @@ impl Task {
     /// The attempt that is the task's result (the first, until best-of-N ranks them).
     pub fn result_attempt(&self) -> Option<&Attempt> {
         self.attempts.first()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_summary_says_what_happened() {
+        let d = Delivery {
+            remote: "https://git.example.com/acme/shop.git".into(),
+            pushed_commit: Some("0123456789abcdef0123".into()),
+            push: Some("force_updated".into()),
+            pr_url: Some("https://git.example.com/acme/shop/pull/3".into()),
+            pr_action: Some("updated".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            d.summary(),
+            "pushed 0123456789ab to https://git.example.com/acme/shop.git (force updated); pull request updated: https://git.example.com/acme/shop/pull/3"
+        );
+        let failed = Delivery {
+            remote: "r".into(),
+            error: Some("push failed: rejected".into()),
+            retryable: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            failed.summary(),
+            "not pushed to r; push failed: rejected (retry with errand pr)"
+        );
     }
 }

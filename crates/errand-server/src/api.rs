@@ -515,7 +515,7 @@ async fn open_pr(
             &attempt.id,
             None,
             vec![errand_core::EventKind::Notice {
-                message: errand_worker::deliver::describe(&d),
+                message: d.summary(),
             }],
         )
         .await?;

@@ -109,29 +109,10 @@ pub async fn deliver(i: DeliverInput<'_>) -> Delivery {
     d
 }
 
-/// One line for the log.
-pub fn describe(d: &Delivery) -> String {
-    let mut s = match (&d.push, &d.pushed_commit) {
-        (Some(how), Some(c)) => format!(
-            "pushed {} to {} ({})",
-            errand_core::text::title_of(c, 12).trim_end_matches('…'),
-            d.remote,
-            how.replace('_', " ")
-        ),
-        _ => format!("not pushed to {}", d.remote),
-    };
-    if let (Some(url), Some(action)) = (&d.pr_url, &d.pr_action) {
-        s.push_str(&format!("; pull request {action}: {url}"));
-    }
-    if let Some(e) = &d.error {
-        s.push_str(&format!(
-            "; {e}{}",
-            if d.retryable {
-                " (retry with errand pr)"
-            } else {
-                ""
-            }
-        ));
-    }
-    s
+/// The link to a task's log in the server, for pull request bodies.
+pub fn log_url(public_url: &str, task_id: &str) -> String {
+    format!(
+        "{}/api/v1/tasks/{task_id}/events",
+        public_url.trim_end_matches('/')
+    )
 }

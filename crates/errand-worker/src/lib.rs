@@ -821,7 +821,7 @@ impl Worker {
                 pr: task.environment.pr,
             })
             .await;
-            self.notice(aid, deliver::describe(&d)).await?;
+            self.notice(aid, d.summary()).await?;
             state.outcome.delivery = Some(d);
         }
         state.outcome.status = Some(if failure.is_some() {
