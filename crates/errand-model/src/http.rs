@@ -362,16 +362,8 @@ fn retry_after(headers: &reqwest::header::HeaderMap, body: &serde_json::Value) -
     {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
-    if let Some(v) = header("retry-after") {
-        if let Ok(secs) = v.parse::<f64>()
-            && secs.is_finite()
-            && secs >= 0.0
-        {
-            return Some(Duration::from_secs_f64(secs));
-        }
-        if let Ok(when) = httpdate_parse(v) {
-            return Some(when);
-        }
+    if let Some(d) = header("retry-after").and_then(errand_core::text::parse_retry_after) {
+        return Some(d);
     }
     let details = body.get("error")?.get("details")?.as_array()?;
     details.iter().find_map(|d| {
@@ -379,47 +371,6 @@ fn retry_after(headers: &reqwest::header::HeaderMap, body: &serde_json::Value) -
         let secs: f64 = delay.strip_suffix('s')?.parse().ok()?;
         (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
     })
-}
-
-/// `Retry-After` as an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`): the wait from now.
-fn httpdate_parse(s: &str) -> std::result::Result<Duration, ()> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return Err(());
-    }
-    let day: i64 = parts[1].parse().map_err(|_| ())?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == parts[2])
-    .ok_or(())? as i64
-        + 1;
-    let year: i64 = parts[3].parse().map_err(|_| ())?;
-    let hms: Vec<i64> = parts[4]
-        .split(':')
-        .map(|x| x.parse().map_err(|_| ()))
-        .collect::<std::result::Result<_, _>>()?;
-    if hms.len() != 3 {
-        return Err(());
-    }
-    // Days from the civil date (proleptic Gregorian), then seconds since the epoch.
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let at = days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| ())?
-        .as_secs() as i64;
-    Ok(Duration::from_secs(at.saturating_sub(now).max(0) as u64))
 }
 
 /// Turns a non-2xx response into an error that says what happened and what to do.

@@ -498,7 +498,8 @@ impl ForgeClient {
         let mut e = self.err(kind, message);
         e.status = Some(s);
         if kind == ForgeErrorKind::Server {
-            e.retry_after = header_secs(&a.headers, "retry-after");
+            e.retry_after = header_str(&a.headers, "retry-after")
+                .and_then(errand_core::text::parse_retry_after);
         }
         e
     }
@@ -552,17 +553,11 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
-fn header_secs(h: &HeaderMap, name: &str) -> Option<Duration> {
-    header_str(h, name)
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
 /// How long to wait after a rate limit: `Retry-After`, else the reset time
 /// (`x-ratelimit-reset` on GitHub, `RateLimit-Reset` on GitLab, both Unix seconds), else a
 /// minute for GitHub's secondary limits, as its docs advise.
 fn rate_limit_wait(kind: ForgeKind, h: &HeaderMap, detail: &str) -> Option<Duration> {
-    if let Some(d) = header_secs(h, "retry-after") {
+    if let Some(d) = header_str(h, "retry-after").and_then(errand_core::text::parse_retry_after) {
         return Some(d);
     }
     let reset = match kind {
