@@ -883,6 +883,24 @@ mod tests {
     }
 
     #[test]
+    fn touched_paths_come_from_arguments_and_patches() {
+        let call = |name: &str, arguments: serde_json::Value| ToolCall {
+            id: "c".into(),
+            name: name.into(),
+            arguments,
+        };
+        assert_eq!(
+            touched_paths(&call("shell", json!({"command": "ls", "workdir": "svc"}))),
+            ["svc"]
+        );
+        let patch = "*** Begin Patch\n*** Add File: a/new.txt\n+hi\n*** Update File: b/old.rs\n*** Move to: c/new.rs\n@@\n-x\n+y\n*** End Patch";
+        assert_eq!(
+            touched_paths(&call("apply_patch", json!({ "patch": patch }))),
+            ["a/new.txt", "b/old.rs", "c/new.rs"]
+        );
+    }
+
+    #[test]
     fn tool_specs_are_the_stable_contract() {
         let specs = specs();
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -961,17 +979,15 @@ pub fn touched_paths(call: &ToolCall) -> Vec<String> {
     }
     if call.name == "apply_patch"
         && let Some(patch) = call.arguments.get("patch").and_then(|v| v.as_str())
+        && let Ok(ops) = crate::patch::parse_patch(patch)
     {
-        for line in patch.lines() {
-            for prefix in [
-                "*** Add File: ",
-                "*** Update File: ",
-                "*** Delete File: ",
-                "*** Move to: ",
-            ] {
-                if let Some(p) = line.strip_prefix(prefix) {
-                    out.push(p.trim().to_string());
-                }
+        for op in ops {
+            out.push(op.path().to_string());
+            if let crate::patch::FileOp::Update {
+                move_to: Some(to), ..
+            } = op
+            {
+                out.push(to);
             }
         }
     }
