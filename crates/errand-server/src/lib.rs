@@ -84,7 +84,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// How people reach this server, for links.
     pub public_url: Option<String>,
-    pub config: Config,
+    pub config: Arc<Config>,
     pub config_path: Option<PathBuf>,
     pub mirrors: Arc<MirrorCache>,
     pub sandbox_name: String,
@@ -250,7 +250,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<ServerHandle> {
     let state = Arc::new(AppState {
         store,
         public_url: Some(public_url.clone()),
-        config,
+        config: Arc::new(config),
         config_path,
         mirrors,
         sandbox_name: sandbox.name().to_string(),
