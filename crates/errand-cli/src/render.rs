@@ -161,6 +161,11 @@ pub fn show(t: &Task) -> String {
         row(&mut o, "Timing", &timing);
         let runs = if a.runs <= 1 {
             format!("{} (from {})", a.runs.max(0), a.resumed_from)
+        } else if a.resumed_from == "followup" {
+            format!(
+                "{} — run {} is a follow-up on the branch head",
+                a.runs, a.runs
+            )
         } else {
             format!(
                 "{} — run {} restarted from {}{}",

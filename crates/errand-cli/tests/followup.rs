@@ -51,6 +51,10 @@ fn a_followup_continues_the_branch_and_the_conversation() {
     assert!(out.contains("follow-up from"), "{out}");
     assert!(out.contains("Status    done"), "{out}");
     assert!(out.contains("upper-cased three too"), "{out}");
+    assert!(
+        out.contains("Runs      2 — run 2 is a follow-up on the branch head"),
+        "{out}"
+    );
 
     let t = show(&server, &id);
     let a = &t["attempts"][0];
