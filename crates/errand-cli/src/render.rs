@@ -460,6 +460,30 @@ pub fn describe(k: &EventKind) -> String {
             format!("  ↳ {how} in {:.2}s", *duration_ms as f64 / 1000.0)
         }
         EventKind::FileChange { path, change } => format!("file {change}: {path}"),
+        EventKind::Net {
+            phase,
+            allowed,
+            host,
+            port,
+            method,
+            addr,
+            reason,
+            bytes_up,
+            bytes_down,
+            duration_ms,
+        } => format!(
+            "net [{phase}] {} {}{host}:{port}{}{} — {} up / {} down in {:.2}s",
+            if *allowed { "ALLOWED" } else { "DENIED" },
+            method.as_ref().map(|m| format!("{m} ")).unwrap_or_default(),
+            addr.as_ref().map(|a| format!(" ({a})")).unwrap_or_default(),
+            reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+            bytes_up,
+            bytes_down,
+            *duration_ms as f64 / 1000.0
+        ),
         EventKind::CheckResult {
             name,
             exit_code,

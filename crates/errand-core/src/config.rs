@@ -221,6 +221,93 @@ pub struct EnvironmentConfig {
     /// Where to push (a git URL). Defaults to the environment's `repo`.
     #[serde(default)]
     pub remote: Option<String>,
+    /// The setup phase: a script in the repository (`./scripts/bootstrap.sh`) or a shell
+    /// command, run in the box before the agent, with the setup network policy and the
+    /// secrets present.
+    #[serde(default)]
+    pub setup: Option<String>,
+    /// Runs instead of `setup` when a cached setup snapshot is reused (`npm ci`).
+    #[serde(default)]
+    pub maintenance: Option<String>,
+    /// Files (relative to the repository root) whose contents key the setup snapshot, with
+    /// the setup script. Default: the well-known lockfiles present at the root.
+    #[serde(default)]
+    pub lockfiles: Option<Vec<String>>,
+    /// Network policy of the setup and agent phases.
+    #[serde(default)]
+    pub network: NetworkConfig,
+    /// Secrets, by the name the commands see.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretConfig>,
+    /// Providers (names from `[providers]` or the built-ins) served to the box by the model
+    /// gateway, which adds their keys outside the box.
+    #[serde(default)]
+    pub gateway: Vec<String>,
+}
+
+/// Network access of a box: `off` (loopback only), `allowlist` (only through the egress
+/// proxy, by the policy) or `open` (the host's network; explicit opt-in, logged).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    Off,
+    Allowlist,
+    Open,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Off => "off",
+            NetworkMode::Allowlist => "allowlist",
+            NetworkMode::Open => "open",
+        }
+    }
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(NetworkMode::Off),
+            "allowlist" => Ok(NetworkMode::Allowlist),
+            "open" => Ok(NetworkMode::Open),
+            other => Err(format!(
+                "unknown network mode '{other}'; expected off, allowlist or open"
+            )),
+        }
+    }
+}
+
+/// `[environments.NAME.network]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The setup phase's mode (default `off`).
+    #[serde(default)]
+    pub setup: NetworkMode,
+    /// The agent phase's mode (default `off`); checks run with it too.
+    #[serde(default)]
+    pub agent: NetworkMode,
+    /// Hosts reachable in `allowlist` mode: `example.org`, `*.example.org`,
+    /// `example.org:8443`, presets such as `registry:python` or `git:github`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Hosts never reachable, whatever `allow` says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+/// `[environments.NAME.secrets] NAME = { from_env = "VAR", expose_to_agent = false }`: the
+/// value is read from the worker's environment when the attempt runs; it is never stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    pub from_env: String,
+    /// Also present while the agent and the checks run (default: setup only).
+    #[serde(default)]
+    pub expose_to_agent: bool,
 }
 
 /// `pr = "off" | "draft" | "ready"`: whether a pushed branch gets a pull request, and of
@@ -510,6 +597,19 @@ impl Config {
             env.budget
                 .validate()
                 .map_err(|m| invalid(format!("environment '{name}': {m}")))?;
+            for (secret, sc) in &env.secrets {
+                if !is_env_var_name(secret) {
+                    return Err(invalid(format!(
+                        "environments.{name}.secrets: '{secret}' is not a valid environment variable name (letters, digits and '_', not starting with a digit)"
+                    )));
+                }
+                if !is_env_var_name(&sc.from_env) {
+                    return Err(invalid(format!(
+                        "environments.{name}.secrets.{secret}.from_env must name an environment variable of the worker (for example SHOP_NPM_TOKEN), not '{}'",
+                        sc.from_env
+                    )));
+                }
+            }
             if name.is_empty()
                 || !name
                     .chars()

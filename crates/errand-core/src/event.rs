@@ -206,6 +206,29 @@ pub enum EventKind {
         insertions: u64,
         deletions: u64,
     },
+    /// A decision of the egress proxy: one request or tunnel, allowed or denied.
+    Net {
+        /// `setup`, `agent` or `check`.
+        phase: String,
+        allowed: bool,
+        host: String,
+        port: u16,
+        /// `CONNECT` for a tunnel, else the HTTP method.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
+        /// The address the proxy connected to (it resolves names itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<String>,
+        /// Why it was denied (or which rule allowed it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default)]
+        bytes_up: u64,
+        #[serde(default)]
+        bytes_down: u64,
+        #[serde(default)]
+        duration_ms: u64,
+    },
     Error {
         message: String,
     },
@@ -230,6 +253,7 @@ impl EventKind {
             EventKind::FileChange { .. } => "file_change",
             EventKind::CheckResult { .. } => "check_result",
             EventKind::Committed { .. } => "committed",
+            EventKind::Net { .. } => "net",
             EventKind::Error { .. } => "error",
         }
     }

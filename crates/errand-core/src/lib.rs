@@ -13,7 +13,8 @@ pub mod text;
 
 pub use config::{
     AgentSettings, Budget, CheckSpec, Config, ConfigError, EnvironmentConfig, ForgeConfig,
-    ForgeKind, ModelConfig, PrMode, ProviderConfig, ProviderKind, is_env_var_name,
+    ForgeKind, ModelConfig, NetworkConfig, NetworkMode, PrMode, ProviderConfig, ProviderKind,
+    SecretConfig, is_env_var_name,
 };
 pub use event::{Event, EventKind, OutputStream, PlanStep, Usage};
 pub use id::{new_id, short_id};

@@ -68,6 +68,17 @@ pub struct EnvironmentSnapshot {
     /// Where to push (default: the task's repo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lockfiles: Option<Vec<String>>,
+    #[serde(default)]
+    pub network: crate::NetworkConfig,
+    /// Names and where their values come from; never the values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, crate::SecretConfig>,
 }
 
 /// What happened when the attempt's branch was pushed and its pull request opened.

@@ -306,6 +306,17 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             pr: env.as_ref().map(|(_, e)| e.pr).unwrap_or_default(),
             forge: env.as_ref().and_then(|(_, e)| e.forge.clone()),
             remote: env.as_ref().and_then(|(_, e)| e.remote.clone()),
+            setup: env.as_ref().and_then(|(_, e)| e.setup.clone()),
+            maintenance: env.as_ref().and_then(|(_, e)| e.maintenance.clone()),
+            lockfiles: env.as_ref().and_then(|(_, e)| e.lockfiles.clone()),
+            network: env
+                .as_ref()
+                .map(|(_, e)| e.network.clone())
+                .unwrap_or_default(),
+            secrets: env
+                .as_ref()
+                .map(|(_, e)| e.secrets.clone())
+                .unwrap_or_default(),
             env: env.map(|(_, e)| e.env).unwrap_or_default(),
             model_options,
             budget,
