@@ -67,6 +67,10 @@ enum Command {
         /// One JSON event per line.
         #[arg(long)]
         json: bool,
+        /// Only the network decisions of the egress proxy (allowed or denied, host, port,
+        /// method, bytes, duration), with totals.
+        #[arg(long)]
+        net: bool,
     },
     /// Print the unified diff of an attempt against its base.
     Diff {
@@ -320,11 +324,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             follow,
             attempt,
             json,
+            net,
         } => {
-            let mode = if json {
-                render::LogMode::Json
-            } else {
-                render::LogMode::Human
+            let mode = match (net, json) {
+                (true, true) => render::LogMode::NetJson,
+                (true, false) => render::LogMode::NetHuman,
+                (false, true) => render::LogMode::Json,
+                (false, false) => render::LogMode::Human,
             };
             if follow {
                 client.follow(&task, attempt, 0, mode).await?;

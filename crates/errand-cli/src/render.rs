@@ -298,6 +298,19 @@ pub fn test_counts(t: &TestCounts) -> String {
 pub enum LogMode {
     Human,
     Json,
+    /// Only the egress proxy's decisions (`errand logs --net`), one line each, and a total.
+    NetHuman,
+    /// Only the egress proxy's decisions, as JSON lines.
+    NetJson,
+}
+
+/// Totals of the network decisions printed so far.
+#[derive(Default)]
+struct NetTotals {
+    allowed: u64,
+    denied: u64,
+    up: u64,
+    down: u64,
 }
 
 /// Prints events one by one; keeps track of partial output lines.
@@ -305,6 +318,7 @@ pub struct Renderer {
     mode: LogMode,
     /// Whether the last printed output chunk ended mid-line.
     open_line: bool,
+    net: NetTotals,
 }
 
 impl Renderer {
@@ -312,6 +326,7 @@ impl Renderer {
         Renderer {
             mode,
             open_line: false,
+            net: NetTotals::default(),
         }
     }
 
@@ -320,10 +335,52 @@ impl Renderer {
             println!();
             self.open_line = false;
         }
+        if self.mode == LogMode::NetHuman {
+            let n = &self.net;
+            if n.allowed + n.denied == 0 {
+                println!("no network requests");
+            } else {
+                println!(
+                    "{} requests: {} allowed, {} denied; {} up, {} down",
+                    n.allowed + n.denied,
+                    n.allowed,
+                    n.denied,
+                    bytes(n.up),
+                    bytes(n.down)
+                );
+            }
+            self.net = NetTotals::default();
+        }
         let _ = std::io::stdout().flush();
     }
 
     pub fn print(&mut self, e: &Event) {
+        if matches!(self.mode, LogMode::NetHuman | LogMode::NetJson) {
+            let EventKind::Net {
+                allowed,
+                bytes_up,
+                bytes_down,
+                ..
+            } = &e.kind
+            else {
+                return;
+            };
+            if self.mode == LogMode::NetJson {
+                if let Ok(s) = serde_json::to_string(e) {
+                    println!("{s}");
+                }
+                return;
+            }
+            if *allowed {
+                self.net.allowed += 1;
+            } else {
+                self.net.denied += 1;
+            }
+            self.net.up += bytes_up;
+            self.net.down += bytes_down;
+            println!("{}", describe(&e.kind));
+            return;
+        }
         if self.mode == LogMode::Json {
             if let Ok(s) = serde_json::to_string(e) {
                 println!("{s}");
@@ -480,8 +537,8 @@ pub fn describe(k: &EventKind) -> String {
                 .as_ref()
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default(),
-            bytes_up,
-            bytes_down,
+            bytes(*bytes_up),
+            bytes(*bytes_down),
             *duration_ms as f64 / 1000.0
         ),
         EventKind::CheckResult {
@@ -737,4 +794,22 @@ mod tests {
             "check tests: FAILED (exit 0, 1.50s) — tests: 5 passed, 1 failed, 2 skipped (cargo)"
         );
     }
+}
+
+/// A byte count for people: `512 B`, `3.4 KiB`, `12.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
 }
