@@ -1049,7 +1049,17 @@ impl Body for MeteredBody {
                         *r = r.saturating_sub(chunk.len() as u64);
                     }
                     this.meter.feed(&chunk);
-                    let out = this.scrub.push(chunk);
+                    let mut out = this.scrub.push(chunk);
+                    if this.remaining == Some(0) {
+                        // All the announced bytes are here: the server may not ask for more,
+                        // so the response ends now.
+                        this.inner = None;
+                        let tail = this.scrub.finish();
+                        if !tail.is_empty() {
+                            out = Bytes::from([&out[..], &tail[..]].concat());
+                        }
+                        this.report(None);
+                    }
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
