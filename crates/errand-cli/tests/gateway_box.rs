@@ -120,9 +120,13 @@ async fn gateway_providers_are_resolved_at_creation_and_the_box_gets_placeholder
         ),
     );
 
-    // Without the keys, the task is refused and the message names the variable.
+    // Without the keys, the task is refused and the message names the variable. (A data
+    // directory of its own: a stopped server's box pool may hold the lock a moment longer.)
     {
-        let server = Server::start(&data, &[]);
+        let bare = tmp.path().join("bare");
+        std::fs::create_dir_all(&bare).unwrap();
+        std::fs::copy(data.join("errand.toml"), bare.join("errand.toml")).unwrap();
+        let server = Server::start(&bare, &[]);
         fails_with(
             server.cli(&["run", "probe", "--env", "gw"]),
             &[
