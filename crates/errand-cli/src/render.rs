@@ -571,6 +571,28 @@ pub fn describe(k: &EventKind) -> String {
             short_sha(commit)
         ),
         EventKind::Error { message } => format!("ERROR {message}"),
+        EventKind::GatewayRequest {
+            upstream,
+            model,
+            path,
+            status,
+            usage,
+            cost_usd,
+            duration_ms,
+            error,
+        } => format!(
+            "gateway {upstream}{} {path} → {status} ({} in, {} cached / {} out tokens, {}) in {:.2}s{}",
+            model.as_ref().map(|m| format!(" {m}")).unwrap_or_default(),
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.output_tokens,
+            usd(*cost_usd),
+            *duration_ms as f64 / 1000.0,
+            error
+                .as_ref()
+                .map(|e| format!(": {}", oneline(e, 200)))
+                .unwrap_or_default()
+        ),
         EventKind::ModelRetry {
             model,
             retry,

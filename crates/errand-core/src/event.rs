@@ -232,6 +232,25 @@ pub enum EventKind {
     Error {
         message: String,
     },
+    /// One request a program in the box made through the model gateway, metered outside the
+    /// box: which provider, the model the response named, what it used and cost.
+    GatewayRequest {
+        /// The provider's name (its route in the box: `/NAME/…`).
+        upstream: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// The request path under the route (`/v1/responses`), without the query.
+        path: String,
+        /// The HTTP status returned to the box (502 when the provider was unreachable).
+        status: u16,
+        usage: Usage,
+        #[serde(default)]
+        cost_usd: f64,
+        duration_ms: u64,
+        /// What went wrong, for a request that did not complete.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl EventKind {
@@ -255,6 +274,7 @@ impl EventKind {
             EventKind::Committed { .. } => "committed",
             EventKind::Net { .. } => "net",
             EventKind::Error { .. } => "error",
+            EventKind::GatewayRequest { .. } => "gateway_request",
         }
     }
 }

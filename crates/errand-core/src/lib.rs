@@ -19,6 +19,7 @@ pub use config::{
 pub use event::{Event, EventKind, OutputStream, PlanStep, Usage};
 pub use id::{new_id, short_id};
 pub use status::Status;
+pub use task::GatewayUpstream;
 pub use task::{
     Attempt, CheckResult, Delivery, DiffStats, EnvironmentSnapshot, FileStat, NewAttempt, NewTask,
     Task, TaskRequest, TestCounts,

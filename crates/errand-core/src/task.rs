@@ -79,6 +79,34 @@ pub struct EnvironmentSnapshot {
     /// Names and where their values come from; never the values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, crate::SecretConfig>,
+    /// Providers the model gateway serves to the box, resolved when the task was created
+    /// (the names of their key variables, never the keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway: Vec<GatewayUpstream>,
+}
+
+/// One provider served to the box by the model gateway, as resolved from `[providers.NAME]`
+/// (or a built-in provider) when the task was created. The worker reads the key from its own
+/// environment by [`GatewayUpstream::api_key_env`]; the box reaches the provider at
+/// `http://127.0.0.1:PORT/NAME/…` without it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GatewayUpstream {
+    /// The provider's name, also the first segment of its route (`/openai/…`).
+    pub name: String,
+    pub kind: crate::ProviderKind,
+    pub base_url: String,
+    /// The variable that holds the key; `None` for providers that need none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Extra headers sent upstream with every request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Prices and limits per model from the provider's entry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, crate::ModelConfig>,
+    /// Whether the built-in price table applies (the vendors' own providers).
+    #[serde(default)]
+    pub builtin_prices: bool,
 }
 
 /// What happened when the attempt's branch was pushed and its pull request opened.

@@ -175,7 +175,9 @@ pub fn request_body(p: &ResolvedProvider, req: &ModelRequest) -> Value {
     body
 }
 
-fn usage_of(u: &Value) -> Usage {
+/// Usage from a Messages `usage` object; `input_tokens` here adds the cache reads and writes
+/// to the API's uncached `input_tokens`. Cost not set.
+pub fn usage_of(u: &Value) -> Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     let read = n("cache_read_input_tokens");
     let write = n("cache_creation_input_tokens");

@@ -342,7 +342,8 @@ fn add_part(
     acc.push(part.clone());
 }
 
-fn usage_of(u: &Value) -> Usage {
+/// Usage from a Gemini `usageMetadata` object (thinking counted as output), cost not set.
+pub fn usage_of(u: &Value) -> Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     Usage {
         input_tokens: n("promptTokenCount"),

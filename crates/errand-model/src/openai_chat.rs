@@ -120,7 +120,9 @@ pub fn request_body(p: &ResolvedProvider, req: &ModelRequest, stream: bool) -> V
     body
 }
 
-fn usage_of(u: &Value) -> Usage {
+/// Usage from a Chat Completions `usage` object (`prompt_tokens`, `completion_tokens` and
+/// their details), cost not set.
+pub fn usage_of(u: &Value) -> Usage {
     let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
     Usage {
         input_tokens: n(u.get("prompt_tokens")),

@@ -211,7 +211,9 @@ pub fn request_body(p: &ResolvedProvider, req: &ModelRequest) -> Value {
     body
 }
 
-fn usage_of(u: &Value) -> Usage {
+/// Usage from a Responses `usage` object (`input_tokens` with cached ones included,
+/// `output_tokens` with reasoning included), cost not set.
+pub fn usage_of(u: &Value) -> Usage {
     let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
     Usage {
         input_tokens: n(u.get("input_tokens")),

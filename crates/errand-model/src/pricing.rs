@@ -85,6 +85,41 @@ pub fn builtin(kind: ProviderKind, model: &str) -> Option<ModelConfig> {
         })
 }
 
+/// The prices a provider applies to whichever model a request names: the provider's own
+/// `[providers.NAME.models."MODEL"]` entries over the built-in table (when it applies). The
+/// model gateway uses it, where the model is known only from each request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prices {
+    pub models: std::collections::BTreeMap<String, ModelConfig>,
+    /// Whether the built-in table applies (the vendors' own providers).
+    pub builtin: bool,
+}
+
+impl Prices {
+    /// The prices of `model`. A configured name matches exactly, or as the start of a dated
+    /// name (`gpt-4.1-mini` prices `gpt-4.1-mini-2025-04-14`); `models/` prefixes are ignored.
+    pub fn for_model(&self, kind: ProviderKind, model: &str) -> ModelConfig {
+        let model = model.strip_prefix("models/").unwrap_or(model);
+        let user = self.models.get(model).copied().or_else(|| {
+            self.models
+                .iter()
+                .filter(|(k, _)| {
+                    model
+                        .strip_prefix(k.as_str())
+                        .is_some_and(|rest| rest.starts_with('-') || rest.starts_with('@'))
+                })
+                .max_by_key(|(k, _)| k.len())
+                .map(|(_, v)| *v)
+        });
+        let base = if self.builtin {
+            builtin(kind, model).unwrap_or_default()
+        } else {
+            ModelConfig::default()
+        };
+        merge(&user.unwrap_or_default(), &base)
+    }
+}
+
 /// Fields of `over`, else of `base`.
 pub fn merge(over: &ModelConfig, base: &ModelConfig) -> ModelConfig {
     ModelConfig {
@@ -148,5 +183,32 @@ mod tests {
         let want = 0.9 + 0.18 + 0.375 + 1.5;
         assert!((cost(&u, &m) - want).abs() < 1e-9, "{}", cost(&u, &m));
         assert_eq!(cost(&u, &ModelConfig::default()), 0.0);
+    }
+
+    #[test]
+    fn prices_by_request_model_prefer_the_configured_entry() {
+        let mut p = Prices {
+            builtin: true,
+            ..Default::default()
+        };
+        p.models.insert(
+            "gpt-4.1-mini".into(),
+            ModelConfig {
+                output: Some(9.0),
+                ..Default::default()
+            },
+        );
+        let m = p.for_model(ProviderKind::OpenaiChat, "gpt-4.1-mini-2025-04-14");
+        assert_eq!((m.input, m.output), (Some(0.40), Some(9.0)));
+        let m = p.for_model(ProviderKind::Gemini, "models/gemini-2.5-pro");
+        assert_eq!(m.input, Some(1.25));
+        // A configured name is not a prefix of an unrelated longer name.
+        assert_eq!(
+            p.for_model(ProviderKind::OpenaiChat, "gpt-4.1-mini2")
+                .output,
+            Some(1.60)
+        );
+        p.builtin = false;
+        assert!(!priced(&p.for_model(ProviderKind::OpenaiChat, "gpt-5")));
     }
 }

@@ -185,6 +185,63 @@ fn known_providers(config: &Config) -> String {
     names.join(", ")
 }
 
+/// Whether the built-in price table applies to `provider`: only the vendors' own endpoints.
+fn builtin_prices(provider: &str, pc: &ProviderConfig) -> bool {
+    let vendor_endpoint = builtin(provider).is_some_and(|b| b.base_url == pc.base_url);
+    vendor_endpoint || BUILTIN.contains(&provider) && provider != "ollama"
+}
+
+/// Resolves a provider named in an environment's `gateway = [...]` for the model gateway:
+/// kind, base URL, headers, prices and the name of its key variable, which must be set.
+pub fn resolve_gateway(name: &str, config: &Config) -> Result<errand_core::GatewayUpstream> {
+    if name == "scripted" {
+        return Err(ModelError::Config(
+            "gateway provider 'scripted' is a playback file, not an HTTP API; the gateway serves providers such as openai, anthropic, gemini or a [providers.NAME] entry".into(),
+        ));
+    }
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return Err(ModelError::Config(format!(
+            "gateway provider '{name}' is not a usable route name; provider names may only use letters, digits, '_', '-' and '.'"
+        )));
+    }
+    let Some((pc, _)) = provider_config(name, config) else {
+        return Err(ModelError::Config(format!(
+            "unknown gateway provider '{name}'; known providers: {} (define others under [providers.{name}] in errand.toml)",
+            known_providers(config).replace(", scripted", "")
+        )));
+    };
+    let kind = pc.kind.ok_or_else(|| {
+        ModelError::Config(format!(
+            "[providers.{name}] needs kind = \"openai-responses\", \"openai-chat\", \"anthropic\" or \"gemini\""
+        ))
+    })?;
+    let base_url = pc.base_url.clone().ok_or_else(|| {
+        ModelError::Config(format!(
+            "[providers.{name}] needs base_url (for example \"http://127.0.0.1:8000/v1\")"
+        ))
+    })?;
+    if let Some(var) = &pc.api_key_env
+        && env_nonempty(var).is_none()
+    {
+        return Err(ModelError::Config(format!(
+            "gateway provider '{name}' needs an API key: set {var} in the server's environment"
+        )));
+    }
+    Ok(errand_core::GatewayUpstream {
+        name: name.to_string(),
+        kind,
+        base_url,
+        builtin_prices: builtin_prices(name, &pc),
+        api_key_env: pc.api_key_env,
+        headers: pc.headers,
+        models: pc.models,
+    })
+}
+
 /// Resolves `provider:model` against the configuration (not for `scripted`).
 pub fn resolve(name: &str, config: &Config) -> Result<ResolvedProvider> {
     let (provider, model) = split_model_name(name)?;
@@ -206,9 +263,7 @@ pub fn resolve(name: &str, config: &Config) -> Result<ResolvedProvider> {
         ))
     })?;
     let user = pc.models.get(model).copied().unwrap_or_default();
-    // The built-in price table applies only to the vendors' own endpoints.
-    let vendor_endpoint = builtin(provider).is_some_and(|b| b.base_url == pc.base_url);
-    let base = if vendor_endpoint || BUILTIN.contains(&provider) && provider != "ollama" {
+    let base = if builtin_prices(provider, &pc) {
         pricing::builtin(kind, model).unwrap_or_default()
     } else {
         ModelConfig::default()
@@ -467,6 +522,36 @@ base_url = "http://127.0.0.1:8000/v1"
         let v = resolve("vllm:qwen", &cfg).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.api_key_env, None);
         assert_eq!(v.model_config.input, None);
+    }
+
+    #[test]
+    fn gateway_providers_resolve_without_their_key() {
+        let cfg = Config::parse(
+            "[providers.corp]\nkind = \"openai-chat\"\nbase_url = \"http://127.0.0.1:9/v1\"\nheaders = { \"x-team\" = \"a\" }\n[providers.corp.models.\"m-1\"]\ninput = 1.0\noutput = 2.0\n[providers.keyed]\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:9\"\napi_key_env = \"ERRAND_TEST_SURELY_UNSET_KEY\"\n",
+            "errand.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let g = resolve_gateway("corp", &cfg).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(g.kind, ProviderKind::OpenaiChat);
+        assert_eq!(g.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(g.api_key_env, None);
+        assert_eq!(g.headers.get("x-team").map(String::as_str), Some("a"));
+        assert_eq!(g.models.get("m-1").and_then(|m| m.output), Some(2.0));
+        assert!(!g.builtin_prices);
+        let err = |n: &str| {
+            resolve_gateway(n, &cfg)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            err("keyed"),
+            "gateway provider 'keyed' needs an API key: set ERRAND_TEST_SURELY_UNSET_KEY in the server's environment"
+        );
+        assert!(err("mistral").contains("unknown gateway provider 'mistral'"));
+        assert!(err("mistral").contains("corp"), "{}", err("mistral"));
+        assert!(err("scripted").contains("not an HTTP API"));
+        assert!(err("a/b").contains("route name"));
     }
 
     #[test]

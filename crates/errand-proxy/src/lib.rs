@@ -8,3 +8,5 @@
 //! and adds the real key outside it.
 //!
 //! This crate must not know about tasks or the database, and must not run boxes.
+
+pub mod gateway;

@@ -270,6 +270,25 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             "environment '{name}': rootfs '{r}' has no usr/ directory; point it at a root filesystem folder (for example one made by debootstrap)"
         )));
     }
+    // Providers served to the box by the model gateway: resolved now, like the model, so a
+    // missing key is refused here with the variable's name.
+    let mut gateway = Vec::new();
+    if let Some((name, e)) = &env {
+        for g in &e.gateway {
+            if gateway
+                .iter()
+                .any(|u: &errand_core::GatewayUpstream| &u.name == g)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "environment '{name}': gateway lists '{g}' twice"
+                )));
+            }
+            gateway.push(
+                errand_model::registry::resolve_gateway(g, &s.config)
+                    .map_err(|e| ApiError::bad_request(format!("environment '{name}': {e}")))?,
+            );
+        }
+    }
     let checks = match req.checks.clone() {
         Some(c) => c,
         None => env
@@ -318,6 +337,7 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
                 .map(|(_, e)| e.secrets.clone())
                 .unwrap_or_default(),
             env: env.map(|(_, e)| e.env).unwrap_or_default(),
+            gateway,
             model_options,
             budget,
             agent: s.config.agent,

@@ -10,6 +10,7 @@ pub mod agents_md;
 pub mod checks;
 mod client;
 pub mod deliver;
+pub mod gateway;
 pub mod testcounts;
 
 pub use client::{LocalClient, WorkerClient};
@@ -112,6 +113,8 @@ struct AttemptSink {
     client: Arc<dyn WorkerClient>,
     attempt: String,
     worker: String,
+    /// What the box used through the model gateway so far, added to the running totals.
+    gateway_used: Option<Arc<std::sync::Mutex<Usage>>>,
 }
 
 #[async_trait::async_trait]
@@ -123,7 +126,10 @@ impl EventSink for AttemptSink {
             .map(|_| ())
             .map_err(|e| AgentError::Sink(e.to_string()))
     }
-    async fn usage(&self, usage: Usage, turns: u64) -> Result<(), AgentError> {
+    async fn usage(&self, mut usage: Usage, turns: u64) -> Result<(), AgentError> {
+        if let Some(g) = &self.gateway_used {
+            usage.add(&g.lock().unwrap_or_else(|e| e.into_inner()));
+        }
         self.client
             .update_usage(&self.attempt, &self.worker, usage, turns)
             .await
@@ -267,6 +273,7 @@ impl Worker {
             .join(format!("{attempt_id}-r{}", c.run));
         let mut state = RunState {
             sandbox_box: None,
+            gateway: None,
             outcome: AttemptOutcome::default(),
         };
         let result = self.drive(&c, &dir, &cancel, &lease, &mut state).await;
@@ -276,6 +283,11 @@ impl Worker {
             && let Err(e) = b.destroy().await
         {
             tracing::warn!(attempt = %attempt_id, error = %e, "destroying the box failed");
+        }
+        // The gateway stops with the box; what went through it counts toward the attempt.
+        if let Some(g) = state.gateway.take() {
+            let used = g.stop().await;
+            state.outcome.usage.add(&used);
         }
         let lost = lease.load(Ordering::SeqCst) == LEASE_LOST;
         match result {
@@ -468,18 +480,56 @@ impl Worker {
         } else {
             (task.environment.checks.clone(), false)
         };
+        // The model gateway, when the environment names providers for it: keys stay in this
+        // process; the box gets base URLs and placeholder keys.
+        if !task.environment.gateway.is_empty() {
+            let g = gateway::AttemptGateway::start(
+                &task.environment.gateway,
+                dir,
+                self.client.clone(),
+                aid,
+                &self.config.name,
+            )
+            .await
+            .map_err(|e| fail("starting the model gateway", &e))?;
+            self.notice(
+                aid,
+                format!(
+                    "model gateway: {} at http://127.0.0.1:{}/NAME/… (keys stay outside the box)",
+                    task.environment
+                        .gateway
+                        .iter()
+                        .map(|u| format!("{} ({})", u.name, u.kind.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    gateway::GATEWAY_PORT
+                ),
+            )
+            .await?;
+            state.gateway = Some(g);
+        }
+        let mut box_env: Vec<(String, String)> = task
+            .environment
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(g) = &state.gateway {
+            // The environment's own values win over the gateway's.
+            for (k, v) in &g.env {
+                if !box_env.iter().any(|(n, _)| n == k) {
+                    box_env.push((k.clone(), v.clone()));
+                }
+            }
+        }
         let spec = BoxSpec {
             workspace: ws.clone(),
             scratch: dir.join("scratch"),
             ro_binds: vec![mirror.join("objects")],
             rootfs: task.environment.rootfs.as_ref().map(PathBuf::from),
             quota_dir: Some(dir.join("upper")).filter(|u| u.is_dir()),
-            env: task
-                .environment
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            env: box_env,
+            // TODO(bridge): bridges: state.gateway.iter().map(|g| { let (port, socket) = g.bridge(); errand_sandbox::Bridge { port, socket } }).collect(),
         };
         let sandbox_box = self
             .sandbox
@@ -523,6 +573,7 @@ impl Worker {
             client: self.client.clone(),
             attempt: aid.to_string(),
             worker: self.config.name.clone(),
+            gateway_used: state.gateway.as_ref().map(|g| g.used.clone()),
         };
         let snap = &task.environment;
         let agent_config = AgentConfig {
@@ -836,5 +887,6 @@ impl Worker {
 
 struct RunState {
     sandbox_box: Option<Box<dyn SandboxBox>>,
+    gateway: Option<gateway::AttemptGateway>,
     outcome: AttemptOutcome,
 }
