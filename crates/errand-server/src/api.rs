@@ -523,7 +523,7 @@ async fn open_pr(
             task.id
         )
     });
-    let d = errand_worker::deliver::deliver(errand_worker::deliver::DeliverInput {
+    let mut d = errand_worker::deliver::deliver(errand_worker::deliver::DeliverInput {
         mirror: &mirror,
         task: &task,
         branch: &attempt.branch,
@@ -539,6 +539,11 @@ async fn open_pr(
         },
     })
     .await;
+    // A push's error quotes git; keep secret values out of what is stored.
+    if !s.redactor.is_empty() {
+        d.error = d.error.map(|e| s.redactor.redact_string(e));
+        d.remote = s.redactor.redact_string(d.remote);
+    }
     s.store.set_delivery(&attempt.id, &d).await?;
     s.store
         .append_events(

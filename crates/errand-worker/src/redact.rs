@@ -50,11 +50,14 @@ pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// One output stream of one command (by call id), with its redactor.
+type Streams = Vec<((Option<String>, OutputStream), StreamRedactor)>;
+
 /// One attempt's redactor and the output it holds back.
 struct AttemptRedaction {
     redactor: Redactor,
     /// Per command (call id) and stream, in the order they started.
-    streams: Mutex<Vec<((Option<String>, OutputStream), StreamRedactor)>>,
+    streams: Mutex<Streams>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,10 +105,7 @@ impl AttemptRedaction {
     }
 
     /// The rest of every stream, as `output` events.
-    fn flush(
-        streams: &mut Vec<((Option<String>, OutputStream), StreamRedactor)>,
-        out: &mut Vec<EventKind>,
-    ) {
+    fn flush(streams: &mut Streams, out: &mut Vec<EventKind>) {
         for ((call_id, stream), mut s) in streams.drain(..) {
             let data = s.finish();
             if !data.is_empty() {
