@@ -7,6 +7,7 @@
 pub mod config;
 pub mod event;
 pub mod id;
+pub mod redact;
 pub mod status;
 pub mod task;
 pub mod text;
@@ -18,6 +19,7 @@ pub use config::{
 };
 pub use event::{Event, EventKind, OutputStream, PlanStep, Usage};
 pub use id::{new_id, short_id};
+pub use redact::{Redactor, StreamRedactor};
 pub use status::Status;
 pub use task::GatewayUpstream;
 pub use task::{

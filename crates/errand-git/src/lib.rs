@@ -749,6 +749,66 @@ pub async fn commit_workspace(
     trailers: &[(&str, &str)],
     seed_index: Option<&Path>,
 ) -> Result<Option<String>> {
+    commit_workspace_inner(
+        mirror,
+        workspace,
+        scratch_git,
+        base,
+        branch,
+        message,
+        trailers,
+        seed_index,
+        None,
+    )
+    .await
+}
+
+/// What [`commit_workspace_scrubbed`] calls with the files about to be committed.
+pub type Scrub =
+    Box<dyn FnOnce(Vec<PathBuf>) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send>;
+
+/// [`commit_workspace`], but before the tree is written `scrub` gets the workspace-relative
+/// paths of every file added or changed against `base` (regular files and symbolic links);
+/// when it returns true (it rewrote some of them) they are staged again. The worker uses it to
+/// replace secret values in the agent's changes before they reach a commit.
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_workspace_scrubbed(
+    mirror: &Path,
+    workspace: &Path,
+    scratch_git: &Path,
+    base: &str,
+    branch: &str,
+    message: &str,
+    trailers: &[(&str, &str)],
+    seed_index: Option<&Path>,
+    scrub: Scrub,
+) -> Result<Option<String>> {
+    commit_workspace_inner(
+        mirror,
+        workspace,
+        scratch_git,
+        base,
+        branch,
+        message,
+        trailers,
+        seed_index,
+        Some(scrub),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn commit_workspace_inner(
+    mirror: &Path,
+    workspace: &Path,
+    scratch_git: &Path,
+    base: &str,
+    branch: &str,
+    message: &str,
+    trailers: &[(&str, &str)],
+    seed_index: Option<&Path>,
+    scrub: Option<Scrub>,
+) -> Result<Option<String>> {
     check_agent_branch(branch)?;
     if scratch_git.exists() {
         tokio::fs::remove_dir_all(scratch_git).await?;
@@ -814,6 +874,27 @@ pub async fn commit_workspace(
         git(v(&["read-tree", base])).await?;
     }
     git(v(&["add", "--all", "--", "."])).await?;
+    if let Some(scrub) = scrub {
+        let listed = git(v(&[
+            "diff",
+            "--cached",
+            "--name-only",
+            "-z",
+            "--no-renames",
+            "--diff-filter=ACMT",
+            base,
+            "--",
+        ]))
+        .await?;
+        let paths: Vec<PathBuf> = listed
+            .split('\0')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        if !paths.is_empty() && scrub(paths).await {
+            git(v(&["add", "--all", "--", "."])).await?;
+        }
+    }
     let tree = git(v(&["write-tree"])).await?.trim().to_string();
     let base_tree = git(vec!["rev-parse".into(), format!("{base}^{{tree}}")])
         .await?

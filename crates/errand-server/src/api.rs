@@ -21,6 +21,21 @@ use std::sync::Arc;
 type AppResult<T> = Result<T, ApiError>;
 type Shared = State<Arc<AppState>>;
 
+/// A JSON response with every secret value the server knows redacted (the worker already
+/// redacted what it recorded; this is the second line). No extra work without secrets.
+pub(crate) fn json_out<T: serde::Serialize>(s: &AppState, body: T) -> Response {
+    if s.redactor.is_empty() {
+        return Json(body).into_response();
+    }
+    match serde_json::to_value(&body) {
+        Ok(mut v) => {
+            s.redactor.redact_json(&mut v);
+            Json(v).into_response()
+        }
+        Err(e) => ApiError::internal(format!("encoding the response: {e}")).into_response(),
+    }
+}
+
 /// JSON body extractor whose rejections are JSON API errors naming the problem.
 pub struct ApiJson<T>(pub T);
 
@@ -130,10 +145,10 @@ const MAX_PROMPT: usize = 256 * 1024;
 async fn create_task(
     State(s): Shared,
     ApiJson(req): ApiJson<TaskRequest>,
-) -> AppResult<(StatusCode, Json<Task>)> {
+) -> AppResult<(StatusCode, Response)> {
     let new = validate(&s, req).await?;
     let task = s.store.create_task(new).await?;
-    Ok((StatusCode::CREATED, Json(task)))
+    Ok((StatusCode::CREATED, json_out(&s, task)))
 }
 
 /// Turns a request into a fully resolved task, or says exactly what is wrong. Nothing is
@@ -376,7 +391,7 @@ struct ListParams {
 async fn list_tasks(
     State(s): Shared,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Response> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let status = match p.status.as_deref() {
         None | Some("") => None,
@@ -397,16 +412,17 @@ async fn list_tasks(
             cursor: p.cursor,
         })
         .await?;
-    Ok(Json(
+    Ok(json_out(
+        &s,
         json!({"tasks": page.tasks, "next_cursor": page.next_cursor}),
     ))
 }
 
-async fn get_task(State(s): Shared, Path(id): Path<String>) -> AppResult<Json<Task>> {
-    Ok(Json(s.store.get_task(&id).await?))
+async fn get_task(State(s): Shared, Path(id): Path<String>) -> AppResult<Response> {
+    Ok(json_out(&s, s.store.get_task(&id).await?))
 }
 
-async fn cancel_task(State(s): Shared, Path(id): Path<String>) -> AppResult<Json<Task>> {
+async fn cancel_task(State(s): Shared, Path(id): Path<String>) -> AppResult<Response> {
     let task = s.store.get_task(&id).await?;
     if matches!(task.status, Status::Done | Status::Failed) {
         return Err(ApiError::conflict(format!(
@@ -414,7 +430,8 @@ async fn cancel_task(State(s): Shared, Path(id): Path<String>) -> AppResult<Json
             task.short_id, task.status
         )));
     }
-    Ok(Json(
+    Ok(json_out(
+        &s,
         s.store
             .cancel_task(&task.id, "cancelled by the user")
             .await?,
@@ -473,16 +490,18 @@ async fn events(
     let limit = p.limit.unwrap_or(1000).clamp(1, 10_000);
     let events = s.store.list_events(&attempt.id, after, limit).await?;
     let next_after = events.last().map(|e| e.seq).unwrap_or(after);
-    Ok(Json(json!({
-        "task": task.id,
-        "attempt": attempt.number,
-        "attempt_id": attempt.id,
-        "status": attempt.status,
-        "events": events,
-        "next_after": next_after,
-        "more": next_after < attempt.last_seq,
-    }))
-    .into_response())
+    Ok(json_out(
+        &s,
+        json!({
+            "task": task.id,
+            "attempt": attempt.number,
+            "attempt_id": attempt.id,
+            "status": attempt.status,
+            "events": events,
+            "next_after": next_after,
+            "more": next_after < attempt.last_seq,
+        }),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -500,7 +519,7 @@ async fn open_pr(
     State(s): Shared,
     Path(id): Path<String>,
     body: Option<Json<PrRequestBody>>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Response> {
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let task = s.store.get_task(&id).await?;
     let attempt = pick_attempt(&task, req.attempt)?;
@@ -524,7 +543,7 @@ async fn open_pr(
             task.id
         )
     });
-    let d = errand_worker::deliver::deliver(errand_worker::deliver::DeliverInput {
+    let mut d = errand_worker::deliver::deliver(errand_worker::deliver::DeliverInput {
         mirror: &mirror,
         task: &task,
         branch: &attempt.branch,
@@ -540,6 +559,11 @@ async fn open_pr(
         },
     })
     .await;
+    // A push's error quotes git; keep secret values out of what is stored.
+    if !s.redactor.is_empty() {
+        d.error = d.error.map(|e| s.redactor.redact_string(e));
+        d.remote = s.redactor.redact_string(d.remote);
+    }
     s.store.set_delivery(&attempt.id, &d).await?;
     s.store
         .append_events(
@@ -550,7 +574,8 @@ async fn open_pr(
             }],
         )
         .await?;
-    Ok(Json(
+    Ok(json_out(
+        &s,
         json!({ "task": task.id, "attempt": attempt.number, "delivery": d }),
     ))
 }
@@ -569,7 +594,7 @@ async fn followup(
     State(s): Shared,
     Path(id): Path<String>,
     body: Result<Json<FollowupRequest>, axum::extract::rejection::JsonRejection>,
-) -> AppResult<(StatusCode, Json<Task>)> {
+) -> AppResult<(StatusCode, Response)> {
     let Json(req) = body.map_err(|e| {
         ApiError::bad_request(format!("{}; expected {{\"prompt\": \"…\"}}", e.body_text()))
     })?;
@@ -588,7 +613,7 @@ async fn followup(
         .filter(|c| !c.trim().is_empty())
         .unwrap_or_else(|| "api".into());
     let task = s.store.followup(&id, req.prompt.trim(), &by).await?;
-    Ok((StatusCode::ACCEPTED, Json(task)))
+    Ok((StatusCode::ACCEPTED, json_out(&s, task)))
 }
 
 #[derive(Deserialize)]
@@ -634,17 +659,20 @@ async fn diff(
         }
     }
     if p.format.as_deref() == Some("json") {
-        return Ok(Json(json!({
-            "task": task.id,
-            "attempt": attempt.number,
-            "branch": attempt.branch,
-            "base_commit": task.base_commit,
-            "head_commit": attempt.head_commit,
-            "stats": attempt.diff_stats,
-            "diff": diff,
-        }))
-        .into_response());
+        return Ok(json_out(
+            &s,
+            json!({
+                "task": task.id,
+                "attempt": attempt.number,
+                "branch": attempt.branch,
+                "base_commit": task.base_commit,
+                "head_commit": attempt.head_commit,
+                "stats": attempt.diff_stats,
+                "diff": diff,
+            }),
+        ));
     }
+    let diff = s.redactor.redact_string(diff);
     Ok(([(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")], diff).into_response())
 }
 
@@ -674,6 +702,7 @@ async fn patch(
     let text = errand_git::full_patch(&mirror, &task.base_commit, &head)
         .await
         .map_err(|e| ApiError::internal(format!("making the patch: {e}")))?;
+    let text = s.redactor.redact_string(text);
     Ok((
         [
             (

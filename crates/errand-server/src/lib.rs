@@ -90,6 +90,27 @@ pub struct AppState {
     pub sandbox_name: String,
     pub workers: usize,
     pub shutdown: CancellationToken,
+    /// Values of the configured secrets set in this process's environment, redacted from
+    /// everything the API returns.
+    pub redactor: errand_core::Redactor,
+}
+
+/// The server's redactor: every secret of every environment whose variable `lookup` finds
+/// (the server's own environment, which its embedded workers share).
+pub fn secrets_redactor(
+    config: &Config,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> errand_core::Redactor {
+    let redactor = errand_core::Redactor::new(config.environments.values().flat_map(|env| {
+        env.secrets
+            .iter()
+            .filter_map(|(name, sc)| lookup(&sc.from_env).map(|v| (name.clone(), v)))
+            .collect::<Vec<_>>()
+    }));
+    for name in redactor.ignored() {
+        tracing::warn!(secret = %name, "secret value shorter than {} bytes: too short to redact, and not given to boxes", errand_core::redact::MIN_SECRET_LEN);
+    }
+    redactor
 }
 
 /// A running server.
@@ -247,7 +268,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<ServerHandle> {
         });
     }
 
+    let redactor = secrets_redactor(&config, |var| std::env::var(var).ok());
     let state = Arc::new(AppState {
+        redactor,
         store,
         public_url: Some(public_url.clone()),
         config: Arc::new(config),

@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use errand_core::Event;
+use errand_core::{Event, Redactor};
 use futures::Stream;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,8 +22,17 @@ struct Cursor {
     ended: bool,
 }
 
-fn to_sse(e: &Event) -> SseEvent {
-    let data = serde_json::to_string(e).unwrap_or_else(|_| "{}".into());
+/// One event as SSE, with secret values redacted (no extra work without secrets).
+fn to_sse(e: &Event, redactor: &Redactor) -> SseEvent {
+    let data = if redactor.is_empty() {
+        serde_json::to_string(e)
+    } else {
+        serde_json::to_value(e).and_then(|mut v| {
+            redactor.redact_json(&mut v);
+            serde_json::to_string(&v)
+        })
+    }
+    .unwrap_or_else(|_| "{}".into());
     SseEvent::default().id(e.seq.to_string()).data(data)
 }
 
@@ -59,7 +68,7 @@ pub async fn stream(
 async fn next(mut c: Cursor) -> Option<(Result<SseEvent, Infallible>, Cursor)> {
     loop {
         if let Some(e) = c.buf.pop_front() {
-            let ev = to_sse(&e);
+            let ev = to_sse(&e, &c.state.redactor);
             return Some((Ok(ev), c));
         }
         if c.ended || c.state.shutdown.is_cancelled() {

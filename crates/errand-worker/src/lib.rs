@@ -11,6 +11,7 @@ pub mod checks;
 mod client;
 pub mod deliver;
 pub mod gateway;
+pub mod redact;
 pub mod testcounts;
 
 pub use client::{LocalClient, WorkerClient};
@@ -69,7 +70,9 @@ impl WorkerConfig {
 
 pub struct Worker {
     pub config: WorkerConfig,
+    /// Every call to the queue goes through `redaction`, which keeps secret values out.
     client: Arc<dyn WorkerClient>,
+    redaction: Arc<redact::RedactingClient>,
     mirrors: Arc<MirrorCache>,
     sandbox: Arc<dyn SandboxBackend>,
 }
@@ -153,9 +156,11 @@ impl Worker {
         mirrors: Arc<MirrorCache>,
         sandbox: Arc<dyn SandboxBackend>,
     ) -> Worker {
+        let redaction = Arc::new(redact::RedactingClient::new(client));
         Worker {
             config,
-            client,
+            client: redaction.clone(),
+            redaction,
             mirrors,
             sandbox,
         }
@@ -179,6 +184,7 @@ impl Worker {
                     let joined =
                         tokio::spawn(async move { this.run_attempt(c, &token).await }).await;
                     if let Err(e) = joined {
+                        let e = self.redaction.redact(&aid, &e.to_string());
                         tracing::error!(attempt = %aid, error = %e, "attempt crashed the worker task");
                         let outcome = AttemptOutcome {
                             status: Some(Status::Failed),
@@ -197,6 +203,7 @@ impl Worker {
                             .await;
                         let _ = self.client.finish(&aid, &self.config.name, outcome).await;
                     }
+                    self.redaction.unregister(&aid);
                 }
                 Ok(None) => {
                     tokio::select! {
@@ -221,6 +228,11 @@ impl Worker {
         let attempt_id = c.attempt.id.clone();
         let worker = self.config.name.clone();
         tracing::info!(attempt = %attempt_id, task = %c.task.id, run = c.run, "attempt claimed");
+        // From here on, everything sent for this attempt is redacted (until `run` lets go).
+        self.redaction.register(
+            &attempt_id,
+            redact::attempt_redactor(&c.task.environment.secrets, redact::env_var),
+        );
         let cancel = shutdown.child_token();
         let lease = Arc::new(AtomicU8::new(LEASE_HELD));
         let wall = {
@@ -330,6 +342,7 @@ impl Worker {
                         Err(e) => {
                             // Record a minimal failure instead, or the attempt would be
                             // re-queued and fail the same way forever.
+                            let e = self.redaction.redact(&attempt_id, &e.to_string());
                             tracing::warn!(attempt = %attempt_id, error = %e, "recording the outcome failed");
                             let minimal = AttemptOutcome {
                                 status: Some(Status::Failed),
@@ -338,6 +351,7 @@ impl Worker {
                             };
                             if let Err(e) = self.client.finish(&attempt_id, &worker, minimal).await
                             {
+                                let e = self.redaction.redact(&attempt_id, &e.to_string());
                                 tracing::warn!(attempt = %attempt_id, error = %e, "recording the failure failed");
                             }
                         }
@@ -480,6 +494,19 @@ impl Worker {
         } else {
             (task.environment.checks.clone(), false)
         };
+        let redactor = self.redaction.redactor(aid);
+        let resolved = redact::attempt_redactor(&task.environment.secrets, redact::env_var);
+        for name in resolved.ignored() {
+            tracing::warn!(attempt = %aid, secret = %name, "secret value too short to redact; not used");
+            self.notice(
+                aid,
+                format!(
+                    "secret {name}: its value is shorter than {} bytes, too short to redact reliably, so it is not given to the box; use a longer value",
+                    errand_core::redact::MIN_SECRET_LEN
+                ),
+            )
+            .await?;
+        }
         // The model gateway, when the environment names providers for it: keys stay in this
         // process; the box gets base URLs and placeholder keys.
         if !task.environment.gateway.is_empty() {
@@ -522,6 +549,11 @@ impl Worker {
                 }
             }
         }
+        // Until the setup phase owns this: secrets with `expose_to_agent` are in the agent's box.
+        box_env.extend(redact::exposed_env(
+            &task.environment.secrets,
+            redact::env_var,
+        ));
         let spec = BoxSpec {
             workspace: ws.clone(),
             scratch: dir.join("scratch"),
@@ -615,7 +647,11 @@ impl Worker {
         state.outcome.usage = usage;
         state.outcome.turns = turns;
         state.outcome.conversation = serde_json::to_value(&outcome.messages).ok();
-        state.outcome.summary = outcome.summary.clone();
+        // Redacted now: the summary goes into the commit message and the pull request.
+        state.outcome.summary = outcome
+            .summary
+            .as_deref()
+            .map(|s| redactor.redact(s).into_owned());
         let mut failure: Option<String> = match outcome.end {
             EndReason::Finished | EndReason::NoToolCalls => None,
             EndReason::MaxTurns => Some(format!(
@@ -784,29 +820,85 @@ impl Worker {
         let message = format!(
             "{}\n\n{}",
             task.title,
-            outcome
+            state
+                .outcome
                 .summary
                 .as_deref()
                 .unwrap_or("(the agent gave no summary)")
         );
+        let message = redactor.redact_string(message);
         let trailers = [("Errand-Task", task.id.as_str()), ("Errand-Attempt", aid)];
         // Nothing from the workspace's own .git is trusted (the agent could write it): the
         // commit goes through a fresh git directory.
+        // Secret values in the agent's changes are replaced before anything is committed.
+        let scrubbed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let head = {
             let _guard = self.mirrors.lock(&mirror).await;
-            errand_git::commit_workspace(
-                &mirror,
-                &ws,
-                &dir.join("commit.git"),
-                &start_commit,
-                &c.attempt.branch,
-                &message,
-                &trailers,
-                seed_index.as_deref(),
-            )
-            .await
+            if redactor.is_empty() {
+                errand_git::commit_workspace(
+                    &mirror,
+                    &ws,
+                    &dir.join("commit.git"),
+                    &start_commit,
+                    &c.attempt.branch,
+                    &message,
+                    &trailers,
+                    seed_index.as_deref(),
+                )
+                .await
+            } else {
+                let (root, red, found) = (ws.clone(), redactor.clone(), scrubbed.clone());
+                let scrub: errand_git::Scrub = Box::new(move |paths| {
+                    Box::pin(async move {
+                        let list = tokio::task::spawn_blocking(move || {
+                            redact::scrub_files(&root, &red, &paths)
+                        })
+                        .await
+                        .unwrap_or_default();
+                        let rewrote = list.iter().any(|s| !s.secrets.is_empty());
+                        if let Ok(mut f) = found.lock() {
+                            *f = list;
+                        }
+                        rewrote
+                    })
+                });
+                errand_git::commit_workspace_scrubbed(
+                    &mirror,
+                    &ws,
+                    &dir.join("commit.git"),
+                    &start_commit,
+                    &c.attempt.branch,
+                    &message,
+                    &trailers,
+                    seed_index.as_deref(),
+                    scrub,
+                )
+                .await
+            }
             .map_err(|e| fail("committing the work", &e))?
         };
+        let scrubbed = scrubbed.lock().map(|f| f.clone()).unwrap_or_default();
+        for s in scrubbed {
+            let message = match &s.problem {
+                None => format!(
+                    "secret {} found in {}: replaced with {} before the commit",
+                    s.secrets.join(", "),
+                    s.path,
+                    s.secrets
+                        .iter()
+                        .map(|n| errand_core::redact::placeholder(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Some(p) if s.secrets.is_empty() => format!("{}: {p}", s.path),
+                Some(p) => format!(
+                    "secret {} found in {} but it could not be replaced ({p})",
+                    s.secrets.join(", "),
+                    s.path
+                ),
+            };
+            self.notice(aid, message).await?;
+        }
         // A follow-up that changed nothing keeps the branch head it started from.
         let head =
             head.or_else(|| (start_commit != task.base_commit).then(|| start_commit.clone()));
@@ -854,9 +946,19 @@ impl Worker {
             && !cancel.is_cancelled()
             && let Some(_head) = &state.outcome.head_commit
         {
+            let redacted_task;
+            let task_shown = if redactor.is_empty() {
+                task
+            } else {
+                let mut t = task.clone();
+                t.title = redactor.redact_string(t.title);
+                t.prompt = redactor.redact_string(t.prompt);
+                redacted_task = t;
+                &redacted_task
+            };
             let d = deliver::deliver(deliver::DeliverInput {
                 mirror: &mirror,
-                task,
+                task: task_shown,
                 branch: &c.attempt.branch,
                 summary: state.outcome.summary.as_deref(),
                 checks: &state.outcome.checks,
