@@ -7,6 +7,7 @@
 pub mod config;
 pub mod event;
 pub mod id;
+pub mod plan;
 pub mod status;
 pub mod task;
 pub mod text;
@@ -18,6 +19,7 @@ pub use config::{
 };
 pub use event::{Event, EventKind, OutputStream, PlanStep, Usage};
 pub use id::{new_id, short_id};
+pub use plan::{Approval, PlanAction, PlanRevision};
 pub use status::Status;
 pub use task::{
     Attempt, CheckResult, Delivery, DiffStats, EnvironmentSnapshot, FileStat, NewAttempt, NewTask,
