@@ -480,6 +480,7 @@ impl Worker {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            workspace_readonly: false,
         };
         let sandbox_box = self
             .sandbox
