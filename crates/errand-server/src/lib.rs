@@ -7,6 +7,7 @@
 
 mod api;
 mod error;
+mod plan;
 mod sse;
 
 use anyhow::{Context, bail};
