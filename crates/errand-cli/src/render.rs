@@ -151,6 +151,9 @@ pub fn show(t: &Task) -> String {
             timing.push_str(&format!("queued {}", secs(s - t.created_at_ms)));
             match a.finished_at_ms {
                 Some(f) => timing.push_str(&format!(", ran {}", secs(f - s))),
+                None if a.status == errand_core::Status::AwaitingApproval => {
+                    timing.push_str(", planned; waiting for approval")
+                }
                 None => timing.push_str(&format!(
                     ", running for {}",
                     secs(errand_core::now_ms() - s)

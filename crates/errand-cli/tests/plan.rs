@@ -115,6 +115,7 @@ fn a_plan_waits_for_approval_then_is_implemented() {
         "— 2 steps — waiting for approval".to_string(),
         "Approvals none yet".to_string(),
         "Diff      (not yet)".to_string(),
+        ", planned; waiting for approval\n".to_string(),
     ] {
         assert!(shown.contains(&needle), "{needle:?} not in:\n{shown}");
     }

@@ -130,7 +130,7 @@ pub(crate) fn end_planning(
 ) -> Option<String> {
     if let Some(f) = failure {
         state.outcome.status = Some(Status::Failed);
-        state.outcome.error = Some(format!("planning stopped: {f}"));
+        state.outcome.error = Some(format!("planning ended without a plan: {f}"));
         return None;
     }
     let (steps, explanation, kept) = if !proposed.is_empty() {
