@@ -693,3 +693,30 @@ async fn revise_and_approve_reach_the_model() {
     // the revision run's messages.
     assert_eq!(m4[1..m2.len()], m2[1..]);
 }
+
+/// `--sandbox none` cannot make the workspace read-only, so it takes no plan-mode task.
+#[test]
+fn plan_mode_needs_the_box() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path());
+    let script = write_script(
+        tmp.path(),
+        "s.json",
+        json!({"turns": [{"text": "never run"}]}),
+    );
+    let server = Server::start(&tmp.path().join("data"), &["--sandbox", "none"]);
+    fails_with(
+        server.cli(&[
+            "run",
+            "Plan it",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--model",
+            &format!("scripted:{}", script.display()),
+            "--plan",
+        ]),
+        &["plan mode needs the box", "--sandbox box"],
+    );
+    let ls: Value = serde_json::from_str(&ok(server.cli(&["ls", "--json"]))).unwrap();
+    assert_eq!(ls["tasks"], json!([]), "nothing was stored");
+}

@@ -226,7 +226,9 @@ pub struct Attempt {
     pub model: String,
     /// How many times a worker started this attempt (2+ after a restart).
     pub runs: i64,
-    /// `start` or `checkpoint`: where the latest run began.
+    /// `start`, `checkpoint`, `followup`, or `plan` (plan mode: a run that continues the
+    /// planning conversation after an approval or a revision request): where the latest run
+    /// began.
     pub resumed_from: String,
     /// Why the attempt was last put back in the queue, if it was.
     pub restart_reason: Option<String>,
