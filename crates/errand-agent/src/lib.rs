@@ -58,6 +58,14 @@ pub struct AgentConfig {
     pub model_options: BTreeMap<String, serde_json::Value>,
     /// A stable key for provider-side prompt caching (the attempt id).
     pub cache_key: Option<String>,
+    /// Plan mode: explore read-only and propose a plan. The planning system prompt is used,
+    /// and the file-changing tools are neither offered nor run.
+    pub planning: bool,
+    /// The message that continues `history` (plan mode: the approval or the reviewer's
+    /// comment), used as it is instead of wrapping the prompt as a follow-up.
+    pub continuation: Option<String>,
+    /// The plan to start from (an approved plan), kept through compactions.
+    pub plan: Vec<PlanStep>,
 }
 
 impl Default for AgentConfig {
@@ -73,6 +81,9 @@ impl Default for AgentConfig {
             default_context_window: 128_000,
             model_options: BTreeMap::new(),
             cache_key: None,
+            planning: false,
+            continuation: None,
+            plan: Vec::new(),
         }
     }
 }
@@ -128,6 +139,20 @@ steps, keep a short plan with `update_plan`. Paths are relative to the repositor
 `apply_patch` for changes to existing files and `write_file` for new files. Do not commit, push or \
 switch branches: Errand commits your work when you finish. When the task is complete, call `finish` \
 with a short summary of what you changed and how you checked it.";
+
+/// The system prompt of a planning run (plan mode).
+pub const PLANNING_SYSTEM_PROMPT: &str = "You are Errand, an autonomous coding agent working in the background on a fresh checkout of a \
+git repository, in PLAN MODE. Nobody is watching: do not ask questions, make reasonable assumptions \
+and state them.\n\n\
+Do not change anything yet. Your job now is to understand the task and propose a plan that a person \
+will approve, revise or reject; you implement it only after it is approved. Explore the code like a \
+careful senior engineer: read_file, list_dir, search, and shell for read-only commands (grep, git \
+log, running the existing tests). The workspace is mounted read-only and the file-changing tools are \
+not available. Follow the repository's AGENTS.md files. When you understand what to do, record the \
+plan with `update_plan`: short, concrete steps, all `pending`, that name the files and functions to \
+change and how the change will be verified. Then call `finish` with a short summary of the plan, the \
+reasons behind it, and any risks or open questions. If the reviewer asks for changes, revise the plan \
+with `update_plan` and call `finish` again.";
 
 const COMPACT_PROMPT: &str = "Your context is nearly full, so the conversation so far will be replaced by your summary. \
 Do not call any tool now. Write a summary that lets you continue the task without the earlier turns: \
@@ -306,8 +331,13 @@ impl AgentRun<'_> {
         });
         let mut st = Loop {
             req: ModelRequest {
-                system: SYSTEM_PROMPT.to_string(),
-                tools: tools::specs(),
+                system: if self.config.planning {
+                    PLANNING_SYSTEM_PROMPT
+                } else {
+                    SYSTEM_PROMPT
+                }
+                .to_string(),
+                tools: tools::specs_for(self.config.planning),
                 messages: if self.history.is_empty() {
                     vec![Message::User {
                         text: initial_message(self.workspace, self.prompt),
@@ -315,10 +345,13 @@ impl AgentRun<'_> {
                 } else {
                     let mut m = self.history.clone();
                     m.push(Message::User {
-                        text: format!(
-                            "<followup>\nThe user asks for more on the same task. Your earlier work is committed on this branch.\n{}\n</followup>",
-                            self.prompt.trim()
-                        ),
+                        text: match &self.config.continuation {
+                            Some(text) => text.clone(),
+                            None => format!(
+                                "<followup>\nThe user asks for more on the same task. Your earlier work is committed on this branch.\n{}\n</followup>",
+                                self.prompt.trim()
+                            ),
+                        },
                     });
                     m
                 },
@@ -328,7 +361,7 @@ impl AgentRun<'_> {
             },
             usage: Usage::default(),
             turns: 0,
-            plan: Vec::new(),
+            plan: self.config.plan.clone(),
             last_input: None,
             fixed_bytes: 0,
             conv_bytes: 0,

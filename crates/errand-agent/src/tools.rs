@@ -51,6 +51,24 @@ impl ToolOutput {
     }
 }
 
+/// The tools that change files in the workspace; a planning run neither offers nor runs them.
+pub const WRITE_TOOLS: &[&str] = &["write_file", "edit", "apply_patch"];
+
+/// The tools of a run: every tool, or for a planning run (plan mode) every tool but the
+/// file-changing ones, with `finish` handing in the plan. Stable order and text.
+pub fn specs_for(planning: bool) -> Vec<ToolSpec> {
+    let mut all = specs();
+    if planning {
+        all.retain(|t| !WRITE_TOOLS.contains(&t.name.as_str()));
+        for t in &mut all {
+            if t.name == "finish" {
+                t.description = "Hand in your plan for approval, after recording it with update_plan. Give a short summary of the plan, the reasons behind it, and any risks or open questions.".into();
+            }
+        }
+    }
+    all
+}
+
 /// The tool definitions sent to the model (stable order and text, for prompt caching).
 pub fn specs() -> Vec<ToolSpec> {
     let t = |name: &str, description: &str, parameters: serde_json::Value| ToolSpec {
@@ -145,6 +163,12 @@ fn args<T: for<'de> Deserialize<'de>>(call: &ToolCall) -> Result<T, ToolOutput> 
 /// Runs one tool call. Tool failures are returned as error outputs (the run goes on); only a
 /// failure to record events is an error of the run.
 pub async fn execute(ctx: &ToolContext<'_>, call: &ToolCall) -> Result<ToolOutput, AgentError> {
+    if ctx.config.planning && WRITE_TOOLS.contains(&call.name.as_str()) {
+        return Ok(ToolOutput::err(format!(
+            "{} is not available while planning: the workspace is read-only in plan mode and nothing may change until the plan is approved. Record the change as a step of your plan with update_plan instead.",
+            call.name
+        )));
+    }
     let out = match call.name.as_str() {
         "shell" => match args::<ShellArgs>(call) {
             Ok(a) => shell(ctx, call, a).await?,

@@ -100,6 +100,7 @@ impl Env {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
+                workspace_readonly: false,
             })
             .await
             .unwrap()

@@ -120,6 +120,27 @@ impl Client {
         resp.json().await.context("decoding the task")
     }
 
+    /// Approves, revises or rejects the plan of a task waiting for approval.
+    pub async fn decide(
+        &self,
+        id: &str,
+        action: errand_core::PlanAction,
+        actor: &str,
+        comment: Option<&str>,
+    ) -> Result<Task> {
+        let resp = self
+            .send(
+                self.http
+                    .post(self.url(&format!(
+                        "/tasks/{}/{action}",
+                        errand_git::percent_encode(id)
+                    )))
+                    .json(&serde_json::json!({ "actor": actor, "comment": comment })),
+            )
+            .await?;
+        resp.json().await.context("decoding the task")
+    }
+
     pub async fn pr(
         &self,
         id: &str,

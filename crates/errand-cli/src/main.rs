@@ -6,6 +6,7 @@
 mod apply;
 mod client;
 mod demo;
+mod plan_cmd;
 mod render;
 mod sandbox_cmd;
 
@@ -126,6 +127,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Approve the plan of a task waiting for approval (`run --plan`): the agent implements it.
+    Approve(plan_cmd::ApproveArgs),
+    /// Send the plan of a task waiting for approval back with a comment: the agent plans again.
+    Revise(plan_cmd::ReviseArgs),
+    /// Reject the plan of a task waiting for approval: the task ends, cancelled.
+    Reject(plan_cmd::RejectArgs),
     /// Model providers: what is configured, where each key comes from, and whether it works.
     Models {
         #[command(subcommand)]
@@ -228,7 +235,11 @@ struct RunArgs {
     /// A check command the worker runs after the agent (repeatable; NAME=COMMAND or COMMAND).
     #[arg(long = "check")]
     checks: Vec<String>,
-    /// Stream the log until the task ends.
+    /// Plan mode: the agent explores a read-only workspace and proposes a plan, which waits
+    /// for `errand approve`, `revise` or `reject` before anything changes.
+    #[arg(long)]
+    plan: bool,
+    /// Stream the log until the task ends (or, with --plan, until its plan waits for approval).
     #[arg(short, long)]
     follow: bool,
     /// Print the created task as JSON.
@@ -445,6 +456,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Approve(a) => plan_cmd::approve(&client, a).await,
+        Command::Revise(a) => plan_cmd::revise(&client, a).await,
+        Command::Reject(a) => plan_cmd::reject(&client, a).await,
         Command::Models { command, json } => models(&client, command, json).await,
         Command::Demo { data_dir } => demo::run(&cli.server, data_dir).await,
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd).await,
@@ -609,6 +623,7 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
         checks,
         model_options,
         budget,
+        mode: a.plan.then(|| "plan".to_string()),
     };
     let task = client.create(&req).await?;
     if a.json {
@@ -621,6 +636,12 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
                 at.branch,
                 task.base_ref,
                 render::short_sha(&task.base_commit)
+            );
+        }
+        if a.plan {
+            println!(
+                "plan mode: the agent proposes a plan first; then errand show {id}, and errand approve {id} (or revise / reject)",
+                id = task.short_id
             );
         }
         if !a.follow {
@@ -641,7 +662,7 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
         println!();
         print!("{}", render::show(&done));
     }
-    Ok(if done.status == errand_core::Status::Done {
+    Ok(if plan_cmd::end_ok(&done) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -137,6 +137,7 @@ pub fn show(t: &Task) -> String {
     if !limits.is_empty() {
         row(&mut o, "Budget", &limits.join(", "));
     }
+    o.push_str(&crate::plan_cmd::show_plan(t));
     for a in &t.attempts {
         if t.attempts.len() > 1 {
             let _ = writeln!(o, "\nAttempt {} — {}", a.number, a.status);
@@ -150,6 +151,9 @@ pub fn show(t: &Task) -> String {
             timing.push_str(&format!("queued {}", secs(s - t.created_at_ms)));
             match a.finished_at_ms {
                 Some(f) => timing.push_str(&format!(", ran {}", secs(f - s))),
+                None if a.status == errand_core::Status::AwaitingApproval => {
+                    timing.push_str(", planned; waiting for approval")
+                }
                 None => timing.push_str(&format!(
                     ", running for {}",
                     secs(errand_core::now_ms() - s)
@@ -166,6 +170,12 @@ pub fn show(t: &Task) -> String {
                 "{} — run {} is a follow-up on the branch head",
                 a.runs, a.runs
             )
+        } else if a.resumed_from == "plan" {
+            let what = match t.approvals.last().map(|d| d.action) {
+                Some(errand_core::PlanAction::Approve) => "implements the approved plan",
+                _ => "revises the plan",
+            };
+            format!("{} — run {} {what}", a.runs, a.runs)
         } else {
             format!(
                 "{} — run {} restarted from {}{}",
@@ -613,6 +623,32 @@ pub fn describe(k: &EventKind) -> String {
             ..
         } => format!(
             "· context compacted: {removed_messages} messages summarised, {kept_messages} kept; ~{tokens_before} → ~{tokens_after} tokens"
+        ),
+        EventKind::PlanProposed {
+            revision, steps, ..
+        } => {
+            let mut s = format!(
+                "plan revision {revision} proposed ({} step{}), waiting for approval:",
+                steps.len(),
+                if steps.len() == 1 { "" } else { "s" }
+            );
+            for (i, st) in steps.iter().enumerate() {
+                s.push_str(&format!(" {}. {}", i + 1, oneline(&st.step, 60)));
+            }
+            s
+        }
+        EventKind::Approval {
+            action,
+            actor,
+            comment,
+            revision,
+        } => format!(
+            "plan revision {revision} {} by {actor}{}",
+            action.past(),
+            comment
+                .as_ref()
+                .map(|c| format!(": {}", oneline(c, 200)))
+                .unwrap_or_default()
         ),
         EventKind::PlanUpdated { steps, .. } => {
             let mut s = String::from("plan:");

@@ -229,6 +229,26 @@ pub enum EventKind {
         #[serde(default)]
         duration_ms: u64,
     },
+    /// Plan mode: the planning run ended with this plan, which now waits for approval.
+    PlanProposed {
+        /// 1 for the first plan of the attempt, 2 after one revision, …
+        revision: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        explanation: Option<String>,
+        steps: Vec<PlanStep>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<String>,
+    },
+    /// Plan mode: a person approved, revised (with a comment) or rejected the plan.
+    Approval {
+        action: crate::PlanAction,
+        actor: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+        /// The plan revision decided on.
+        #[serde(default)]
+        revision: i64,
+    },
     Error {
         message: String,
     },
@@ -273,6 +293,8 @@ impl EventKind {
             EventKind::CheckResult { .. } => "check_result",
             EventKind::Committed { .. } => "committed",
             EventKind::Net { .. } => "net",
+            EventKind::PlanProposed { .. } => "plan_proposed",
+            EventKind::Approval { .. } => "approval",
             EventKind::Error { .. } => "error",
             EventKind::GatewayRequest { .. } => "gateway_request",
         }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod event;
 pub mod id;
+pub mod plan;
 pub mod redact;
 pub mod status;
 pub mod task;
@@ -19,6 +20,7 @@ pub use config::{
 };
 pub use event::{Event, EventKind, OutputStream, PlanStep, Usage};
 pub use id::{new_id, short_id};
+pub use plan::{Approval, PlanAction, PlanRevision};
 pub use redact::{Redactor, StreamRedactor};
 pub use status::Status;
 pub use task::GatewayUpstream;

@@ -36,6 +36,9 @@ pub struct TaskRequest {
     /// Limits over the environment's and the server's.
     #[serde(default)]
     pub budget: crate::Budget,
+    /// `run` (default) or `plan`: explore read-only, propose a plan and wait for approval.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// The environment as resolved when the task was created (with the task's own overrides);
@@ -251,7 +254,9 @@ pub struct Attempt {
     pub model: String,
     /// How many times a worker started this attempt (2+ after a restart).
     pub runs: i64,
-    /// `start` or `checkpoint`: where the latest run began.
+    /// `start`, `checkpoint`, `followup`, or `plan` (plan mode: a run that continues the
+    /// planning conversation after an approval or a revision request): where the latest run
+    /// began.
     pub resumed_from: String,
     /// Why the attempt was last put back in the queue, if it was.
     pub restart_reason: Option<String>,
@@ -293,6 +298,15 @@ pub struct Task {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub attempts: Vec<Attempt>,
+    /// Plan mode: the latest plan the result attempt proposed.
+    #[serde(default)]
+    pub plan: Option<crate::PlanRevision>,
+    /// Plan mode: every plan proposed, oldest first, each with the decision taken on it.
+    #[serde(default)]
+    pub plan_revisions: Vec<crate::PlanRevision>,
+    /// Plan mode: every decision on a plan (approve, revise, reject), oldest first.
+    #[serde(default)]
+    pub approvals: Vec<crate::Approval>,
 }
 
 impl Task {

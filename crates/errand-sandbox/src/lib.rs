@@ -59,6 +59,9 @@ pub struct BoxSpec {
     /// Extra environment variables for every command (already filtered: no secrets unless the
     /// environment exposes them).
     pub env: Vec<(String, String)>,
+    /// Mount the workspace read-only in the box (plan mode: the agent explores, changes
+    /// nothing). A back end that cannot enforce it refuses to create the box.
+    pub workspace_readonly: bool,
 }
 
 /// One command to run in the box.

@@ -34,6 +34,14 @@ impl SandboxBackend for Unisolated {
             .to_string()
     }
     async fn create(&self, spec: BoxSpec) -> Result<Box<dyn SandboxBox>> {
+        if spec.workspace_readonly {
+            // Nothing here could stop a command from writing: refuse rather than pretend.
+            return Err(SandboxError::Refused(
+                "the workspace cannot be made read-only without the box: --sandbox none runs \
+                 commands directly on the host; plan mode needs `errand serve --sandbox box`"
+                    .into(),
+            ));
+        }
         let home = spec.scratch.join("home");
         let tmp = spec.scratch.join("tmp");
         for d in [&home, &tmp] {
@@ -231,6 +239,7 @@ mod tests {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![("FOO".into(), "bar".into())],
+                workspace_readonly: false,
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -259,6 +268,7 @@ mod tests {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
+                workspace_readonly: false,
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -271,6 +281,28 @@ mod tests {
         assert_eq!(res.killed_by.as_deref(), Some("timeout"));
         assert_eq!(res.signal, Some(libc::SIGKILL));
         assert!(res.duration < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_read_only_workspace_is_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let r = Unisolated
+            .create(BoxSpec {
+                workspace: dir.path().to_path_buf(),
+                scratch: dir.path().join(".scratch"),
+                ro_binds: vec![],
+                rootfs: None,
+                quota_dir: None,
+                env: vec![],
+                workspace_readonly: true,
+            })
+            .await;
+        match r {
+            Err(SandboxError::Refused(m)) => assert!(m.contains("read-only"), "{m}"),
+            Err(e) => panic!("expected a refusal, got {e}"),
+            Ok(_) => panic!("an unisolated box cannot keep the workspace read-only"),
+        }
+        assert!(!dir.path().join(".scratch").exists(), "nothing was created");
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::plan::{approve, reject, revise};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -72,6 +73,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/api/v1/tasks/{id}/followup", post(followup))
+        .route("/api/v1/tasks/{id}/approve", post(approve))
+        .route("/api/v1/tasks/{id}/revise", post(revise))
+        .route("/api/v1/tasks/{id}/reject", post(reject))
         .route("/api/v1/tasks/{id}/pr", post(open_pr))
         .route("/api/v1/tasks/{id}/events", get(events))
         .route("/api/v1/tasks/{id}/events/stream", get(crate::sse::stream))
@@ -166,6 +170,7 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             prompt.len()
         )));
     }
+    let mode = crate::plan::validate_mode(s, req.mode.as_deref())?;
     let env = match &req.env {
         Some(name) => {
             let env = s.config.environments.get(name).ok_or_else(|| {
@@ -359,7 +364,7 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
         },
         model,
         model_payload: Some(payload),
-        mode: "run".into(),
+        mode,
         trigger,
         created_by: req
             .created_by

@@ -7,6 +7,7 @@
 
 mod api;
 mod error;
+mod plan;
 mod sse;
 
 use anyhow::{Context, bail};
@@ -337,6 +338,7 @@ async fn make_sandbox(
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
+                workspace_readonly: false,
             };
             let created = backend.create(spec).await;
             let result = match created {

@@ -88,9 +88,10 @@ async fn next(mut c: Cursor) -> Option<(Result<SseEvent, Infallible>, Cursor)> {
                 return Some((Ok(ev), c));
             }
         }
-        // Nothing new. Finished for good once the attempt ended and its worker let go.
+        // Nothing new. Finished for good once the attempt ended and its worker let go; a plan
+        // waiting for approval ends the stream too (nothing happens until someone decides).
         if let Ok(a) = c.state.store.get_attempt(&c.attempt_id).await
-            && a.status.is_terminal()
+            && (a.status.is_terminal() || a.status == errand_core::Status::AwaitingApproval)
             && a.active_worker.is_none()
             && a.last_seq <= c.after
         {

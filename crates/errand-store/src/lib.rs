@@ -119,6 +119,31 @@ pub struct AttemptOutcome {
     pub delivery: Option<errand_core::Delivery>,
 }
 
+/// The end of a planning run (plan mode): the plan the agent proposed and what the attempt
+/// used so far.
+#[derive(Debug, Clone, Default)]
+pub struct PlanSubmission {
+    pub explanation: Option<String>,
+    pub steps: Vec<errand_core::PlanStep>,
+    /// The agent's summary of the plan.
+    pub summary: Option<String>,
+    /// The conversation so far, continued when the plan is approved or revised.
+    pub conversation: Option<serde_json::Value>,
+    /// Usage and model turns of the attempt so far (every planning run included).
+    pub usage: Usage,
+    pub turns: u64,
+}
+
+/// A person's decision on the plan of a task waiting for approval.
+#[derive(Debug, Clone)]
+pub struct PlanDecision {
+    pub action: errand_core::PlanAction,
+    /// Who decided (recorded with the time).
+    pub actor: String,
+    /// Required to revise; optional to approve or reject.
+    pub comment: Option<String>,
+}
+
 /// Tasks, attempts, events and the queue. Every method is one transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -133,6 +158,13 @@ pub trait Store: Send + Sync + 'static {
     /// the attempt goes back to the queue with the prompt, and its next run continues its
     /// branch and conversation. Appends a notice naming who asked.
     async fn followup(&self, id: &str, prompt: &str, by: &str) -> Result<Task>;
+    /// Plan mode: approves (the attempt is queued again to implement the plan, its
+    /// conversation kept), revises (queued again to plan, with the comment) or rejects (the
+    /// attempt is cancelled with the reason) the plan of a task in `awaiting_approval`.
+    /// Records the decision with its actor and time and appends an `approval` event. A task in
+    /// any other state, or not in plan mode, is a [`StoreError::WrongState`]; a revision
+    /// without a comment is [`StoreError::Invalid`].
+    async fn decide_plan(&self, id_or_prefix: &str, decision: &PlanDecision) -> Result<Task>;
     /// Records a push and pull request made after the attempt ended (`errand pr`).
     async fn set_delivery(&self, attempt_id: &str, delivery: &errand_core::Delivery) -> Result<()>;
 
@@ -164,6 +196,17 @@ pub trait Store: Send + Sync + 'static {
         attempt_id: &str,
         worker: &str,
         outcome: AttemptOutcome,
+    ) -> Result<Status>;
+
+    /// Ends a planning run: `planning → awaiting_approval`, the plan stored as the attempt's
+    /// next revision (with a `plan_proposed` event), the conversation and usage kept, and the
+    /// lease released (nobody holds an attempt while it waits). An attempt cancelled
+    /// meanwhile stays cancelled and its lease is released. Returns the attempt's status.
+    async fn submit_plan(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        plan: PlanSubmission,
     ) -> Result<Status>;
 
     /// Appends events in order and returns the seq of the last one. With `lease_owner`, the

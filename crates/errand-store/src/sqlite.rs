@@ -1,8 +1,10 @@
 //! The SQLite back end: one file in WAL mode, one writer connection and a few readers.
 
+mod plan;
+
 use crate::{
-    AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Notifier, Result, Store, StoreError,
-    TaskPage, TaskQuery,
+    AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Notifier, PlanDecision,
+    PlanSubmission, Result, Store, StoreError, TaskPage, TaskQuery,
 };
 use async_trait::async_trait;
 use errand_core::{
@@ -18,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_isolation.sql"),
     include_str!("migrations/0003_followup.sql"),
+    include_str!("migrations/0005_plan.sql"),
 ];
 const READERS: usize = 3;
 
@@ -172,6 +175,9 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
         created_at_ms: r.get(13)?,
         updated_at_ms: r.get(14)?,
         attempts: Vec::new(),
+        plan: None,
+        plan_revisions: Vec::new(),
+        approvals: Vec::new(),
     })
 }
 
@@ -229,6 +235,7 @@ fn load_task(conn: &Connection, id: &str) -> Result<Task> {
         .optional()?
         .ok_or_else(|| not_found_task(id))?;
     task.attempts = load_attempts(conn, &task.id)?;
+    plan::load_into(conn, &mut task)?;
     Ok(task)
 }
 
@@ -313,16 +320,18 @@ fn refresh_task_status(tx: &Transaction<'_>, task_id: &str) -> Result<()> {
         .query_map([task_id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut statuses = Vec::new();
-    let mut error = None;
-    for (s, e) in rows {
-        statuses.push(parse_status(&s)?);
-        if e.is_some() {
-            error = e;
-        }
+    for (s, _) in &rows {
+        statuses.push(parse_status(s)?);
     }
     let status = Status::derive_task_status(&statuses);
-    let error = if status == Status::Failed {
-        error
+    // Why a task ended: a failure's error, or the reason a cancelled attempt kept (a rejected
+    // plan), from the attempts that ended that way.
+    let error = if matches!(status, Status::Failed | Status::Cancelled) {
+        rows.into_iter()
+            .zip(&statuses)
+            .filter(|(_, s)| **s == status)
+            .filter_map(|((_, e), _)| e)
+            .next_back()
     } else {
         None
     };
@@ -507,6 +516,7 @@ impl Store for SqliteStore {
             };
             for t in &mut tasks {
                 t.attempts = load_attempts(c, &t.id)?;
+                plan::load_into(c, t)?;
             }
             Ok(TaskPage { tasks, next_cursor })
         })
@@ -551,6 +561,32 @@ impl Store for SqliteStore {
             self.inner.notifier.attempt_cancelled(&a);
         }
         Ok(task)
+    }
+
+    async fn decide_plan(&self, id: &str, decision: &PlanDecision) -> Result<Task> {
+        let (id, decision) = (id.to_string(), decision.clone());
+        let (task, aid, queued) = self
+            .write(move |tx| plan::decide(tx, &id, &decision))
+            .await?;
+        self.inner.notifier.events_appended(&aid);
+        if queued {
+            self.inner.notifier.work_queued();
+        }
+        Ok(task)
+    }
+
+    async fn submit_plan(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        plan: PlanSubmission,
+    ) -> Result<Status> {
+        let (aid, worker) = (attempt_id.to_string(), worker.to_string());
+        let status = self
+            .write(move |tx| plan::submit(tx, &aid, &worker, &plan))
+            .await?;
+        self.inner.notifier.events_appended(attempt_id);
+        Ok(status)
     }
 
     async fn set_delivery(&self, attempt_id: &str, delivery: &Delivery) -> Result<()> {
@@ -668,13 +704,19 @@ impl Store for SqliteStore {
                 else {
                     return Ok(None);
                 };
+                let now = now_ms();
+                let run = runs + 1;
+                let plan_note = match &followup {
+                    None => plan::claim_note(tx, &attempt_id, run, restart_reason.as_deref())?,
+                    Some(_) => None,
+                };
                 let resumed_from = if followup.is_some() {
                     "followup"
+                } else if let Some((from, _)) = &plan_note {
+                    from
                 } else {
                     "start"
                 };
-                let now = now_ms();
-                let run = runs + 1;
                 let changed = tx.execute(
                     "UPDATE attempts SET status = 'preparing', runs = ?2, lease_owner = ?3,
                          lease_expires_at = ?4, worker = ?3, resumed_from = ?7, isolated = ?6,
@@ -698,6 +740,8 @@ impl Store for SqliteStore {
                         "run {run} is a follow-up on the branch head: {}",
                         errand_core::text::title_of(f, 200)
                     ))
+                } else if let Some((_, note)) = plan_note {
+                    Some(note)
                 } else if run > 1 {
                     Some(format!(
                         "run {run} starts over from the beginning{}",

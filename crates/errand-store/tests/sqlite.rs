@@ -57,6 +57,10 @@ suite_tests!(
     lease_ttl_extremes,
     finish_attempt_rejects_non_final_status,
     followup_requeues_a_finished_attempt_with_its_conversation,
+    submitted_plan_waits_without_a_lease,
+    plan_revise_then_approve,
+    plan_reject_cancels_with_the_reason,
+    submit_plan_after_cancel_releases_the_lease,
 );
 
 fn user_version(path: &Path) -> i64 {

@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use errand_core::{EventKind, Status, Usage};
-use errand_store::{AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Result, Store};
+use errand_store::{
+    AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, PlanSubmission, Result, Store,
+};
 use std::sync::Arc;
 
 /// The queue operations a worker needs. Implemented in-process over a [`Store`]
@@ -40,6 +42,13 @@ pub trait WorkerClient: Send + Sync {
         turns: u64,
     ) -> Result<()>;
     async fn finish(&self, attempt: &str, worker: &str, outcome: AttemptOutcome) -> Result<Status>;
+    /// Plan mode: the planning run's plan; the attempt waits for approval, lease released.
+    async fn submit_plan(
+        &self,
+        attempt: &str,
+        worker: &str,
+        plan: PlanSubmission,
+    ) -> Result<Status>;
 }
 
 /// The embedded workers' client: calls the store directly.
@@ -110,5 +119,13 @@ impl WorkerClient for LocalClient {
     }
     async fn finish(&self, attempt: &str, worker: &str, outcome: AttemptOutcome) -> Result<Status> {
         self.store.finish_attempt(attempt, worker, outcome).await
+    }
+    async fn submit_plan(
+        &self,
+        attempt: &str,
+        worker: &str,
+        plan: PlanSubmission,
+    ) -> Result<Status> {
+        self.store.submit_plan(attempt, worker, plan).await
     }
 }

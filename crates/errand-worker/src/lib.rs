@@ -11,6 +11,7 @@ pub mod checks;
 mod client;
 pub mod deliver;
 pub mod gateway;
+mod plan;
 pub mod redact;
 pub mod testcounts;
 
@@ -287,6 +288,7 @@ impl Worker {
             sandbox_box: None,
             gateway: None,
             outcome: AttemptOutcome::default(),
+            plan: None,
         };
         let result = self.drive(&c, &dir, &cancel, &lease, &mut state).await;
         heartbeat.abort();
@@ -328,6 +330,9 @@ impl Worker {
                 if shutdown.is_cancelled() && lease.load(Ordering::SeqCst) != LEASE_CANCELLED {
                     // The server is stopping: leave the attempt to be re-queued on restart.
                     tracing::info!(attempt = %attempt_id, "shutting down; attempt will be re-queued");
+                } else if let Some(p) = state.plan.take().filter(|_| other.is_ok()) {
+                    // Plan mode: the attempt waits for approval, with no lease and no box.
+                    plan::submit(self, &attempt_id, p).await;
                 } else {
                     let keep = AttemptOutcome {
                         usage: outcome.usage,
@@ -438,6 +443,9 @@ impl Worker {
         let aid = c.attempt.id.as_str();
         let task = &c.task;
         let fail = |what: &str, e: &dyn std::fmt::Display| RunError::Failed(format!("{what}: {e}"));
+        // Plan mode: plan read-only, or implement the approved plan.
+        let plan_run = plan::PlanRun::from_claim(c);
+        let planning = plan_run.as_ref().is_some_and(|p| p.planning);
 
         // A follow-up continues from the attempt's branch head; a run starts from the base.
         let start_commit = match (&c.followup, &c.attempt.head_commit) {
@@ -562,6 +570,7 @@ impl Worker {
             quota_dir: Some(dir.join("upper")).filter(|u| u.is_dir()),
             env: box_env,
             // TODO(bridge): bridges: state.gateway.iter().map(|g| { let (port, socket) = g.bridge(); errand_sandbox::Bridge { port, socket } }).collect(),
+            workspace_readonly: planning,
         };
         let sandbox_box = self
             .sandbox
@@ -572,6 +581,9 @@ impl Worker {
             // What this box actually enforces, as the box itself reported it (Landlock is best
             // effort by kernel ABI, cgroups depend on delegation).
             self.notice(aid, ns.enforced.summary()).await?;
+        }
+        if let Some(p) = &plan_run {
+            self.notice(aid, p.notice.clone()).await?;
         }
         state.sandbox_box = Some(sandbox_box);
         let sandbox_box: &dyn SandboxBox = state
@@ -585,7 +597,11 @@ impl Worker {
                 aid,
                 &self.config.name,
                 Status::Preparing,
-                Status::Running,
+                if planning {
+                    Status::Planning
+                } else {
+                    Status::Running
+                },
                 None,
             )
             .await?;
@@ -614,6 +630,12 @@ impl Worker {
             keep_recent_turns: snap.agent.keep_recent_turns,
             model_options: snap.model_options.clone(),
             cache_key: Some(aid.to_string()),
+            planning,
+            continuation: plan_run.as_ref().and_then(|p| p.continuation.clone()),
+            plan: plan_run
+                .as_ref()
+                .map(|p| p.plan.clone())
+                .unwrap_or_default(),
             ..self.config.agent.clone()
         };
         let history: Vec<errand_model::Message> = match (&c.followup, &c.conversation) {
@@ -625,6 +647,8 @@ impl Worker {
             Some(f) => f.clone(),
             None => task.prompt.clone(),
         };
+        let (history, prompt) =
+            plan::conversation(plan_run.as_ref(), history, prompt, &task.prompt);
         let outcome = AgentRun {
             prompt: &prompt,
             workspace: &ws,
@@ -642,6 +666,9 @@ impl Worker {
         if c.followup.is_some() {
             usage = c.attempt.usage;
             turns += c.attempt.turns;
+        }
+        if let Some(p) = &plan_run {
+            (usage, turns) = (p.usage, p.turns + outcome.turns);
         }
         usage.add(&outcome.usage);
         state.outcome.usage = usage;
@@ -679,6 +706,15 @@ impl Worker {
             }
             EndReason::Cancelled => Some("cancelled".into()),
         };
+        // Plan mode: a planning run ends here, with its plan waiting for approval.
+        if let Some(p) = plan_run.as_ref().filter(|p| p.planning) {
+            if let Some(note) =
+                plan::end_planning(p, &outcome.plan, &outcome.messages, failure, state)
+            {
+                self.notice(aid, note).await?;
+            }
+            return Ok(());
+        }
 
         // 3. Checks, run by the worker itself.
         let cancelled = cancel.is_cancelled();
@@ -991,4 +1027,6 @@ struct RunState {
     sandbox_box: Option<Box<dyn SandboxBox>>,
     gateway: Option<gateway::AttemptGateway>,
     outcome: AttemptOutcome,
+    /// Plan mode: the plan a planning run proposed, handed to the queue once the box is gone.
+    plan: Option<errand_store::PlanSubmission>,
 }

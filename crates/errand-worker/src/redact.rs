@@ -13,7 +13,9 @@ use crate::WorkerClient;
 use async_trait::async_trait;
 use errand_core::redact::{Redactor, StreamRedactor};
 use errand_core::{EventKind, OutputStream, SecretConfig, Status, Usage};
-use errand_store::{AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Result};
+use errand_store::{
+    AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, PlanSubmission, Result,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -170,6 +172,19 @@ impl AttemptRedaction {
         }
         o
     }
+
+    fn plan(&self, mut p: PlanSubmission) -> PlanSubmission {
+        let r = &self.redactor;
+        p.explanation = self.text(p.explanation);
+        p.summary = self.text(p.summary);
+        for step in &mut p.steps {
+            step.step = r.redact_string(std::mem::take(&mut step.step));
+        }
+        if let Some(conv) = &mut p.conversation {
+            r.redact_json(conv);
+        }
+        p
+    }
 }
 
 /// Wraps the worker's client: everything an attempt with secrets sends to the queue is
@@ -285,6 +300,24 @@ impl WorkerClient for RedactingClient {
             None => outcome,
         };
         self.inner.finish(attempt, worker, outcome).await
+    }
+    async fn submit_plan(
+        &self,
+        attempt: &str,
+        worker: &str,
+        plan: PlanSubmission,
+    ) -> Result<Status> {
+        let plan = match self.get(attempt) {
+            Some(a) => {
+                let held = a.pending();
+                if !held.is_empty() {
+                    self.inner.append_events(attempt, worker, held).await?;
+                }
+                a.plan(plan)
+            }
+            None => plan,
+        };
+        self.inner.submit_plan(attempt, worker, plan).await
     }
 }
 

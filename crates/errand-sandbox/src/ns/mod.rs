@@ -590,7 +590,7 @@ impl NsBox {
             .map_err(io_err(format!("workspace {}", spec.workspace.display())))?;
         let cfg = BoxConfig {
             workspace,
-            workspace_readonly: opts.workspace_readonly,
+            workspace_readonly: opts.workspace_readonly || spec.workspace_readonly,
             scratch: spec.scratch.clone(),
             ro_binds: spec.ro_binds.clone(),
             rootfs: spec.rootfs.clone(),

@@ -2215,3 +2215,420 @@ pub async fn followup_requeues_a_finished_attempt_with_its_conversation(store: &
     let err = store.followup(&t.id, "x", "ann").await.unwrap_err();
     assert!(err.to_string().contains("start a new task"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Plan mode
+// ---------------------------------------------------------------------------------------------
+
+/// A plan-mode task with one attempt.
+pub fn new_plan_task(title: &str) -> NewTask {
+    let mut t = new_task(title);
+    t.mode = "plan".into();
+    t
+}
+
+fn plan_step(step: &str) -> errand_core::PlanStep {
+    errand_core::PlanStep {
+        step: step.into(),
+        status: "pending".into(),
+    }
+}
+
+/// A planning run's end, with a recognisable conversation.
+fn submission(steps: &[&str], conv_tag: &str, turns: u64) -> errand_store::PlanSubmission {
+    errand_store::PlanSubmission {
+        explanation: Some(format!("why {conv_tag}")),
+        steps: steps.iter().map(|s| plan_step(s)).collect(),
+        summary: Some(format!("summary {conv_tag}")),
+        conversation: Some(serde_json::json!([{"role": "user", "text": conv_tag}])),
+        usage: Usage {
+            input_tokens: 100 * turns,
+            output_tokens: 10 * turns,
+            ..Default::default()
+        },
+        turns,
+    }
+}
+
+/// Claims a plan-mode attempt and moves it to planning.
+async fn claim_planning(store: &dyn Store, worker: &str) -> ClaimedAttempt {
+    let c = claim(store, worker).await;
+    store
+        .transition(
+            &c.attempt.id,
+            worker,
+            Status::Preparing,
+            Status::Planning,
+            None,
+        )
+        .await
+        .unwrap();
+    c
+}
+
+fn decision(
+    action: errand_core::PlanAction,
+    actor: &str,
+    comment: Option<&str>,
+) -> errand_store::PlanDecision {
+    errand_store::PlanDecision {
+        action,
+        actor: actor.into(),
+        comment: comment.map(str::to_string),
+    }
+}
+
+/// A submitted plan waits in `awaiting_approval` with no lease: no heartbeat keeps it, no
+/// sweep re-queues it, no worker can claim it.
+pub async fn submitted_plan_waits_without_a_lease(store: &dyn Store) {
+    let t = store.create_task(new_plan_task("plan me")).await.unwrap();
+    assert_eq!(t.mode, "plan");
+    assert_eq!(t.plan, None);
+    assert!(t.plan_revisions.is_empty() && t.approvals.is_empty());
+    let c = claim_planning(store, "w1").await;
+    let aid = c.attempt.id.clone();
+    // Only the lease holder can submit.
+    assert!(matches!(
+        store
+            .submit_plan(&aid, "intruder", submission(&["a"], "x", 1))
+            .await
+            .unwrap_err(),
+        StoreError::LeaseLost(_)
+    ));
+    // A plan without steps is refused.
+    assert!(matches!(
+        store
+            .submit_plan(&aid, "w1", submission(&[], "x", 1))
+            .await
+            .unwrap_err(),
+        StoreError::Invalid(_)
+    ));
+    let before = now_ms();
+    let s = store
+        .submit_plan(
+            &aid,
+            "w1",
+            submission(&["Read the code", "Change it"], "c1", 2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, Status::AwaitingApproval);
+    let task = store.get_task(&t.id).await.unwrap();
+    assert_eq!(task.status, Status::AwaitingApproval);
+    let a = &task.attempts[0];
+    assert_eq!(a.status, Status::AwaitingApproval);
+    assert_eq!(a.active_worker, None, "no lease while waiting");
+    assert_eq!(a.finished_at_ms, None);
+    assert_eq!(a.turns, 2);
+    assert_eq!(a.usage.input_tokens, 200);
+    let plan = task.plan.clone().expect("the current plan");
+    assert_eq!(plan.number, 1);
+    assert!(plan.created_at_ms >= before - 1000);
+    assert_eq!(
+        plan.steps,
+        vec![plan_step("Read the code"), plan_step("Change it")]
+    );
+    assert_eq!(plan.explanation.as_deref(), Some("why c1"));
+    assert_eq!(plan.summary.as_deref(), Some("summary c1"));
+    assert_eq!(plan.turns, 2);
+    assert_eq!(plan.decision, None);
+    assert_eq!(task.plan_revisions, vec![plan.clone()]);
+    // The listing carries the plan too.
+    let page = store
+        .list_tasks(&TaskQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.tasks[0].plan, Some(plan));
+
+    assert_eq!(
+        store.heartbeat(&aid, "w1", 60_000).await.unwrap(),
+        LeaseState::Lost
+    );
+    assert!(
+        store
+            .requeue_expired(now_ms() + 3_600_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .requeue_orphans("the server restarted")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_attempt(&claim_req("w2"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.get_attempt(&aid).await.unwrap().status,
+        Status::AwaitingApproval
+    );
+    // The log: the plan, then the wait.
+    let ev = all_events(store, &aid).await;
+    assert_contiguous(&aid, &ev);
+    let n = ev.len();
+    assert!(
+        matches!(&ev[n - 2].kind, EventKind::PlanProposed { revision: 1, steps, .. } if steps.len() == 2),
+        "{:?}",
+        ev[n - 2]
+    );
+    assert_eq!(
+        status_events(&ev).last().map(|s| (s.0, s.1)),
+        Some((Status::Planning, Status::AwaitingApproval))
+    );
+    // Submitting again (the lease is gone) is refused.
+    assert!(matches!(
+        store
+            .submit_plan(&aid, "w1", submission(&["a"], "x", 1))
+            .await
+            .unwrap_err(),
+        StoreError::LeaseLost(_)
+    ));
+    // A waiting task can be cancelled.
+    let cancelled = store.cancel_task(&t.id, "not needed").await.unwrap();
+    assert_eq!(cancelled.status, Status::Cancelled);
+}
+
+/// Revise sends the plan back with the comment and keeps the conversation; approve queues
+/// the implementation; both are recorded with actor and time; a decision in any other state
+/// is refused with the state named.
+pub async fn plan_revise_then_approve(store: &dyn Store) {
+    use errand_core::PlanAction::*;
+    let t = store.create_task(new_plan_task("rbac")).await.unwrap();
+    let err = store
+        .decide_plan(&t.id, &decision(Approve, "ann", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::WrongState(m) if m == &format!("task {} is queued, not awaiting approval (the agent is still working on the plan; wait for it)", t.short_id)),
+        "{err}"
+    );
+    let c = claim_planning(store, "w1").await;
+    let aid = c.attempt.id.clone();
+    let err = store
+        .decide_plan(&t.id, &decision(Approve, "ann", None))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is planning, not awaiting approval"),
+        "{err}"
+    );
+    store
+        .submit_plan(&aid, "w1", submission(&["Swap the module"], "c1", 1))
+        .await
+        .unwrap();
+
+    // Revise needs a comment.
+    let err = store
+        .decide_plan(&t.short_id, &decision(Revise, "ann", Some("  ")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    let before = now_ms();
+    let task = store
+        .decide_plan(
+            &t.short_id,
+            &decision(Revise, "ann", Some("Keep the old tokens valid for a week")),
+        )
+        .await
+        .unwrap();
+    let after = now_ms();
+    assert_eq!(task.status, Status::Queued);
+    assert_eq!(task.approvals.len(), 1);
+    let ap = &task.approvals[0];
+    assert_eq!(ap.action, Revise);
+    assert_eq!(ap.actor, "ann");
+    assert_eq!(
+        ap.comment.as_deref(),
+        Some("Keep the old tokens valid for a week")
+    );
+    assert_eq!(ap.revision, 1);
+    assert!(ap.at_ms >= before && ap.at_ms <= after);
+    let r1 = &task.plan_revisions[0];
+    assert_eq!(r1.decision.as_deref(), Some("revised"));
+    assert_eq!(r1.decided_by.as_deref(), Some("ann"));
+    assert_eq!(r1.decided_at_ms, Some(ap.at_ms));
+    assert_eq!(
+        r1.comment.as_deref(),
+        Some("Keep the old tokens valid for a week")
+    );
+
+    // The next run plans again, with the conversation so far.
+    let c2 = claim_planning(store, "w2").await;
+    assert_eq!(c2.attempt.id, aid);
+    assert_eq!(c2.run, 2);
+    assert_eq!(c2.followup, None);
+    assert_eq!(
+        c2.conversation,
+        Some(serde_json::json!([{"role": "user", "text": "c1"}]))
+    );
+    assert_eq!(c2.attempt.resumed_from, "plan");
+    assert_eq!(c2.task.approvals.last().map(|a| a.action), Some(Revise));
+    let ev = all_events(store, &aid).await;
+    assert!(ev.iter().any(|e| matches!(&e.kind, EventKind::Approval { action: Revise, actor, comment: Some(c), revision: 1 } if actor == "ann" && c.starts_with("Keep the old"))));
+    assert!(ev.iter().any(|e| matches!(&e.kind, EventKind::Claimed { note: Some(n), resumed_from, .. } if resumed_from == "plan" && n.contains("revises plan revision 1 as ann asked: Keep the old tokens"))), "{ev:#?}");
+    store
+        .submit_plan(
+            &aid,
+            "w2",
+            submission(&["Swap the module", "Keep old tokens a week"], "c2", 3),
+        )
+        .await
+        .unwrap();
+    let task = store.get_task(&t.id).await.unwrap();
+    assert_eq!(task.plan_revisions.len(), 2);
+    assert_eq!(task.plan.as_ref().map(|p| p.number), Some(2));
+    assert_eq!(task.plan.as_ref().map(|p| p.steps.len()), Some(2));
+    assert_eq!(task.plan_revisions[1].decision, None);
+
+    let task = store
+        .decide_plan(&t.id, &decision(Approve, "bob", None))
+        .await
+        .unwrap();
+    assert_eq!(task.status, Status::Queued);
+    assert_eq!(
+        task.approvals
+            .iter()
+            .map(|a| (a.action, a.actor.as_str(), a.revision))
+            .collect::<Vec<_>>(),
+        vec![(Revise, "ann", 1), (Approve, "bob", 2)]
+    );
+    assert_eq!(task.plan_revisions[1].decision.as_deref(), Some("approved"));
+    let c3 = claim(store, "w3").await;
+    assert_eq!(c3.attempt.id, aid);
+    assert_eq!(
+        c3.conversation,
+        Some(serde_json::json!([{"role": "user", "text": "c2"}]))
+    );
+    assert_eq!(c3.attempt.usage.input_tokens, 300, "planning usage kept");
+    // An approved plan runs in run mode.
+    store
+        .transition(&aid, "w3", Status::Preparing, Status::Running, None)
+        .await
+        .unwrap();
+    let ev = all_events(store, &aid).await;
+    assert_contiguous(&aid, &ev);
+    assert!(ev.iter().any(|e| matches!(&e.kind, EventKind::Claimed { note: Some(n), .. } if n.contains("implements plan revision 2, approved by bob"))));
+    let err = store
+        .decide_plan(&t.id, &decision(Reject, "cy", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::WrongState(m) if m.contains("is running, not awaiting approval (its plan was already approved)")),
+        "{err}"
+    );
+
+    // A run-mode task has no plan to decide on.
+    let run = store.create_task(new_task("plain")).await.unwrap();
+    let err = store
+        .decide_plan(&run.id, &decision(Approve, "ann", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::WrongState(m) if m.contains("not created in plan mode")),
+        "{err}"
+    );
+    assert!(run.plan.is_none() && run.approvals.is_empty());
+    assert!(matches!(
+        store
+            .decide_plan("zzzzzzzz", &decision(Approve, "ann", None))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+}
+
+/// Reject ends the task, cancelled, with the reason and the actor.
+pub async fn plan_reject_cancels_with_the_reason(store: &dyn Store) {
+    use errand_core::PlanAction::*;
+    let t = store.create_task(new_plan_task("risky")).await.unwrap();
+    let c = claim_planning(store, "w1").await;
+    let aid = c.attempt.id.clone();
+    store
+        .submit_plan(&aid, "w1", submission(&["Drop the table"], "c1", 1))
+        .await
+        .unwrap();
+    let task = store
+        .decide_plan(&t.id, &decision(Reject, "cy", Some("too risky")))
+        .await
+        .unwrap();
+    assert_eq!(task.status, Status::Cancelled);
+    assert_eq!(
+        task.error.as_deref(),
+        Some("plan rejected by cy: too risky")
+    );
+    let a = &task.attempts[0];
+    assert_eq!(a.status, Status::Cancelled);
+    assert_eq!(a.error.as_deref(), Some("plan rejected by cy: too risky"));
+    assert!(a.finished_at_ms.is_some());
+    assert_eq!(task.approvals.len(), 1);
+    assert_eq!(task.approvals[0].action, Reject);
+    assert_eq!(task.approvals[0].actor, "cy");
+    assert_eq!(task.plan_revisions[0].decision.as_deref(), Some("rejected"));
+    let ev = all_events(store, &aid).await;
+    assert_eq!(
+        status_events(&ev).last(),
+        Some(&(
+            Status::AwaitingApproval,
+            Status::Cancelled,
+            Some("plan rejected by cy: too risky".to_string())
+        ))
+    );
+    let err = store
+        .decide_plan(&t.id, &decision(Approve, "ann", None))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is cancelled, not awaiting approval (it has ended)"),
+        "{err}"
+    );
+    assert!(
+        store
+            .claim_attempt(&claim_req("w2"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Without a comment the reason names the actor only; a plain cancel keeps no reason.
+    let t2 = store.create_task(new_plan_task("other")).await.unwrap();
+    let c2 = claim_planning(store, "w1").await;
+    store
+        .submit_plan(&c2.attempt.id, "w1", submission(&["x"], "c", 1))
+        .await
+        .unwrap();
+    let task = store
+        .decide_plan(&t2.id, &decision(Reject, "dee", None))
+        .await
+        .unwrap();
+    assert_eq!(task.error.as_deref(), Some("plan rejected by dee"));
+    let t3 = store.create_task(new_task("cancel me")).await.unwrap();
+    assert_eq!(store.cancel_task(&t3.id, "stop").await.unwrap().error, None);
+}
+
+/// A plan submitted after the user cancelled the attempt: it stays cancelled, lease released.
+pub async fn submit_plan_after_cancel_releases_the_lease(store: &dyn Store) {
+    let t = store.create_task(new_plan_task("cancel me")).await.unwrap();
+    let c = claim_planning(store, "w1").await;
+    store.cancel_task(&t.id, "stop").await.unwrap();
+    let s = store
+        .submit_plan(&c.attempt.id, "w1", submission(&["a"], "c", 1))
+        .await
+        .unwrap();
+    assert_eq!(s, Status::Cancelled);
+    let task = store.get_task(&t.id).await.unwrap();
+    assert_eq!(task.status, Status::Cancelled);
+    assert_eq!(task.attempts[0].active_worker, None);
+    assert!(task.plan_revisions.is_empty(), "no plan recorded");
+}
