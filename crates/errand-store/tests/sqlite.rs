@@ -57,6 +57,11 @@ suite_tests!(
     lease_ttl_extremes,
     finish_attempt_rejects_non_final_status,
     followup_requeues_a_finished_attempt_with_its_conversation,
+    review_settings_and_attempt_payloads_roundtrip,
+    best_of_n_ranks_and_picks,
+    followup_keeps_the_best_of_n_result,
+    claim_result_delivery_once,
+    cancel_cancels_every_attempt,
 );
 
 fn user_version(path: &Path) -> i64 {
