@@ -58,6 +58,9 @@ pub struct AgentConfig {
     pub model_options: BTreeMap<String, serde_json::Value>,
     /// A stable key for provider-side prompt caching (the attempt id).
     pub cache_key: Option<String>,
+    /// When continuing `history`, send the prompt as the next user message exactly as given
+    /// (a reviewer's findings, say) instead of framing it as the user's follow-up.
+    pub raw_continuation: bool,
 }
 
 impl Default for AgentConfig {
@@ -73,6 +76,7 @@ impl Default for AgentConfig {
             default_context_window: 128_000,
             model_options: BTreeMap::new(),
             cache_key: None,
+            raw_continuation: false,
         }
     }
 }
@@ -315,10 +319,14 @@ impl AgentRun<'_> {
                 } else {
                     let mut m = self.history.clone();
                     m.push(Message::User {
-                        text: format!(
-                            "<followup>\nThe user asks for more on the same task. Your earlier work is committed on this branch.\n{}\n</followup>",
-                            self.prompt.trim()
-                        ),
+                        text: if self.config.raw_continuation {
+                            self.prompt.to_string()
+                        } else {
+                            format!(
+                                "<followup>\nThe user asks for more on the same task. Your earlier work is committed on this branch.\n{}\n</followup>",
+                                self.prompt.trim()
+                            )
+                        },
                     });
                     m
                 },

@@ -279,7 +279,9 @@ mod tests {
         t.rank_attempts();
         assert_eq!(t.selected_attempt, Some(2));
         assert_eq!(t.result_attempt().map(|a| a.number), Some(2));
-        t.attempts.iter_mut().for_each(|a| a.status = Status::Queued);
+        t.attempts
+            .iter_mut()
+            .for_each(|a| a.status = Status::Queued);
         t.picked = None;
         assert_eq!(t.result_attempt().map(|a| a.number), Some(1));
     }

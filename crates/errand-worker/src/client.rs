@@ -1,7 +1,7 @@
 //! How a worker reaches the queue.
 
 use async_trait::async_trait;
-use errand_core::{EventKind, Status, Usage};
+use errand_core::{Delivery, EventKind, Status, Task, Usage};
 use errand_store::{AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Result, Store};
 use std::sync::Arc;
 
@@ -40,6 +40,11 @@ pub trait WorkerClient: Send + Sync {
         turns: u64,
     ) -> Result<()>;
     async fn finish(&self, attempt: &str, worker: &str, outcome: AttemptOutcome) -> Result<Status>;
+    /// Best-of-N: the task, when its result is now this caller's to deliver (every attempt
+    /// ended; exactly one caller gets it).
+    async fn claim_result_delivery(&self, task: &str) -> Result<Option<Task>>;
+    /// Records a delivery made after the attempt ended, with a notice in its log.
+    async fn record_delivery(&self, attempt: &str, delivery: &Delivery) -> Result<()>;
 }
 
 /// The embedded workers' client: calls the store directly.
@@ -110,5 +115,21 @@ impl WorkerClient for LocalClient {
     }
     async fn finish(&self, attempt: &str, worker: &str, outcome: AttemptOutcome) -> Result<Status> {
         self.store.finish_attempt(attempt, worker, outcome).await
+    }
+    async fn claim_result_delivery(&self, task: &str) -> Result<Option<Task>> {
+        self.store.claim_result_delivery(task).await
+    }
+    async fn record_delivery(&self, attempt: &str, delivery: &Delivery) -> Result<()> {
+        self.store.set_delivery(attempt, delivery).await?;
+        self.store
+            .append_events(
+                attempt,
+                None,
+                vec![EventKind::Notice {
+                    message: delivery.summary(),
+                }],
+            )
+            .await?;
+        Ok(())
     }
 }

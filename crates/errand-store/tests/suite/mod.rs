@@ -2293,13 +2293,25 @@ pub async fn review_settings_and_attempt_payloads_roundtrip(store: &dyn Store) {
     assert_eq!(t.review_model.as_deref(), Some("scripted:/tmp/review.json"));
     assert_eq!(t.max_review_rounds, 2);
     assert_eq!(t.attempts[1].model, "scripted:/tmp/other.json");
-    let mut claimed = vec![("w1", claim(store, "w1").await), ("w2", claim(store, "w2").await)];
+    let mut claimed = vec![
+        ("w1", claim(store, "w1").await),
+        ("w2", claim(store, "w2").await),
+    ];
     claimed.sort_by_key(|(_, c)| c.attempt.number);
     let [(w1, c1), (_, c2)] = [claimed[0].clone(), claimed[1].clone()];
-    assert_eq!(c1.model_payload.as_ref().unwrap()["turns"][0]["text"], "task model");
-    assert_eq!(c2.model_payload.as_ref().unwrap()["turns"][0]["text"], "other");
+    assert_eq!(
+        c1.model_payload.as_ref().unwrap()["turns"][0]["text"],
+        "task model"
+    );
+    assert_eq!(
+        c2.model_payload.as_ref().unwrap()["turns"][0]["text"],
+        "other"
+    );
     for c in [&c1, &c2] {
-        assert_eq!(c.review_payload.as_ref().unwrap()["turns"][0]["text"], "reviewer");
+        assert_eq!(
+            c.review_payload.as_ref().unwrap()["turns"][0]["text"],
+            "reviewer"
+        );
         assert_eq!(c.task.max_review_rounds, 2);
     }
     let review = errand_core::AttemptReview {
@@ -2409,11 +2421,17 @@ pub async fn best_of_n_ranks_and_picks(store: &dyn Store) {
 
     // Bob picks attempt 2.
     let before = now_ms();
-    let picked = store.pick_attempt(&t.short_id, &c2.attempt.id, "bob").await.unwrap();
+    let picked = store
+        .pick_attempt(&t.short_id, &c2.attempt.id, "bob")
+        .await
+        .unwrap();
     assert_eq!(picked.selected_attempt, Some(2));
     assert_eq!(picked.result_attempt().unwrap().id, c2.attempt.id);
     let p = picked.picked.clone().unwrap();
-    assert_eq!((p.attempt, p.attempt_id.as_str(), p.by.as_str()), (2, c2.attempt.id.as_str(), "bob"));
+    assert_eq!(
+        (p.attempt, p.attempt_id.as_str(), p.by.as_str()),
+        (2, c2.attempt.id.as_str(), "bob")
+    );
     assert!(p.at_ms >= before);
     assert_eq!(
         by_number(&picked, 3).unwrap().rank,
@@ -2431,13 +2449,17 @@ pub async fn best_of_n_ranks_and_picks(store: &dyn Store) {
     // Not an attempt of this task.
     let other = store.create_task(new_task("other")).await.unwrap();
     assert!(matches!(
-        store.pick_attempt(&t.id, &other.attempts[0].id, "bob").await,
+        store
+            .pick_attempt(&t.id, &other.attempts[0].id, "bob")
+            .await,
         Err(StoreError::NotFound(_))
     ));
     // A cancelled attempt without a commit can't be picked.
     let cancelled = store.cancel_task(&other.id, "stop").await.unwrap();
     assert!(matches!(
-        store.pick_attempt(&other.id, &cancelled.attempts[0].id, "bob").await,
+        store
+            .pick_attempt(&other.id, &cancelled.attempts[0].id, "bob")
+            .await,
         Err(StoreError::WrongState(_))
     ));
 }
@@ -2449,13 +2471,19 @@ pub async fn followup_keeps_the_best_of_n_result(store: &dyn Store) {
         .create_task(new_task_with_attempts("follow the winner", 2))
         .await
         .unwrap();
-    let mut claimed = vec![("w1", claim(store, "w1").await), ("w2", claim(store, "w2").await)];
+    let mut claimed = vec![
+        ("w1", claim(store, "w1").await),
+        ("w2", claim(store, "w2").await),
+    ];
     claimed.sort_by_key(|(_, c)| c.attempt.number);
     let (wa, a) = &claimed[0];
     let (wb, b) = &claimed[1];
     finish_with(store, a, wa, Status::Done, 9, true).await;
     finish_with(store, b, wb, Status::Done, 3, true).await;
-    assert_eq!(store.get_task(&t.id).await.unwrap().selected_attempt, Some(2));
+    assert_eq!(
+        store.get_task(&t.id).await.unwrap().selected_attempt,
+        Some(2)
+    );
     let task = store.followup(&t.id, "also this", "ann").await.unwrap();
     let running = by_id(&task, &b.attempt.id);
     assert_eq!(running.status, Status::Queued);
@@ -2483,12 +2511,7 @@ pub async fn claim_result_delivery_once(store: &dyn Store) {
         "an attempt is still running"
     );
     finish_with(store, &b, "w2", Status::Done, 2, true).await;
-    let results = join_all(
-        (0..6)
-            .map(|_| store.claim_result_delivery(&t.id))
-            .collect(),
-    )
-    .await;
+    let results = join_all((0..6).map(|_| store.claim_result_delivery(&t.id)).collect()).await;
     let winners: Vec<Task> = results.into_iter().map(|r| r.unwrap()).flatten().collect();
     assert_eq!(winners.len(), 1, "exactly one caller delivers");
     assert_eq!(winners[0].result_attempt().unwrap().id, b.attempt.id);
@@ -2527,12 +2550,25 @@ pub async fn cancel_cancels_every_attempt(store: &dyn Store) {
     let a = claim(store, "w1").await;
     let b = claim(store, "w2").await;
     store
-        .transition(&a.attempt.id, "w1", Status::Preparing, Status::Running, None)
+        .transition(
+            &a.attempt.id,
+            "w1",
+            Status::Preparing,
+            Status::Running,
+            None,
+        )
         .await
         .unwrap();
-    let task = store.cancel_task(&t.id, "cancelled by the user").await.unwrap();
+    let task = store
+        .cancel_task(&t.id, "cancelled by the user")
+        .await
+        .unwrap();
     assert_eq!(task.status, Status::Cancelled);
-    assert!(task.attempts.iter().all(|x| x.status == Status::Cancelled), "{:?}", task.attempts);
+    assert!(
+        task.attempts.iter().all(|x| x.status == Status::Cancelled),
+        "{:?}",
+        task.attempts
+    );
     assert_eq!(
         store.heartbeat(&a.attempt.id, "w1", 60_000).await.unwrap(),
         LeaseState::Cancelled
@@ -2541,11 +2577,19 @@ pub async fn cancel_cancels_every_attempt(store: &dyn Store) {
         store.heartbeat(&b.attempt.id, "w2", 60_000).await.unwrap(),
         LeaseState::Cancelled
     );
-    assert!(store.claim_attempt(&claim_req("w3")).await.unwrap().is_none());
+    assert!(
+        store
+            .claim_attempt(&claim_req("w3"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     for x in &task.attempts {
         let evs = all_events(store, &x.id).await;
         assert_eq!(
-            status_events(&evs).last().map(|(_, to, r)| (*to, r.clone())),
+            status_events(&evs)
+                .last()
+                .map(|(_, to, r)| (*to, r.clone())),
             Some((Status::Cancelled, Some("cancelled by the user".into())))
         );
     }
