@@ -439,7 +439,7 @@ pub fn compare(t: &Task) -> String {
         };
         let (diff, files) = match &a.diff_stats {
             Some(d) => (
-                format!("+{} −{}", d.insertions, d.deletions),
+                format!("+{} -{}", d.insertions, d.deletions),
                 d.files_changed.to_string(),
             ),
             None => ("-".into(), "-".into()),
