@@ -702,7 +702,6 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
         attempts: a.attempts,
         review_model,
         max_review_rounds: a.max_review_rounds,
-        ..Default::default()
     };
     let task = client.create(&req).await?;
     if a.json {

@@ -653,7 +653,7 @@ impl Store for SqliteStore {
                     _ => format!("picked by {by} as the task's result"),
                 };
                 append_in(tx, &a.id, None, &[K::Notice { message }])?;
-                Ok(load_task(tx, &full)?)
+                load_task(tx, &full)
             })
             .await?;
         if let Some(a) = task.result_attempt() {

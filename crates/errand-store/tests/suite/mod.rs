@@ -2293,7 +2293,7 @@ pub async fn review_settings_and_attempt_payloads_roundtrip(store: &dyn Store) {
     assert_eq!(t.review_model.as_deref(), Some("scripted:/tmp/review.json"));
     assert_eq!(t.max_review_rounds, 2);
     assert_eq!(t.attempts[1].model, "scripted:/tmp/other.json");
-    let mut claimed = vec![
+    let mut claimed = [
         ("w1", claim(store, "w1").await),
         ("w2", claim(store, "w2").await),
     ];
@@ -2471,7 +2471,7 @@ pub async fn followup_keeps_the_best_of_n_result(store: &dyn Store) {
         .create_task(new_task_with_attempts("follow the winner", 2))
         .await
         .unwrap();
-    let mut claimed = vec![
+    let mut claimed = [
         ("w1", claim(store, "w1").await),
         ("w2", claim(store, "w2").await),
     ];
@@ -2512,7 +2512,7 @@ pub async fn claim_result_delivery_once(store: &dyn Store) {
     );
     finish_with(store, &b, "w2", Status::Done, 2, true).await;
     let results = join_all((0..6).map(|_| store.claim_result_delivery(&t.id)).collect()).await;
-    let winners: Vec<Task> = results.into_iter().map(|r| r.unwrap()).flatten().collect();
+    let winners: Vec<Task> = results.into_iter().filter_map(|r| r.unwrap()).collect();
     assert_eq!(winners.len(), 1, "exactly one caller delivers");
     assert_eq!(winners[0].result_attempt().unwrap().id, b.attempt.id);
     assert!(store.claim_result_delivery(&t.id).await.unwrap().is_none());
