@@ -27,6 +27,7 @@ fn new_task() -> NewTask {
             number: 1,
             branch: format!("errand/{}-bench-a1", errand_core::short_id(&id)),
             model: "scripted:/bench.json".into(),
+            ..Default::default()
         }],
         id,
         prompt: "bench".into(),
@@ -40,6 +41,7 @@ fn new_task() -> NewTask {
         mode: "run".into(),
         trigger: "api".into(),
         created_by: "bench".into(),
+        ..Default::default()
     }
 }
 

@@ -66,6 +66,9 @@ pub struct AgentConfig {
     pub continuation: Option<String>,
     /// The plan to start from (an approved plan), kept through compactions.
     pub plan: Vec<PlanStep>,
+    /// When continuing `history`, send the prompt as the next user message exactly as given
+    /// (a reviewer's findings, say) instead of framing it as the user's follow-up.
+    pub raw_continuation: bool,
 }
 
 impl Default for AgentConfig {
@@ -84,6 +87,7 @@ impl Default for AgentConfig {
             planning: false,
             continuation: None,
             plan: Vec::new(),
+            raw_continuation: false,
         }
     }
 }
@@ -347,6 +351,7 @@ impl AgentRun<'_> {
                     m.push(Message::User {
                         text: match &self.config.continuation {
                             Some(text) => text.clone(),
+                            None if self.config.raw_continuation => self.prompt.to_string(),
                             None => format!(
                                 "<followup>\nThe user asks for more on the same task. Your earlier work is committed on this branch.\n{}\n</followup>",
                                 self.prompt.trim()

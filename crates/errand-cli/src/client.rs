@@ -157,6 +157,60 @@ impl Client {
         resp.json().await.context("decoding the answer")
     }
 
+    pub async fn pick(&self, id: &str, attempt: &str, by: &str) -> Result<serde_json::Value> {
+        let attempt = match attempt.trim().parse::<i64>() {
+            Ok(n) => serde_json::json!(n),
+            Err(_) => serde_json::json!(attempt.trim()),
+        };
+        let resp = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/tasks/{}/pick", errand_git::percent_encode(id))))
+                    .json(&serde_json::json!({ "attempt": attempt, "by": by })),
+            )
+            .await?;
+        resp.json().await.context("decoding the answer")
+    }
+
+    /// Follows a task with several attempts: a line each time an attempt changes status,
+    /// until every attempt has ended (and, when the environment pushes, the result has been
+    /// delivered). Returns the task as it ended.
+    pub async fn follow_attempts(&self, id: &str, json: bool) -> Result<Task> {
+        let mut seen: std::collections::HashMap<String, errand_core::Status> = Default::default();
+        let mut ended_at: Option<std::time::Instant> = None;
+        loop {
+            let t = self.task(id).await?;
+            for a in &t.attempts {
+                if seen.get(&a.id) != Some(&a.status) {
+                    seen.insert(a.id.clone(), a.status);
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"attempt": a.number, "status": a.status, "model": a.model})
+                        );
+                    } else {
+                        println!("{}", render::attempt_line(a));
+                    }
+                }
+            }
+            if t.status.is_terminal() {
+                // The result of a best-of-N task is pushed once the last attempt has ended.
+                let delivering = t.environment.push
+                    && t.status == errand_core::Status::Done
+                    && !t
+                        .attempts
+                        .iter()
+                        .any(|a| a.status == errand_core::Status::Cancelled)
+                    && t.result_attempt().is_some_and(|a| a.delivery.is_none());
+                let since = *ended_at.get_or_insert_with(std::time::Instant::now);
+                if !delivering || since.elapsed() > Duration::from_secs(120) {
+                    return Ok(t);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     pub async fn cancel(&self, id: &str) -> Result<Task> {
         let resp = self
             .send(

@@ -115,6 +115,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Best-of-N: the attempts of a task side by side (checks, reviewer verdict, diff size,
+    /// cost, time, rank), the task's result marked.
+    Compare {
+        task: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an ended attempt the task's result (what diff, apply, pr and delivery use); with
+    /// push on, its branch is pushed and its pull request opened or updated.
+    Pick {
+        task: String,
+        /// The attempt's number, or its id.
+        attempt: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue a finished task: the agent picks up its branch and conversation with a new
     /// request, and the branch gets a new commit.
     Followup {
@@ -213,9 +229,22 @@ struct RunArgs {
     /// Model as provider:model: anthropic:claude-sonnet-4-5, openai:gpt-5,
     /// gemini:gemini-2.5-pro, ollama:qwen2.5-coder, a [providers.NAME] from errand.toml, or
     /// scripted:./turns.json. Default: the environment's, else the server's default_model, else
-    /// the first provider whose key is set.
+    /// the first provider whose key is set. Repeat it to cycle several models across the
+    /// attempts.
     #[arg(long)]
-    model: Option<String>,
+    model: Vec<String>,
+    /// Best-of-N: run N attempts in parallel (1 to 8), each on its own branch; they are
+    /// ranked when they end (default: 1, or the number of --model).
+    #[arg(long, value_name = "N")]
+    attempts: Option<u32>,
+    /// A reviewer model that reads the diff, plan and check results after the checks and
+    /// returns a verdict; its findings go back to the agent (default: the environment's or
+    /// server's review_model).
+    #[arg(long, value_name = "MODEL")]
+    review: Option<String>,
+    /// How many times the reviewer's findings go back to the agent (default 1).
+    #[arg(long, value_name = "N")]
+    max_review_rounds: Option<u32>,
     /// A provider option, KEY=VALUE (repeatable), for example reasoning_effort=high or
     /// temperature=0.2. VALUE is read as JSON when it parses, else as a string.
     #[arg(long = "model-option", value_name = "KEY=VALUE")]
@@ -447,6 +476,57 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Compare { task, json } => {
+            let t = client.task(&task).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&render::compare_json(&t))?
+                );
+            } else {
+                print!("{}", render::compare(&t));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pick {
+            task,
+            attempt,
+            json,
+        } => {
+            let before = client.task(&task).await?;
+            let v = client.pick(&before.id, &attempt, &whoami()).await?;
+            let t: errand_core::Task =
+                serde_json::from_value(v["task"].clone()).context("decoding the task")?;
+            let d: Option<errand_core::Delivery> =
+                serde_json::from_value(v["delivery"].clone()).unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let was = before.result_attempt().map(|a| a.number);
+                let now = t.result_attempt().map(|a| a.number).unwrap_or_default();
+                println!(
+                    "attempt {now} is the result of task {} now{}",
+                    t.short_id,
+                    match was {
+                        Some(w) if w != now => format!(" (was attempt {w})"),
+                        _ => String::new(),
+                    }
+                );
+                if let Some(d) = &d {
+                    println!("{}", d.summary());
+                }
+                if let Some(url) = v["superseded_pr"].as_str() {
+                    println!(
+                        "the earlier result's pull request stays open: {url} (close it on the forge if it is no longer wanted)"
+                    );
+                }
+            }
+            Ok(if d.as_ref().is_some_and(|d| d.error.is_some()) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Cancel { task, json } => {
             let t = client.cancel(&task).await?;
             if json {
@@ -573,13 +653,28 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
         (None, Some(_)) => None,
         (None, None) => Some(absolute(".")?),
     };
-    let model = match &a.model {
-        Some(m) => Some(match m.strip_prefix("scripted:") {
+    let scripted_absolute = |m: &str| -> Result<String> {
+        Ok(match m.strip_prefix("scripted:") {
             Some(path) if !path.is_empty() => format!("scripted:{}", absolute(path)?),
-            _ => m.clone(),
-        }),
-        None => None,
+            _ => m.to_string(),
+        })
     };
+    let mut models = a
+        .model
+        .iter()
+        .map(|m| scripted_absolute(m))
+        .collect::<Result<Vec<_>>>()?;
+    let model = if models.len() == 1 {
+        models.pop()
+    } else {
+        None
+    };
+    if let Some(n) = a.attempts
+        && !(1..=8).contains(&n)
+    {
+        bail!("--attempts {n}: run between 1 and 8 attempts");
+    }
+    let review_model = a.review.as_deref().map(scripted_absolute).transpose()?;
     let checks = if a.checks.is_empty() {
         None
     } else {
@@ -624,13 +719,27 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
         model_options,
         budget,
         mode: a.plan.then(|| "plan".to_string()),
+        models,
+        attempts: a.attempts,
+        review_model,
+        max_review_rounds: a.max_review_rounds,
     };
     let task = client.create(&req).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&task)?);
     } else {
         println!("created task {} — {}", task.short_id, task.title);
-        if let Some(at) = task.result_attempt() {
+        if task.attempts.len() > 1 {
+            println!(
+                "{} attempts  base {} @ {}",
+                task.attempts.len(),
+                task.base_ref,
+                render::short_sha(&task.base_commit)
+            );
+            for at in &task.attempts {
+                println!("  attempt {}: {}  {}", at.number, at.branch, at.model);
+            }
+        } else if let Some(at) = task.result_attempt() {
             println!(
                 "branch {}  base {} @ {}",
                 at.branch,
@@ -644,6 +753,9 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
                 id = task.short_id
             );
         }
+        if let Some(r) = &task.review_model {
+            println!("reviewer {r}");
+        }
         if !a.follow {
             println!("follow it with: errand logs -f {}", task.short_id);
         }
@@ -656,12 +768,24 @@ async fn run(client: &Client, a: RunArgs) -> Result<ExitCode> {
     } else {
         render::LogMode::Human
     };
-    client.follow(&task.id, None, 0, mode).await?;
-    let done = client.task(&task.id).await?;
-    if !a.json {
-        println!();
-        print!("{}", render::show(&done));
-    }
+    let done = if task.attempts.len() > 1 {
+        let done = client.follow_attempts(&task.id, a.json).await?;
+        if !a.json {
+            println!();
+            print!("{}", render::show(&done));
+            println!();
+            print!("{}", render::compare(&done));
+        }
+        done
+    } else {
+        client.follow(&task.id, None, 0, mode).await?;
+        let done = client.task(&task.id).await?;
+        if !a.json {
+            println!();
+            print!("{}", render::show(&done));
+        }
+        done
+    };
     Ok(if plan_cmd::end_ok(&done) {
         ExitCode::SUCCESS
     } else {

@@ -1,7 +1,8 @@
 //! Human-readable output: task tables, `show`, and the event log.
 
 use errand_core::{
-    CheckResult, DiffStats, Event, EventKind, OutputStream, Task, TestCounts, format_ts,
+    Attempt, AttemptReview, CheckResult, DiffStats, Event, EventKind, OutputStream, Task,
+    TestCounts, Verdict, format_ts,
 };
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -116,9 +117,28 @@ pub fn show(t: &Task) -> String {
             t.trigger
         ),
     );
+    if let Some(r) = &t.review_model {
+        row(
+            &mut o,
+            "Reviewer",
+            &format!(
+                "{r} (findings go back to the agent up to {} time{})",
+                t.max_review_rounds,
+                if t.max_review_rounds == 1 { "" } else { "s" }
+            ),
+        );
+    }
     if t.attempts.len() > 1 {
         let total: f64 = t.attempts.iter().map(|a| a.usage.cost_usd).sum();
         row(&mut o, "Cost", &format!("{} (all attempts)", usd(total)));
+        row(
+            &mut o,
+            "Attempts",
+            &format!("{} (best of {})", t.attempts.len(), t.attempts.len()),
+        );
+        if let Some(r) = t.result_attempt() {
+            row(&mut o, "Result", &result_line(t, r));
+        }
     }
     let b = &t.environment.budget;
     let mut limits = Vec::new();
@@ -138,9 +158,22 @@ pub fn show(t: &Task) -> String {
         row(&mut o, "Budget", &limits.join(", "));
     }
     o.push_str(&crate::plan_cmd::show_plan(t));
+    let result = t.result_attempt().map(|a| a.id.clone());
     for a in &t.attempts {
         if t.attempts.len() > 1 {
-            let _ = writeln!(o, "\nAttempt {} — {}", a.number, a.status);
+            let _ = writeln!(
+                o,
+                "\nAttempt {} — {}{}{}",
+                a.number,
+                a.status,
+                a.rank.map(|r| format!(" — rank {r}")).unwrap_or_default(),
+                if result.as_deref() == Some(a.id.as_str()) {
+                    " — the task's result"
+                } else {
+                    ""
+                }
+            );
+            row(&mut o, "Model", &a.model);
         }
         row(&mut o, "Branch", &a.branch);
         if let Some(h) = &a.head_commit {
@@ -237,6 +270,10 @@ pub fn show(t: &Task) -> String {
             row(&mut o, "Checks", "");
             o.push_str(&checks_table(&a.checks));
         }
+        if let Some(r) = &a.review {
+            row(&mut o, "Review", &review_headline(r));
+            o.push_str(&review_rounds(r));
+        }
         if let Some(s) = &a.summary {
             row(&mut o, "Summary", s.trim());
         }
@@ -248,6 +285,252 @@ pub fn show(t: &Task) -> String {
         }
     }
     o
+}
+
+/// `attempt 2 (ranked first)` or `attempt 2 (picked by bob 3m ago; ranked 2)`.
+fn result_line(t: &Task, r: &Attempt) -> String {
+    let rank = r
+        .rank
+        .map(|n| format!("ranked {n}"))
+        .unwrap_or_else(|| "not ranked yet".into());
+    match &t.picked {
+        Some(p) if p.attempt_id == r.id => format!(
+            "attempt {} (picked by {} {}; {rank}) — errand compare {}",
+            r.number,
+            p.by,
+            ago(p.at_ms),
+            t.short_id
+        ),
+        _ => format!(
+            "attempt {} ({rank}) — errand compare {}",
+            r.number, t.short_id
+        ),
+    }
+}
+
+fn verdict_word(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Approve => "approve",
+        Verdict::ChangesNeeded => "changes needed",
+    }
+}
+
+/// `approve (anthropic:claude-opus-4-1, 2 rounds)` or `no verdict — why`.
+pub fn review_headline(r: &AttemptReview) -> String {
+    match (&r.error, r.verdict) {
+        (Some(e), _) => format!("no verdict from {} — {e}", r.model),
+        (None, Some(v)) => format!(
+            "{} ({}, {} round{})",
+            verdict_word(v),
+            r.model,
+            r.rounds.len(),
+            if r.rounds.len() == 1 { "" } else { "s" }
+        ),
+        (None, None) => format!("not reviewed ({})", r.model),
+    }
+}
+
+/// Each round's verdict, summary and findings, indented under the `Review` row.
+fn review_rounds(r: &AttemptReview) -> String {
+    let mut o = String::new();
+    for round in &r.rounds {
+        let _ = writeln!(
+            o,
+            "{:<10}  round {}: {} — {}",
+            "",
+            round.round,
+            verdict_word(round.verdict),
+            oneline(round.summary.trim(), 200)
+        );
+        for f in &round.findings {
+            let _ = writeln!(
+                o,
+                "{:<10}    {} {}: {}",
+                "",
+                f.severity.as_str(),
+                f.location(),
+                oneline(f.message.trim(), 200)
+            );
+        }
+    }
+    o
+}
+
+/// One line per status change of an attempt, for `run --follow` of a best-of-N task.
+pub fn attempt_line(a: &Attempt) -> String {
+    let mut s = format!("attempt {} ({}): {}", a.number, a.model, a.status);
+    if a.status.is_terminal() {
+        let t = errand_core::bestof::CheckTally::of(a);
+        if t.total > 0 {
+            s.push_str(&format!(" — checks {}/{} passed", t.passed, t.total));
+        }
+        if let Some(d) = &a.diff_stats {
+            s.push_str(&format!(", +{} -{}", d.insertions, d.deletions));
+        }
+        if let Some(v) = errand_core::bestof::verdict(a) {
+            s.push_str(&format!(", review: {}", verdict_word(v)));
+        }
+        if let Some(e) = &a.error {
+            s.push_str(&format!(" — {}", oneline(e, 160)));
+        }
+    }
+    s
+}
+
+/// The model's name cut to `max` characters, keeping its end (where scripted paths and model
+/// names differ).
+fn tail(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        s.to_string()
+    } else {
+        let keep: String = s.chars().skip(n - (max - 1)).collect();
+        format!("…{keep}")
+    }
+}
+
+fn attempt_secs(a: &Attempt) -> Option<i64> {
+    match (a.started_at_ms, a.finished_at_ms) {
+        (Some(s), Some(f)) => Some(f - s),
+        (Some(s), None) if !a.status.is_terminal() => Some(errand_core::now_ms() - s),
+        _ => None,
+    }
+}
+
+/// `errand compare`: the attempts side by side; `*` marks the task's result.
+pub fn compare(t: &Task) -> String {
+    let result = t.result_attempt().map(|a| a.id.clone());
+    let model_w = t
+        .attempts
+        .iter()
+        .map(|a| a.model.chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 32);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "  {:>2}  {:<model_w$}  {:<10} {:>6} {:>11}  {:<14} {:>13} {:>5} {:>8} {:>7} {:>4}",
+        "#",
+        "MODEL",
+        "STATUS",
+        "CHECKS",
+        "TESTS",
+        "VERDICT",
+        "DIFF",
+        "FILES",
+        "COST",
+        "TIME",
+        "RANK"
+    );
+    for a in &t.attempts {
+        let tally = errand_core::bestof::CheckTally::of(a);
+        let checks = if tally.total == 0 {
+            "-".to_string()
+        } else {
+            format!("{}/{}", tally.passed, tally.total)
+        };
+        let tests = if tally.has_tests {
+            format!(
+                "{}/{}",
+                tally.tests_passed,
+                tally.tests_passed + tally.tests_failed + tally.tests_skipped
+            )
+        } else {
+            "-".to_string()
+        };
+        let verdict = match &a.review {
+            None => "-".to_string(),
+            Some(r) if r.error.is_some() => "no verdict".to_string(),
+            Some(r) => r
+                .verdict
+                .map(|v| verdict_word(v).to_string())
+                .unwrap_or_else(|| "-".into()),
+        };
+        let (diff, files) = match &a.diff_stats {
+            Some(d) => (
+                format!("+{} -{}", d.insertions, d.deletions),
+                d.files_changed.to_string(),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            o,
+            "{} {:>2}  {:<model_w$}  {:<10} {:>6} {:>11}  {:<14} {:>13} {:>5} {:>8} {:>7} {:>4}",
+            if result.as_deref() == Some(a.id.as_str()) {
+                "*"
+            } else {
+                " "
+            },
+            a.number,
+            tail(&a.model, model_w),
+            a.status.as_str(),
+            checks,
+            tests,
+            verdict,
+            diff,
+            files,
+            usd(a.usage.cost_usd),
+            attempt_secs(a).map(secs).unwrap_or_else(|| "-".into()),
+            a.rank.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+        );
+    }
+    if let Some(r) = t.result_attempt() {
+        let _ = writeln!(
+            o,
+            "* the task's result: {}",
+            match &t.picked {
+                Some(p) if p.attempt_id == r.id =>
+                    format!("attempt {}, picked by {} {}", r.number, p.by, ago(p.at_ms)),
+                _ if r.rank.is_some() => format!("attempt {}, ranked first", r.number),
+                _ => format!("attempt {} (none has ended yet)", r.number),
+            }
+        );
+    }
+    o
+}
+
+/// `errand compare --json`.
+pub fn compare_json(t: &Task) -> serde_json::Value {
+    let result = t.result_attempt().map(|a| a.id.clone());
+    let attempts: Vec<serde_json::Value> = t
+        .attempts
+        .iter()
+        .map(|a| {
+            let tally = errand_core::bestof::CheckTally::of(a);
+            serde_json::json!({
+                "attempt": a.number,
+                "id": a.id,
+                "model": a.model,
+                "status": a.status,
+                "branch": a.branch,
+                "checks": {"passed": tally.passed, "total": tally.total},
+                "tests": tally.has_tests.then(|| serde_json::json!({
+                    "passed": tally.tests_passed,
+                    "failed": tally.tests_failed,
+                    "skipped": tally.tests_skipped,
+                })),
+                "verdict": errand_core::bestof::verdict(a),
+                "review_error": a.review.as_ref().and_then(|r| r.error.clone()),
+                "findings": a.review.as_ref().and_then(|r| r.last()).map(|r| r.findings.len()),
+                "diff": a.diff_stats.as_ref().map(|d| serde_json::json!({
+                    "insertions": d.insertions,
+                    "deletions": d.deletions,
+                    "files": d.files_changed,
+                })),
+                "cost_usd": a.usage.cost_usd,
+                "duration_ms": attempt_secs(a),
+                "rank": a.rank,
+                "selected": result.as_deref() == Some(a.id.as_str()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "task": t.id,
+        "selected_attempt": t.result_attempt().map(|a| a.number),
+        "picked": t.picked,
+        "attempts": attempts,
+    })
 }
 
 /// The checks of an attempt: name, exit code, duration, test counts and where they come
@@ -603,6 +886,30 @@ pub fn describe(k: &EventKind) -> String {
                 .map(|e| format!(": {}", oneline(e, 200)))
                 .unwrap_or_default()
         ),
+        EventKind::Review {
+            round,
+            verdict,
+            summary,
+            findings,
+        } => {
+            let mut s = format!(
+                "review round {round}: {} — {}",
+                match verdict {
+                    Verdict::Approve => "APPROVE",
+                    Verdict::ChangesNeeded => "CHANGES NEEDED",
+                },
+                oneline(summary.trim(), 200)
+            );
+            for f in findings {
+                s.push_str(&format!(
+                    "\n                • {} {}: {}",
+                    f.severity.as_str(),
+                    f.location(),
+                    oneline(f.message.trim(), 200)
+                ));
+            }
+            s
+        }
         EventKind::ModelRetry {
             model,
             retry,

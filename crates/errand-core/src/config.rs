@@ -243,6 +243,12 @@ pub struct EnvironmentConfig {
     /// gateway, which adds their keys outside the box.
     #[serde(default)]
     pub gateway: Vec<String>,
+    /// A reviewer model (`provider:model`) that reads each attempt's work after its checks.
+    #[serde(default)]
+    pub review_model: Option<String>,
+    /// How many times the reviewer's findings go back to the agent (default 1).
+    #[serde(default)]
+    pub max_review_rounds: Option<u32>,
 }
 
 /// Network access of a box: `off` (loopback only), `allowlist` (only through the egress
@@ -509,6 +515,9 @@ impl EnvironmentConfig {
     }
 }
 
+/// The most times a reviewer's findings may go back to the agent.
+pub const MAX_REVIEW_ROUNDS: u32 = 5;
+
 /// The whole `errand.toml`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -516,6 +525,9 @@ pub struct Config {
     /// Model used when neither the task nor its environment names one.
     #[serde(default)]
     pub default_model: Option<String>,
+    /// Reviewer model for tasks whose environment names none (off when unset).
+    #[serde(default)]
+    pub review_model: Option<String>,
     /// How people reach this server (links in pull requests); default: its listen address.
     #[serde(default)]
     pub public_url: Option<String>,
@@ -632,6 +644,13 @@ impl Config {
                         ),
                     });
                 }
+            }
+            if let Some(n) = env.max_review_rounds
+                && n > MAX_REVIEW_ROUNDS
+            {
+                return Err(invalid(format!(
+                    "environment '{name}': max_review_rounds is {n}; the limit is {MAX_REVIEW_ROUNDS}"
+                )));
             }
             env.validate_delivery()
                 .map_err(|m| invalid(format!("environment '{name}': {m}")))?;

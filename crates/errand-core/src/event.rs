@@ -249,6 +249,14 @@ pub enum EventKind {
         #[serde(default)]
         revision: i64,
     },
+    /// The reviewer's verdict on the attempt's work, one per review round.
+    Review {
+        round: u32,
+        verdict: crate::Verdict,
+        summary: String,
+        #[serde(default)]
+        findings: Vec<crate::Finding>,
+    },
     Error {
         message: String,
     },
@@ -295,6 +303,7 @@ impl EventKind {
             EventKind::Net { .. } => "net",
             EventKind::PlanProposed { .. } => "plan_proposed",
             EventKind::Approval { .. } => "approval",
+            EventKind::Review { .. } => "review",
             EventKind::Error { .. } => "error",
             EventKind::GatewayRequest { .. } => "gateway_request",
         }
@@ -326,5 +335,28 @@ mod tests {
         let back: Event = serde_json::from_value(v).unwrap_or_else(|_| panic!("roundtrip"));
         assert_eq!(back, e);
         assert_eq!(e.kind.type_name(), "status");
+    }
+
+    #[test]
+    fn review_event_json() {
+        let k = EventKind::Review {
+            round: 2,
+            verdict: crate::Verdict::ChangesNeeded,
+            summary: "one problem".into(),
+            findings: vec![crate::Finding {
+                file: "src/a.rs".into(),
+                line: Some(3),
+                severity: crate::Severity::Error,
+                message: "off by one".into(),
+            }],
+        };
+        let v = serde_json::to_value(&k).unwrap_or_default();
+        assert_eq!(v["type"], "review");
+        assert_eq!(v["verdict"], "changes_needed");
+        assert_eq!(v["findings"][0]["severity"], "error");
+        assert_eq!(v["findings"][0]["line"], 3);
+        assert_eq!(k.type_name(), "review");
+        let back: EventKind = serde_json::from_value(v).unwrap_or_else(|_| panic!("roundtrip"));
+        assert_eq!(back, k);
     }
 }

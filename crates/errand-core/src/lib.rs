@@ -4,6 +4,7 @@
 //! This crate owns vocabulary only. It must not do I/O (no files, no network, no processes,
 //! no database): every other crate depends on it, and it stays cheap to build and to test.
 
+pub mod bestof;
 pub mod config;
 pub mod event;
 pub mod id;
@@ -25,8 +26,9 @@ pub use redact::{Redactor, StreamRedactor};
 pub use status::Status;
 pub use task::GatewayUpstream;
 pub use task::{
-    Attempt, CheckResult, Delivery, DiffStats, EnvironmentSnapshot, FileStat, NewAttempt, NewTask,
-    Task, TaskRequest, TestCounts,
+    Attempt, AttemptReview, CheckResult, Delivery, DiffStats, EnvironmentSnapshot, FileStat,
+    Finding, NewAttempt, NewReview, NewTask, Pick, Review, Severity, Task, TaskRequest, TestCounts,
+    Verdict,
 };
 
 /// Milliseconds since the Unix epoch, the timestamp unit used across Errand.

@@ -81,7 +81,8 @@ impl Status {
             (Preparing, Planning | Running) => true,
             (Planning, AwaitingApproval) => true,
             (AwaitingApproval, Running) => true,
-            (Running, Checking | Done) => true,
+            // Verifying: a reviewer model reads the work (directly when there are no checks).
+            (Running, Checking | Verifying | Done) => true,
             (Checking, Verifying | Done | Running) => true,
             (Verifying, Done | Running) => true,
             _ => false,
@@ -148,6 +149,11 @@ mod tests {
         assert!(!Status::Done.can_transition_to(Status::Running));
         assert!(!Status::Queued.can_transition_to(Status::Done));
         assert!(Status::Queued.can_transition_to(Status::Cancelled));
+        // A review round: checks (or the agent) → verifying → back to the agent.
+        assert!(Status::Checking.can_transition_to(Status::Verifying));
+        assert!(Status::Running.can_transition_to(Status::Verifying));
+        assert!(Status::Verifying.can_transition_to(Status::Running));
+        assert!(!Status::Verifying.can_transition_to(Status::Checking));
     }
 
     #[test]

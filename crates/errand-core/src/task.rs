@@ -39,6 +39,19 @@ pub struct TaskRequest {
     /// `run` (default) or `plan`: explore read-only, propose a plan and wait for approval.
     #[serde(default)]
     pub mode: Option<String>,
+    /// Several models, cycled across the attempts (instead of `model`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Attempts run in parallel, each on its own branch (best-of-N), 1..=8. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// A reviewer model, `provider:model`, over the environment's and the server's
+    /// `review_model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_model: Option<String>,
+    /// How many times the reviewer's findings go back to the agent (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_review_rounds: Option<u32>,
 }
 
 /// The environment as resolved when the task was created (with the task's own overrides);
@@ -167,7 +180,7 @@ impl Delivery {
 }
 
 /// A validated, fully resolved task, ready to be stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewTask {
     pub id: String,
     pub prompt: String,
@@ -183,14 +196,30 @@ pub struct NewTask {
     pub trigger: String,
     pub created_by: String,
     pub attempts: Vec<NewAttempt>,
+    /// The reviewer, when the task has one.
+    pub review: Option<NewReview>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewAttempt {
     pub id: String,
     pub number: i64,
     pub branch: String,
     pub model: String,
+    /// The attempt's own resolved model payload, when its model is not the task's
+    /// (best-of-N with several models); `None` uses the task's.
+    pub model_payload: Option<serde_json::Value>,
+}
+
+/// A task's reviewer, resolved at creation like its model.
+#[derive(Debug, Clone, Default)]
+pub struct NewReview {
+    /// `provider:model`.
+    pub model: String,
+    /// The provider payload resolved at creation (like [`NewTask::model_payload`]).
+    pub payload: Option<serde_json::Value>,
+    /// How many times findings go back to the agent.
+    pub max_rounds: u32,
 }
 
 /// Lines added and removed in one file.
@@ -277,6 +306,12 @@ pub struct Attempt {
     /// The push and pull request, when the environment asks for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// What the reviewer said, when the task has a reviewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<AttemptReview>,
+    /// Place among the task's ended attempts (1 = best); none until the attempt ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -307,12 +342,150 @@ pub struct Task {
     /// Plan mode: every decision on a plan (approve, revise, reject), oldest first.
     #[serde(default)]
     pub approvals: Vec<crate::Approval>,
+    /// The reviewer model, when the task has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_model: Option<String>,
+    /// How many times the reviewer's findings go back to the agent.
+    #[serde(default)]
+    pub max_review_rounds: u32,
+    /// The attempt a user picked as the result (`errand pick`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picked: Option<Pick>,
+    /// The number of the attempt that is the task's result (see [`Task::result_attempt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_attempt: Option<i64>,
 }
 
 impl Task {
-    /// The attempt that is the task's result (the first, until best-of-N ranks them).
+    /// The attempt that is the task's result: the one a user picked, else the best-ranked
+    /// attempt that has ended (see [`crate::bestof`]), else the first.
     pub fn result_attempt(&self) -> Option<&Attempt> {
-        self.attempts.first()
+        if let Some(p) = &self.picked
+            && let Some(a) = self.attempts.iter().find(|a| a.id == p.attempt_id)
+        {
+            return Some(a);
+        }
+        crate::bestof::best(&self.attempts).or_else(|| self.attempts.first())
+    }
+
+    /// Sets each attempt's [`Attempt::rank`] and the task's [`Task::selected_attempt`].
+    pub fn rank_attempts(&mut self) {
+        let order = crate::bestof::rank_order(&self.attempts);
+        for a in &mut self.attempts {
+            a.rank = None;
+        }
+        for (place, i) in order.into_iter().enumerate() {
+            self.attempts[i].rank = Some(place as u32 + 1);
+        }
+        self.selected_attempt = self.result_attempt().map(|a| a.number);
+    }
+}
+
+/// Who made an attempt the task's result, and when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pick {
+    /// The attempt's number.
+    pub attempt: i64,
+    pub attempt_id: String,
+    pub by: String,
+    pub at_ms: i64,
+}
+
+/// A reviewer's verdict.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approve,
+    ChangesNeeded,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::ChangesNeeded => "changes_needed",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How serious a review finding is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Error,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+/// One thing the reviewer found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Finding {
+    /// A path relative to the repository root.
+    pub file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl Finding {
+    /// `src/lib.rs:12` (or just the file).
+    pub fn location(&self) -> String {
+        match self.line {
+            Some(l) => format!("{}:{l}", self.file),
+            None => self.file.clone(),
+        }
+    }
+}
+
+/// One review round's verdict.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Review {
+    /// 1 for the first review of the attempt's work.
+    pub round: u32,
+    pub verdict: Verdict,
+    pub summary: String,
+    #[serde(default)]
+    pub findings: Vec<Finding>,
+}
+
+/// Everything the reviewer said about an attempt.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttemptReview {
+    /// The reviewer model.
+    pub model: String,
+    /// The verdict on the attempt's final work; none when the last review gave no valid
+    /// verdict (see `error`) or none was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// Every round, in order.
+    #[serde(default)]
+    pub rounds: Vec<Review>,
+    /// Why the last review gave no verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl AttemptReview {
+    /// The last round, if any.
+    pub fn last(&self) -> Option<&Review> {
+        self.rounds.last()
     }
 }
 

@@ -11,7 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use errand_core::text::{slugify, title_of};
 use errand_core::{
-    EnvironmentSnapshot, NewAttempt, NewTask, Status, Task, TaskRequest, new_id, short_id,
+    EnvironmentSnapshot, NewAttempt, NewReview, NewTask, Status, Task, TaskRequest, new_id,
+    short_id,
 };
 use errand_store::TaskQuery;
 use serde::Deserialize;
@@ -77,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tasks/{id}/revise", post(revise))
         .route("/api/v1/tasks/{id}/reject", post(reject))
         .route("/api/v1/tasks/{id}/pr", post(open_pr))
+        .route("/api/v1/tasks/{id}/pick", post(pick))
         .route("/api/v1/tasks/{id}/events", get(events))
         .route("/api/v1/tasks/{id}/events/stream", get(crate::sse::stream))
         .route("/api/v1/tasks/{id}/diff", get(diff))
@@ -236,23 +238,61 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         (canon.display().to_string(), r)
     };
-    let model = match req
-        .model
-        .clone()
-        .or_else(|| env.as_ref().and_then(|(_, e)| e.model.clone()))
-    {
-        Some(m) => m,
-        None => errand_model::registry::default_model(&s.config)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+    if req.model.is_some() && !req.models.is_empty() {
+        return Err(ApiError::bad_request(
+            "pass either model or models, not both (models lists several models cycled across the attempts)",
+        ));
+    }
+    let models: Vec<String> = if req.models.is_empty() {
+        vec![match req
+            .model
+            .clone()
+            .or_else(|| env.as_ref().and_then(|(_, e)| e.model.clone()))
+        {
+            Some(m) => m,
+            None => errand_model::registry::default_model(&s.config)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        }]
+    } else {
+        req.models.clone()
     };
-    let model = normalize_model(&model)?;
-    let payload = {
-        let (m, cfg) = (model.clone(), s.config.clone());
-        tokio::task::spawn_blocking(move || errand_model::prepare(&m, &cfg))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::bad_request(e.to_string()))?
+    let models = models
+        .iter()
+        .map(|m| normalize_model(m))
+        .collect::<AppResult<Vec<_>>>()?;
+    let model = models[0].clone();
+    let attempt_count = match req.attempts {
+        Some(n) if !(1..=MAX_ATTEMPTS).contains(&n) => {
+            return Err(ApiError::bad_request(format!(
+                "attempts is {n}; it must be between 1 and {MAX_ATTEMPTS}"
+            )));
+        }
+        Some(n) if (n as usize) < models.len() => {
+            return Err(ApiError::bad_request(format!(
+                "{} models for {n} attempt{}: every model needs an attempt; pass --attempts {} or fewer models",
+                models.len(),
+                if n == 1 { "" } else { "s" },
+                models.len()
+            )));
+        }
+        Some(n) => n as usize,
+        None if models.len() > MAX_ATTEMPTS as usize => {
+            return Err(ApiError::bad_request(format!(
+                "{} models: at most {MAX_ATTEMPTS} attempts run at once",
+                models.len()
+            )));
+        }
+        None => models.len(),
     };
+    // Each distinct model is resolved once (keys checked, scripted turns read).
+    let mut payloads: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for m in &models {
+        if !payloads.contains_key(m) {
+            payloads.insert(m.clone(), prepare_model(s, m).await?);
+        }
+    }
+    let payload = payloads.get(&model).cloned().unwrap_or_default();
+    let review = resolve_review(s, &req, env.as_ref().map(|(_, e)| e)).await?;
     let mut model_options = env
         .as_ref()
         .map(|(_, e)| e.model_options.clone())
@@ -322,15 +362,23 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
     let id = new_id();
     let title = title_of(&prompt, 80);
     let slug = slugify(&title, 40);
-    let branch = errand_git::branch_name(short_id(&id), &slug, 1);
-    errand_git::check_agent_branch(&branch).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(NewTask {
-        attempts: vec![NewAttempt {
+    let mut attempts = Vec::with_capacity(attempt_count);
+    for i in 0..attempt_count {
+        let number = i as i64 + 1;
+        let branch = errand_git::branch_name(short_id(&id), &slug, number);
+        errand_git::check_agent_branch(&branch).map_err(|e| ApiError::internal(e.to_string()))?;
+        let m = models[i % models.len()].clone();
+        attempts.push(NewAttempt {
             id: new_id(),
-            number: 1,
+            number,
             branch,
-            model: model.clone(),
-        }],
+            model_payload: (m != model).then(|| payloads.get(&m).cloned()).flatten(),
+            model: m,
+        });
+    }
+    Ok(NewTask {
+        attempts,
+        review,
         id,
         prompt,
         title,
@@ -372,6 +420,66 @@ async fn validate(s: &AppState, req: TaskRequest) -> AppResult<NewTask> {
             .filter(|c| !c.trim().is_empty())
             .unwrap_or_else(|| "api".into()),
     })
+}
+
+/// The most attempts one task runs (best-of-N).
+const MAX_ATTEMPTS: u32 = 8;
+
+/// Resolves a model for storage with the task (its key variable checked, scripted turns read).
+async fn prepare_model(s: &AppState, model: &str) -> AppResult<serde_json::Value> {
+    let (m, cfg) = (model.to_string(), s.config.clone());
+    tokio::task::spawn_blocking(move || errand_model::prepare(&m, &cfg))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// The task's reviewer: the request's, else the environment's, else the server's
+/// `review_model`; resolved now like the task's model. Findings go back to the agent
+/// `max_review_rounds` times (default 1).
+async fn resolve_review(
+    s: &AppState,
+    req: &TaskRequest,
+    env: Option<&errand_core::EnvironmentConfig>,
+) -> AppResult<Option<NewReview>> {
+    let model = req
+        .review_model
+        .clone()
+        .or_else(|| env.and_then(|e| e.review_model.clone()))
+        .or_else(|| s.config.review_model.clone());
+    let Some(model) = model else {
+        if req.max_review_rounds.is_some() {
+            return Err(ApiError::bad_request(
+                "max_review_rounds needs a reviewer; pass --review MODEL (review_model), or set review_model in the environment or errand.toml",
+            ));
+        }
+        return Ok(None);
+    };
+    if model.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "the review model is empty; pass provider:model, for example --review anthropic:claude-opus-4-1",
+        ));
+    }
+    let model = normalize_model(&model)
+        .map_err(|e| ApiError::bad_request(format!("review model: {}", e.message)))?;
+    let max_rounds = req
+        .max_review_rounds
+        .or_else(|| env.and_then(|e| e.max_review_rounds))
+        .unwrap_or(1);
+    if max_rounds > errand_core::config::MAX_REVIEW_ROUNDS {
+        return Err(ApiError::bad_request(format!(
+            "max_review_rounds is {max_rounds}; the limit is {}",
+            errand_core::config::MAX_REVIEW_ROUNDS
+        )));
+    }
+    let payload = prepare_model(s, &model)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("review model: {}", e.message)))?;
+    Ok(Some(NewReview {
+        model,
+        payload: Some(payload),
+        max_rounds,
+    }))
 }
 
 /// `scripted:` paths must be absolute on the server.
@@ -540,29 +648,34 @@ async fn open_pr(
             attempt.number, task.short_id, attempt.status
         )));
     }
+    let pr = if req.draft {
+        errand_core::PrMode::Draft
+    } else {
+        errand_core::PrMode::Ready
+    };
+    let d = deliver_attempt(&s, &task, &attempt, pr).await?;
+    Ok(json_out(
+        &s,
+        json!({ "task": task.id, "attempt": attempt.number, "delivery": d }),
+    ))
+}
+
+/// Pushes an ended attempt's branch and opens or updates its pull request, and records what
+/// happened on the attempt (with a notice in its log).
+async fn deliver_attempt(
+    s: &AppState,
+    task: &Task,
+    attempt: &errand_core::Attempt,
+    pr: errand_core::PrMode,
+) -> AppResult<errand_core::Delivery> {
     let mirror = s.mirrors.mirror_path(&task.repo);
-    let log_url = s.public_url.as_ref().map(|u| {
-        format!(
-            "{}/api/v1/tasks/{}/events",
-            u.trim_end_matches('/'),
-            task.id
-        )
-    });
-    let mut d = errand_worker::deliver::deliver(errand_worker::deliver::DeliverInput {
-        mirror: &mirror,
-        task: &task,
-        branch: &attempt.branch,
-        summary: attempt.summary.as_deref(),
-        checks: &attempt.checks,
-        diff: attempt.diff_stats.as_ref(),
-        cost_usd: attempt.usage.cost_usd,
-        log_url,
-        pr: if req.draft {
-            errand_core::PrMode::Draft
-        } else {
-            errand_core::PrMode::Ready
-        },
-    })
+    let log_url = s
+        .public_url
+        .as_deref()
+        .map(|u| errand_worker::deliver::log_url(u, &task.id));
+    let mut d = errand_worker::deliver::deliver(errand_worker::deliver::DeliverInput::for_attempt(
+        &mirror, task, attempt, log_url, pr,
+    ))
     .await;
     // A push's error quotes git; keep secret values out of what is stored.
     if !s.redactor.is_empty() {
@@ -579,10 +692,102 @@ async fn open_pr(
             }],
         )
         .await?;
+    Ok(d)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PickRequest {
+    /// The attempt's number, or its id (or a unique prefix of it).
+    attempt: serde_json::Value,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// Makes an ended attempt the task's result (`errand pick`). When the environment pushes and
+/// every attempt has ended, the picked attempt is delivered now: its branch pushed and its
+/// pull request opened or updated (an earlier result's pull request stays open; the answer's
+/// `superseded` names it).
+async fn pick(
+    State(s): Shared,
+    Path(id): Path<String>,
+    body: Result<Json<PickRequest>, axum::extract::rejection::JsonRejection>,
+) -> AppResult<Response> {
+    let Json(req) = body.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; expected {{\"attempt\": NUMBER_OR_ID}}",
+            e.body_text()
+        ))
+    })?;
+    let task = s.store.get_task(&id).await?;
+    let attempt = find_attempt(&task, &req.attempt)?;
+    let before = task.result_attempt().cloned();
+    let by = req
+        .by
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| "api".into());
+    let task = s.store.pick_attempt(&task.id, &attempt.id, &by).await?;
+    let mut delivery = None;
+    let mut superseded = None;
+    if task.environment.push && task.attempts.iter().all(|a| a.status.is_terminal()) {
+        let picked = task
+            .attempts
+            .iter()
+            .find(|a| a.id == attempt.id)
+            .cloned()
+            .ok_or_else(|| ApiError::internal("the picked attempt vanished"))?;
+        let changed = before.as_ref().is_none_or(|b| b.id != picked.id)
+            || picked.delivery.as_ref().is_none_or(|d| d.error.is_some());
+        if changed {
+            let pr = task.environment.pr;
+            delivery = Some(deliver_attempt(&s, &task, &picked, pr).await?);
+            superseded = before
+                .filter(|b| b.id != picked.id)
+                .and_then(|b| b.delivery.and_then(|d| d.pr_url));
+        }
+    }
+    let task = s.store.get_task(&task.id).await?;
     Ok(json_out(
         &s,
-        json!({ "task": task.id, "attempt": attempt.number, "delivery": d }),
+        json!({
+            "task": task,
+            "delivery": delivery,
+            "superseded_pr": superseded,
+        }),
     ))
+}
+
+/// An attempt of `task` by number (`2`, `"2"`) or by id or unique id prefix.
+fn find_attempt(task: &Task, v: &serde_json::Value) -> AppResult<errand_core::Attempt> {
+    let key = match v {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.trim().to_string(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "attempt must be an attempt number (1, 2, …) or an attempt id",
+            ));
+        }
+    };
+    if let Ok(n) = key.parse::<i64>() {
+        return pick_attempt(task, Some(n));
+    }
+    let found: Vec<&errand_core::Attempt> = task
+        .attempts
+        .iter()
+        .filter(|a| !key.is_empty() && a.id.starts_with(&key))
+        .collect();
+    match found.as_slice() {
+        [a] => Ok((*a).clone()),
+        [] => Err(ApiError::not_found(format!(
+            "task {} has no attempt '{key}'; its attempts are numbered 1 to {}",
+            task.short_id,
+            task.attempts.len()
+        ))),
+        _ => Err(ApiError::bad_request(format!(
+            "'{key}' matches several attempts of task {}; give more of the id, or the number",
+            task.short_id
+        ))),
+    }
 }
 
 #[derive(Deserialize)]

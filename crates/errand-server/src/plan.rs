@@ -3,10 +3,10 @@
 
 use crate::AppState;
 use crate::error::ApiError;
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use errand_core::{PlanAction, Task};
+use axum::response::Response;
+use errand_core::PlanAction;
 use errand_store::PlanDecision;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -52,7 +52,7 @@ async fn decide(
     id: &str,
     action: PlanAction,
     body: Bytes,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Response, ApiError> {
     // No body at all is fine (actor `api`, no comment).
     let body: DecisionBody = if body.iter().all(u8::is_ascii_whitespace) {
         DecisionBody::default()
@@ -99,7 +99,7 @@ async fn decide(
             },
         )
         .await?;
-    Ok(Json(task))
+    Ok(crate::api::json_out(s, task))
 }
 
 type Body = Bytes;
@@ -109,7 +109,7 @@ pub async fn approve(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
     body: Body,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Response, ApiError> {
     decide(&s, &id, PlanAction::Approve, body).await
 }
 
@@ -118,7 +118,7 @@ pub async fn revise(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
     body: Body,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Response, ApiError> {
     decide(&s, &id, PlanAction::Revise, body).await
 }
 
@@ -127,6 +127,6 @@ pub async fn reject(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
     body: Body,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Response, ApiError> {
     decide(&s, &id, PlanAction::Reject, body).await
 }

@@ -110,7 +110,9 @@ async fn api_output_never_carries_a_secret_value() {
                 number: 1,
                 branch: errand_git::branch_name(errand_core::short_id(&id), "use", 1),
                 model: "scripted:/x.json".into(),
+                ..Default::default()
             }],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -87,6 +87,8 @@ pub struct ClaimedAttempt {
     pub followup: Option<String>,
     /// The conversation the attempt's last run ended with (agent messages as JSON).
     pub conversation: Option<serde_json::Value>,
+    /// The reviewer's provider payload, when the task has a reviewer.
+    pub review_payload: Option<serde_json::Value>,
 }
 
 /// What a heartbeat learned about the attempt.
@@ -117,6 +119,8 @@ pub struct AttemptOutcome {
     pub conversation: Option<serde_json::Value>,
     /// The push and pull request, when the environment asked for them.
     pub delivery: Option<errand_core::Delivery>,
+    /// The reviewer's verdicts, when the task has a reviewer.
+    pub review: Option<errand_core::AttemptReview>,
 }
 
 /// The end of a planning run (plan mode): the plan the agent proposed and what the attempt
@@ -167,6 +171,14 @@ pub trait Store: Send + Sync + 'static {
     async fn decide_plan(&self, id_or_prefix: &str, decision: &PlanDecision) -> Result<Task>;
     /// Records a push and pull request made after the attempt ended (`errand pr`).
     async fn set_delivery(&self, attempt_id: &str, delivery: &errand_core::Delivery) -> Result<()>;
+    /// Makes an ended attempt (with a commit) the task's result, recording who picked it and
+    /// when, and appends a notice to it. `attempt_id` must be one of the task's attempts.
+    async fn pick_attempt(&self, task_id: &str, attempt_id: &str, by: &str) -> Result<Task>;
+    /// Best-of-N delivery: when every attempt of the task has ended, none was cancelled, at
+    /// least one is done and nobody claimed the delivery before, marks the task's result
+    /// attempt as delivered and returns the task (its result attempt is the one to deliver).
+    /// Otherwise `None`. Of concurrent callers, exactly one gets the task.
+    async fn claim_result_delivery(&self, task_id: &str) -> Result<Option<Task>>;
 
     /// Takes the oldest queued attempt: queued → preparing, with a lease. Appends the run's
     /// `claimed` event (first of the run) and the status event in the same transaction.

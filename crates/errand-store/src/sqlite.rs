@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_isolation.sql"),
     include_str!("migrations/0003_followup.sql"),
     include_str!("migrations/0005_plan.sql"),
+    include_str!("migrations/0007_bestof.sql"),
 ];
 const READERS: usize = 3;
 
@@ -153,7 +154,7 @@ fn parse_status(s: &str) -> rusqlite::Result<Status> {
     })
 }
 
-const TASK_COLS: &str = "id, title, prompt, repo, base_ref, base_commit, environment, model, mode, trigger, created_by, status, error, created_at, updated_at";
+const TASK_COLS: &str = "id, title, prompt, repo, base_ref, base_commit, environment, model, mode, trigger, created_by, status, error, created_at, updated_at, review_model, max_review_rounds, picked_attempt, picked_by, picked_at";
 
 fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
     let id: String = r.get(0)?;
@@ -178,10 +179,36 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Task> {
         plan: None,
         plan_revisions: Vec::new(),
         approvals: Vec::new(),
+        review_model: r.get(15)?,
+        max_review_rounds: r.get::<_, i64>(16)?.clamp(0, u32::MAX as i64) as u32,
+        // The attempt's number is filled in with the attempts (`complete_task`).
+        picked: match r.get::<_, Option<String>>(17)? {
+            Some(attempt_id) => Some(errand_core::Pick {
+                attempt: 0,
+                attempt_id,
+                by: r.get::<_, Option<String>>(18)?.unwrap_or_default(),
+                at_ms: r.get::<_, Option<i64>>(19)?.unwrap_or_default(),
+            }),
+            None => None,
+        },
+        selected_attempt: None,
     })
 }
 
-const ATTEMPT_COLS: &str = "id, task_id, number, status, branch, model, runs, resumed_from, restart_reason, worker, started_at, finished_at, head_commit, diff_stats, usage, turns, checks, summary, error, last_seq, lease_owner, delivery";
+/// Fills in what depends on the attempts: the picked attempt's number, ranks, the result.
+fn complete_task(task: &mut Task) {
+    if let Some(p) = &mut task.picked {
+        p.attempt = task
+            .attempts
+            .iter()
+            .find(|a| a.id == p.attempt_id)
+            .map(|a| a.number)
+            .unwrap_or_default();
+    }
+    task.rank_attempts();
+}
+
+const ATTEMPT_COLS: &str = "id, task_id, number, status, branch, model, runs, resumed_from, restart_reason, worker, started_at, finished_at, head_commit, diff_stats, usage, turns, checks, summary, error, last_seq, lease_owner, delivery, review";
 
 fn attempt_from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
     let diff_stats: Option<String> = r.get(13)?;
@@ -214,6 +241,11 @@ fn attempt_from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
             Some(d) => serde_json::from_str(&d).ok(),
             None => None,
         },
+        review: match r.get::<_, Option<String>>(22)? {
+            Some(d) => Some(from_json(&d, "review")?),
+            None => None,
+        },
+        rank: None,
     })
 }
 
@@ -235,6 +267,7 @@ fn load_task(conn: &Connection, id: &str) -> Result<Task> {
         .optional()?
         .ok_or_else(|| not_found_task(id))?;
     task.attempts = load_attempts(conn, &task.id)?;
+    complete_task(&mut task);
     plan::load_into(conn, &mut task)?;
     Ok(task)
 }
@@ -436,8 +469,8 @@ impl Store for SqliteStore {
             .write(move |tx| {
                 let now = now_ms();
                 tx.execute(
-                    "INSERT INTO tasks (id, title, prompt, repo, base_ref, base_commit, environment, model, model_payload, mode, trigger, created_by, status, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?13, ?13)",
+                    "INSERT INTO tasks (id, title, prompt, repo, base_ref, base_commit, environment, model, model_payload, mode, trigger, created_by, status, created_at, updated_at, review_model, review_payload, max_review_rounds)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?13, ?13, ?14, ?15, ?16)",
                     params![
                         task.id,
                         task.title,
@@ -451,14 +484,29 @@ impl Store for SqliteStore {
                         task.mode,
                         task.trigger,
                         task.created_by,
-                        now
+                        now,
+                        task.review.as_ref().map(|r| r.model.clone()),
+                        task.review
+                            .as_ref()
+                            .and_then(|r| r.payload.as_ref())
+                            .map(json)
+                            .transpose()?,
+                        task.review.as_ref().map_or(0, |r| r.max_rounds as i64)
                     ],
                 )?;
                 for a in &task.attempts {
                     tx.execute(
-                        "INSERT INTO attempts (id, task_id, number, status, branch, model, queued_at)
-                         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
-                        params![a.id, task.id, a.number, a.branch, a.model, now],
+                        "INSERT INTO attempts (id, task_id, number, status, branch, model, queued_at, model_payload)
+                         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7)",
+                        params![
+                            a.id,
+                            task.id,
+                            a.number,
+                            a.branch,
+                            a.model,
+                            now,
+                            a.model_payload.as_ref().map(json).transpose()?
+                        ],
                     )?;
                 }
                 load_task(tx, &task.id)
@@ -516,6 +564,7 @@ impl Store for SqliteStore {
             };
             for t in &mut tasks {
                 t.attempts = load_attempts(c, &t.id)?;
+                complete_task(t);
                 plan::load_into(c, t)?;
             }
             Ok(TaskPage { tasks, next_cursor })
@@ -604,6 +653,77 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn pick_attempt(&self, task_id: &str, attempt_id: &str, by: &str) -> Result<Task> {
+        let (tid, aid, by) = (task_id.to_string(), attempt_id.to_string(), by.to_string());
+        let task = self
+            .write(move |tx| {
+                let full = resolve_task_id(tx, &tid)?;
+                let task = load_task(tx, &full)?;
+                let Some(a) = task.attempts.iter().find(|a| a.id == aid).cloned() else {
+                    return Err(StoreError::NotFound(format!(
+                        "task {} has no attempt '{aid}'",
+                        task.short_id
+                    )));
+                };
+                if !a.status.is_terminal() {
+                    return Err(StoreError::WrongState(format!(
+                        "attempt {} of task {} is {}; pick it once it has ended",
+                        a.number, task.short_id, a.status
+                    )));
+                }
+                if a.head_commit.is_none() {
+                    return Err(StoreError::WrongState(format!(
+                        "attempt {} of task {} ended {} without a commit; there is nothing to pick",
+                        a.number, task.short_id, a.status
+                    )));
+                }
+                let before = task.result_attempt().map(|r| r.number);
+                tx.execute(
+                    "UPDATE tasks SET picked_attempt = ?2, picked_by = ?3, picked_at = ?4, updated_at = ?4 WHERE id = ?1",
+                    params![full, a.id, by, now_ms()],
+                )?;
+                let message = match before {
+                    Some(n) if n != a.number => format!(
+                        "picked by {by} as the task's result (instead of attempt {n})"
+                    ),
+                    _ => format!("picked by {by} as the task's result"),
+                };
+                append_in(tx, &a.id, None, &[K::Notice { message }])?;
+                load_task(tx, &full)
+            })
+            .await?;
+        if let Some(a) = task.result_attempt() {
+            self.inner.notifier.events_appended(&a.id);
+        }
+        Ok(task)
+    }
+
+    async fn claim_result_delivery(&self, task_id: &str) -> Result<Option<Task>> {
+        let tid = task_id.to_string();
+        self.write(move |tx| {
+            let full = resolve_task_id(tx, &tid)?;
+            let task = load_task(tx, &full)?;
+            let ended = task.attempts.iter().all(|a| a.status.is_terminal());
+            let cancelled = task
+                .attempts
+                .iter()
+                .any(|a| a.status == Status::Cancelled);
+            let done = task.attempts.iter().any(|a| a.status == Status::Done);
+            if !ended || cancelled || !done {
+                return Ok(None);
+            }
+            let Some(result) = task.result_attempt().map(|a| a.id.clone()) else {
+                return Ok(None);
+            };
+            let changed = tx.execute(
+                "UPDATE tasks SET delivered_attempt = ?2 WHERE id = ?1 AND delivered_attempt IS NULL",
+                params![full, result],
+            )?;
+            Ok((changed == 1).then_some(task))
+        })
+        .await
+    }
+
     async fn followup(&self, id: &str, prompt: &str, by: &str) -> Result<Task> {
         let (id, prompt, by) = (id.to_string(), prompt.to_string(), by.to_string());
         let (task, aid) = self
@@ -645,6 +765,14 @@ impl Store for SqliteStore {
                         "task {} changed meanwhile; try again",
                         task.short_id
                     )));
+                }
+                // Best-of-N: the attempt followed up stays the task's result while it runs
+                // again (unranked), as if picked by whoever asked.
+                if task.attempts.len() > 1 && task.picked.is_none() {
+                    tx.execute(
+                        "UPDATE tasks SET picked_attempt = ?2, picked_by = ?3, picked_at = ?4 WHERE id = ?1",
+                        params![task.id, a.id, by, now_ms()],
+                    )?;
                 }
                 append_in(
                     tx,
@@ -773,11 +901,19 @@ impl Store for SqliteStore {
                 )?;
                 refresh_task_status(tx, &task_id)?;
                 let task = load_task(tx, &task_id)?;
-                let payload: Option<String> = tx.query_row(
-                    "SELECT model_payload FROM tasks WHERE id = ?1",
-                    [&task_id],
-                    |r| r.get(0),
+                let (payload, review_payload): (Option<String>, Option<String>) = tx.query_row(
+                    "SELECT COALESCE(a.model_payload, t.model_payload), t.review_payload
+                     FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE a.id = ?1",
+                    [&attempt_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
+                let review_payload = match review_payload {
+                    Some(p) => Some(
+                        serde_json::from_str(&p)
+                            .map_err(|e| StoreError::Db(format!("review payload: {e}")))?,
+                    ),
+                    None => None,
+                };
                 let model_payload = match payload {
                     Some(p) => Some(
                         serde_json::from_str(&p)
@@ -805,6 +941,7 @@ impl Store for SqliteStore {
                     run,
                     followup,
                     conversation,
+                    review_payload,
                 }))
             })
             .await?;
@@ -927,7 +1064,8 @@ impl Store for SqliteStore {
                          usage = ?6, turns = ?7, checks = ?8, summary = ?9, error = ?10,
                          finished_at = COALESCE(finished_at, ?11), lease_owner = NULL,
                          lease_expires_at = NULL, conversation = COALESCE(?12, conversation),
-                         pending_followup = NULL, delivery = COALESCE(?13, delivery)
+                         pending_followup = NULL, delivery = COALESCE(?13, delivery),
+                         review = COALESCE(?14, review)
                      WHERE id = ?1",
                     params![
                         aid,
@@ -946,7 +1084,8 @@ impl Store for SqliteStore {
                         },
                         now_ms(),
                         outcome.conversation.as_ref().map(json).transpose()?,
-                        outcome.delivery.as_ref().map(json).transpose()?
+                        outcome.delivery.as_ref().map(json).transpose()?,
+                        outcome.review.as_ref().map(json).transpose()?
                     ],
                 )?;
                 if final_status != actual {
@@ -1028,13 +1167,18 @@ impl Store for SqliteStore {
     async fn get_attempt(&self, attempt_id: &str) -> Result<Attempt> {
         let aid = attempt_id.to_string();
         self.read(move |c| {
-            c.query_row(
-                &format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id = ?1"),
-                [&aid],
-                attempt_from_row,
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("no attempt with id '{aid}'")))
+            let task_id: String = c
+                .query_row("SELECT task_id FROM attempts WHERE id = ?1", [&aid], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("no attempt with id '{aid}'")))?;
+            // Loaded with its siblings: its rank depends on them.
+            let task = load_task(c, &task_id)?;
+            task.attempts
+                .into_iter()
+                .find(|a| a.id == aid)
+                .ok_or_else(|| StoreError::NotFound(format!("no attempt with id '{aid}'")))
         })
         .await
     }

@@ -61,6 +61,11 @@ suite_tests!(
     plan_revise_then_approve,
     plan_reject_cancels_with_the_reason,
     submit_plan_after_cancel_releases_the_lease,
+    review_settings_and_attempt_payloads_roundtrip,
+    best_of_n_ranks_and_picks,
+    followup_keeps_the_best_of_n_result,
+    claim_result_delivery_once,
+    cancel_cancels_every_attempt,
 );
 
 fn user_version(path: &Path) -> i64 {

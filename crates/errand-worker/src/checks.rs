@@ -312,6 +312,121 @@ pub fn read_agents_md(root: &Path) -> Option<String> {
     read_confined(&root, &path, MAX_AGENTS_MD, None).ok()
 }
 
+impl crate::Worker {
+    /// Runs the checks one after the other in the attempt's box, recording each one's exit
+    /// code, duration and test counts (`check_result`). Returns the results and, when one
+    /// failed, why (the first failure).
+    pub(crate) async fn run_checks(
+        &self,
+        aid: &str,
+        sandbox_box: &dyn errand_sandbox::SandboxBox,
+        sink: &dyn EventSink,
+        ws: &Path,
+        specs: &[errand_core::CheckSpec],
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(Vec<errand_core::CheckResult>, Option<String>), crate::RunError> {
+        let mut results = Vec::new();
+        let mut failure: Option<String> = None;
+        for check in specs {
+            let call_id = Some(format!("check:{}", check.name));
+            let capture = CaptureSink::new(sink, call_id.clone(), OUTPUT_KEEP);
+            // Only JUnit files written from now on belong to this run of the check.
+            let started = std::time::SystemTime::now();
+            let r = errand_agent::tools::StreamedCommand {
+                sandbox: sandbox_box,
+                sink: &capture,
+                call_id,
+                command: check.command.clone(),
+                workdir: None,
+                timeout: self.config.check_timeout,
+                cancel: cancel.child_token(),
+            }
+            .run()
+            .await?;
+            let (exit_code, duration_ms) = match &r.result {
+                Ok(res) => (res.exit_code, res.duration.as_millis() as u64),
+                Err(_) => (None, 0),
+            };
+            let mut tests = None;
+            if let Some(pattern) = &check.junit {
+                let (root, pattern) = (ws.to_path_buf(), pattern.clone());
+                let read =
+                    tokio::task::spawn_blocking(move || read_junit(&root, &pattern, started))
+                        .await
+                        .unwrap_or_default();
+                if !read.problems.is_empty() {
+                    self.notice(
+                        aid,
+                        format!(
+                            "check '{}': JUnit {}{}",
+                            check.name,
+                            read.problems_text(),
+                            if read.counts.is_some() {
+                                ""
+                            } else {
+                                "; test counts come from the output instead"
+                            }
+                        ),
+                    )
+                    .await?;
+                }
+                tests = read.counts;
+            }
+            if tests.is_none() {
+                tests = testcounts::parse_output(&capture.text());
+            }
+            let failed_tests = tests.as_ref().map_or(0, |t| t.failed);
+            // A check passes on exit code 0 *and* no failed tests. The exit code alone can
+            // hide failures: it is the last command's in a pipeline or a list
+            // (`cargo test | tee log`, `pytest; echo done`, `make -k`, `|| true`), so when
+            // the runner itself reports failed tests the check fails even with exit 0. A
+            // non-zero exit fails the check whatever the counts say.
+            let passed = exit_code == Some(0) && failed_tests == 0;
+            self.emit(
+                aid,
+                vec![EventKind::CheckResult {
+                    name: check.name.clone(),
+                    command: check.command.clone(),
+                    exit_code,
+                    duration_ms,
+                    passed,
+                    tests: tests.clone(),
+                }],
+            )
+            .await?;
+            if !passed && failure.is_none() {
+                let counts = tests
+                    .as_ref()
+                    .map(|t| format!("; {} of {} tests failed", t.failed, t.total()))
+                    .unwrap_or_default();
+                failure = Some(match exit_code {
+                    Some(0) => format!(
+                        "check '{}' reported {failed_tests} failed test{} (exit 0)",
+                        check.name,
+                        if failed_tests == 1 { "" } else { "s" }
+                    ),
+                    Some(code) => {
+                        format!("check '{}' failed (exit {code}{counts})", check.name)
+                    }
+                    None => format!("check '{}' did not complete", check.name),
+                });
+            }
+            results.push(errand_core::CheckResult {
+                name: check.name.clone(),
+                command: check.command.clone(),
+                exit_code,
+                duration_ms,
+                passed,
+                tests,
+            });
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
+        Ok((results, failure))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! How a worker reaches the queue.
 
 use async_trait::async_trait;
-use errand_core::{EventKind, Status, Usage};
+use errand_core::{Delivery, EventKind, Status, Task, Usage};
 use errand_store::{
     AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, PlanSubmission, Result, Store,
 };
@@ -49,6 +49,11 @@ pub trait WorkerClient: Send + Sync {
         worker: &str,
         plan: PlanSubmission,
     ) -> Result<Status>;
+    /// Best-of-N: the task, when its result is now this caller's to deliver (every attempt
+    /// ended; exactly one caller gets it).
+    async fn claim_result_delivery(&self, task: &str) -> Result<Option<Task>>;
+    /// Records a delivery made after the attempt ended, with a notice in its log.
+    async fn record_delivery(&self, attempt: &str, delivery: &Delivery) -> Result<()>;
 }
 
 /// The embedded workers' client: calls the store directly.
@@ -127,5 +132,21 @@ impl WorkerClient for LocalClient {
         plan: PlanSubmission,
     ) -> Result<Status> {
         self.store.submit_plan(attempt, worker, plan).await
+    }
+    async fn claim_result_delivery(&self, task: &str) -> Result<Option<Task>> {
+        self.store.claim_result_delivery(task).await
+    }
+    async fn record_delivery(&self, attempt: &str, delivery: &Delivery) -> Result<()> {
+        self.store.set_delivery(attempt, delivery).await?;
+        self.store
+            .append_events(
+                attempt,
+                None,
+                vec![EventKind::Notice {
+                    message: delivery.summary(),
+                }],
+            )
+            .await?;
+        Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! for `errand pr`. A failure is recorded in the [`Delivery`], never lost, and never undoes
 //! the attempt's work.
 
-use errand_core::{CheckResult, Delivery, DiffStats, PrMode, Task};
+use errand_core::{Attempt, AttemptReview, CheckResult, Delivery, DiffStats, PrMode, Task};
 use errand_git::forge::{ForgeClient, PrBody, PrRequest, pr_title};
 use std::path::Path;
 
@@ -20,6 +20,58 @@ pub struct DeliverInput<'a> {
     pub log_url: Option<String>,
     /// Whether to open a pull request after the push, and how.
     pub pr: PrMode,
+    /// The reviewer's verdicts, for the pull request body.
+    pub review: Option<&'a AttemptReview>,
+    /// Best-of-N: how this attempt became the task's result (one line for the body).
+    pub selection: Option<String>,
+}
+
+impl<'a> DeliverInput<'a> {
+    /// The input for an ended attempt of `task` (its branch, summary, checks, diff, cost,
+    /// review, and for best-of-N how it was chosen).
+    pub fn for_attempt(
+        mirror: &'a Path,
+        task: &'a Task,
+        attempt: &'a Attempt,
+        log_url: Option<String>,
+        pr: PrMode,
+    ) -> DeliverInput<'a> {
+        DeliverInput {
+            mirror,
+            task,
+            branch: &attempt.branch,
+            summary: attempt.summary.as_deref(),
+            checks: &attempt.checks,
+            diff: attempt.diff_stats.as_ref(),
+            cost_usd: attempt.usage.cost_usd,
+            log_url,
+            pr,
+            review: attempt.review.as_ref(),
+            selection: selection_line(task, attempt),
+        }
+    }
+}
+
+/// `Best of 3: attempt 2 (openai:gpt-5), ranked 1 of 3.` or `…, picked by bob (ranked 2 of 3).`;
+/// none for a task with one attempt.
+pub fn selection_line(task: &Task, attempt: &Attempt) -> Option<String> {
+    let n = task.attempts.len();
+    if n < 2 {
+        return None;
+    }
+    let ranked = task.attempts.iter().filter(|a| a.rank.is_some()).count();
+    let rank = attempt
+        .rank
+        .map(|r| format!("ranked {r} of {ranked}"))
+        .unwrap_or_else(|| "not ranked".into());
+    let how = match &task.picked {
+        Some(p) if p.attempt_id == attempt.id => format!("picked by {} ({rank})", p.by),
+        _ => rank,
+    };
+    Some(format!(
+        "Best of {n}: attempt {} (`{}`), {how}. Compare them with `errand compare {}`.",
+        attempt.number, attempt.model, task.short_id
+    ))
 }
 
 /// Pushes the branch (to the environment's `remote`, else the task's repo; credentials from
@@ -77,6 +129,8 @@ pub async fn deliver(i: DeliverInput<'_>) -> Delivery {
         diff: i.diff,
         cost_usd: Some(i.cost_usd),
         log_url: i.log_url.as_deref(),
+        review: i.review,
+        selection: i.selection.as_deref(),
     }
     .render();
     let req = PrRequest {

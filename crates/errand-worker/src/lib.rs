@@ -7,20 +7,20 @@
 //! must not reach into the database any other way.
 
 pub mod agents_md;
+mod bestof;
 pub mod checks;
 mod client;
 pub mod deliver;
 pub mod gateway;
 mod plan;
 pub mod redact;
+pub mod review;
 pub mod testcounts;
 
 pub use client::{LocalClient, WorkerClient};
 
-use errand_agent::{
-    AgentConfig, AgentError, AgentRun, EndReason, EventSink, tools::StreamedCommand,
-};
-use errand_core::{CheckResult, EventKind, Status, Usage};
+use errand_agent::{AgentConfig, AgentError, AgentRun, EndReason, EventSink};
+use errand_core::{EventKind, Status, Usage};
 use errand_git::MirrorCache;
 use errand_sandbox::{BoxSpec, SandboxBackend, SandboxBox};
 use errand_store::{AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, StoreError};
@@ -342,7 +342,8 @@ impl Worker {
                     };
                     match self.client.finish(&attempt_id, &worker, outcome).await {
                         Ok(s) => {
-                            tracing::info!(attempt = %attempt_id, status = %s, "attempt ended")
+                            tracing::info!(attempt = %attempt_id, status = %s, "attempt ended");
+                            self.deliver_result_if_last(&c.task).await;
                         }
                         Err(e) => {
                             // Record a minimal failure instead, or the attempt would be
@@ -656,7 +657,7 @@ impl Worker {
             provider: provider.as_ref(),
             sink: &sink,
             cancel: cancel.clone(),
-            config: agent_config,
+            config: agent_config.clone(),
             history,
         }
         .run()
@@ -738,6 +739,8 @@ impl Worker {
             };
             self.notice(aid, message).await?;
         }
+        let agent_ok = failure.is_none();
+        let mut checked_from = Status::Running;
         if !cancelled && !check_specs.is_empty() {
             self.client
                 .transition(
@@ -748,103 +751,40 @@ impl Worker {
                     None,
                 )
                 .await?;
-            for check in &check_specs {
-                let call_id = Some(format!("check:{}", check.name));
-                let capture = checks::CaptureSink::new(&sink, call_id.clone(), checks::OUTPUT_KEEP);
-                // Only JUnit files written from now on belong to this run of the check.
-                let started = std::time::SystemTime::now();
-                let r = StreamedCommand {
-                    sandbox: sandbox_box,
-                    sink: &capture,
-                    call_id,
-                    command: check.command.clone(),
-                    workdir: None,
-                    timeout: self.config.check_timeout,
-                    cancel: cancel.child_token(),
-                }
-                .run()
+            checked_from = Status::Checking;
+            let (results, check_failure) = self
+                .run_checks(aid, sandbox_box, &sink, &ws, &check_specs, cancel)
                 .await?;
-                let (exit_code, duration_ms) = match &r.result {
-                    Ok(res) => (res.exit_code, res.duration.as_millis() as u64),
-                    Err(_) => (None, 0),
-                };
-                let mut tests = None;
-                if let Some(pattern) = &check.junit {
-                    let (root, pattern) = (ws.clone(), pattern.clone());
-                    let read = tokio::task::spawn_blocking(move || {
-                        checks::read_junit(&root, &pattern, started)
-                    })
-                    .await
-                    .unwrap_or_default();
-                    if !read.problems.is_empty() {
-                        self.notice(
-                            aid,
-                            format!(
-                                "check '{}': JUnit {}{}",
-                                check.name,
-                                read.problems_text(),
-                                if read.counts.is_some() {
-                                    ""
-                                } else {
-                                    "; test counts come from the output instead"
-                                }
-                            ),
-                        )
-                        .await?;
-                    }
-                    tests = read.counts;
-                }
-                if tests.is_none() {
-                    tests = testcounts::parse_output(&capture.text());
-                }
-                let failed_tests = tests.as_ref().map_or(0, |t| t.failed);
-                // A check passes on exit code 0 *and* no failed tests. The exit code alone can
-                // hide failures: it is the last command's in a pipeline or a list
-                // (`cargo test | tee log`, `pytest; echo done`, `make -k`, `|| true`), so when
-                // the runner itself reports failed tests the check fails even with exit 0. A
-                // non-zero exit fails the check whatever the counts say.
-                let passed = exit_code == Some(0) && failed_tests == 0;
-                self.emit(
-                    aid,
-                    vec![EventKind::CheckResult {
-                        name: check.name.clone(),
-                        command: check.command.clone(),
-                        exit_code,
-                        duration_ms,
-                        passed,
-                        tests: tests.clone(),
-                    }],
+            state.outcome.checks = results;
+            failure = failure.or(check_failure);
+        }
+        // 3b. Review (review.rs): a reviewer model reads the work; its findings go back to
+        // the agent in the same conversation, then the checks and the review run again.
+        if agent_ok && !cancel.is_cancelled() && task.review_model.is_some() {
+            failure = self
+                .review_rounds(
+                    review::ReviewCtx {
+                        c,
+                        ws: &ws,
+                        dir,
+                        mirror: &mirror,
+                        start_commit: &start_commit,
+                        seed_index: seed_index.as_deref(),
+                        sandbox_box,
+                        sink: &sink,
+                        cancel,
+                        lease,
+                        provider: provider.as_ref(),
+                        agent_config: agent_config.clone(),
+                        check_specs: &check_specs,
+                        plan: outcome.plan.clone(),
+                        messages: outcome.messages.clone(),
+                        status: checked_from,
+                    },
+                    failure,
+                    &mut state.outcome,
                 )
                 .await?;
-                if !passed && failure.is_none() {
-                    let counts = tests
-                        .as_ref()
-                        .map(|t| format!("; {} of {} tests failed", t.failed, t.total()))
-                        .unwrap_or_default();
-                    failure = Some(match exit_code {
-                        Some(0) => format!(
-                            "check '{}' reported {failed_tests} failed test{} (exit 0)",
-                            check.name,
-                            if failed_tests == 1 { "" } else { "s" }
-                        ),
-                        Some(code) => {
-                            format!("check '{}' failed (exit {code}{counts})", check.name)
-                        }
-                        None => format!("check '{}' did not complete", check.name),
-                    });
-                }
-                state.outcome.checks.push(CheckResult {
-                    name: check.name.clone(),
-                    command: check.command.clone(),
-                    exit_code,
-                    duration_ms,
-                    passed,
-                    tests,
-                });
-                if cancel.is_cancelled() {
-                    break;
-                }
-            }
         }
         if let Some(b) = state.sandbox_box.take() {
             b.destroy()
@@ -977,8 +917,11 @@ impl Worker {
                 state.outcome.diff_stats = Some(Default::default());
             }
         }
-        // 5. Push and pull request, when the environment asks for them.
+        // 5. Push and pull request, when the environment asks for them. Of a best-of-N task
+        // only the result is delivered, once all its attempts have ended (bestof.rs); a
+        // follow-up continues the result and delivers it again.
         if task.environment.push
+            && (task.attempts.len() <= 1 || c.followup.is_some())
             && !cancel.is_cancelled()
             && let Some(_head) = &state.outcome.head_commit
         {
@@ -1008,6 +951,8 @@ impl Worker {
                     )
                 }),
                 pr: task.environment.pr,
+                review: state.outcome.review.as_ref(),
+                selection: None,
             })
             .await;
             self.notice(aid, d.summary()).await?;

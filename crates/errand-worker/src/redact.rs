@@ -12,7 +12,7 @@
 use crate::WorkerClient;
 use async_trait::async_trait;
 use errand_core::redact::{Redactor, StreamRedactor};
-use errand_core::{EventKind, OutputStream, SecretConfig, Status, Usage};
+use errand_core::{Delivery, EventKind, OutputStream, SecretConfig, Status, Task, Usage};
 use errand_store::{
     AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, PlanSubmission, Result,
 };
@@ -318,6 +318,21 @@ impl WorkerClient for RedactingClient {
             None => plan,
         };
         self.inner.submit_plan(attempt, worker, plan).await
+    }
+    async fn claim_result_delivery(&self, task: &str) -> Result<Option<Task>> {
+        self.inner.claim_result_delivery(task).await
+    }
+    async fn record_delivery(&self, attempt: &str, delivery: &Delivery) -> Result<()> {
+        match self.get(attempt) {
+            Some(a) => {
+                let mut d = delivery.clone();
+                d.remote = a.redactor.redact_string(std::mem::take(&mut d.remote));
+                d.error = a.text(d.error.take());
+                d.pr_url = a.text(d.pr_url.take());
+                self.inner.record_delivery(attempt, &d).await
+            }
+            None => self.inner.record_delivery(attempt, delivery).await,
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The title and Markdown body of an attempt's pull request. Pure functions: no I/O.
 
-use errand_core::{CheckResult, DiffStats};
+use errand_core::{AttemptReview, CheckResult, DiffStats, Verdict};
 
 /// Longest title kept, in characters (GitHub allows 256, GitLab 255; a draft prefix is added).
 const MAX_TITLE: usize = 200;
@@ -38,6 +38,10 @@ pub struct PrBody<'a> {
     pub cost_usd: Option<f64>,
     /// The attempt's log in the Errand server.
     pub log_url: Option<&'a str>,
+    /// What the reviewer model said, round by round.
+    pub review: Option<&'a AttemptReview>,
+    /// Best-of-N: which attempt this is and how it became the result (one line).
+    pub selection: Option<&'a str>,
 }
 
 impl PrBody<'_> {
@@ -51,6 +55,9 @@ impl PrBody<'_> {
                 out.push('\n');
             }
             None => out.push_str("_The agent left no summary._\n"),
+        }
+        if let Some(sel) = self.selection.map(str::trim).filter(|s| !s.is_empty()) {
+            out.push_str(&format!("\n{}\n", truncate(sel, 1000)));
         }
 
         out.push_str("\n## Checks\n\n");
@@ -71,6 +78,10 @@ impl PrBody<'_> {
                     plural(self.checks.len(), "check")
                 ));
             }
+        }
+
+        if let Some(r) = self.review {
+            out.push_str(&review_section(r));
         }
 
         if let Some(d) = self.diff {
@@ -118,6 +129,82 @@ impl PrBody<'_> {
         out.push_str("<sub>Opened by Errand.</sub>\n");
         truncate(&out, MAX_BODY)
     }
+}
+
+/// Longest review summary or finding kept, in characters.
+const MAX_REVIEW_TEXT: usize = 2_000;
+/// Findings listed per round; the rest are counted.
+const MAX_FINDINGS: usize = 30;
+
+fn verdict_text(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Approve => "approved",
+        Verdict::ChangesNeeded => "changes needed",
+    }
+}
+
+/// `## Review`: the final verdict, then each round's summary and findings.
+fn review_section(r: &AttemptReview) -> String {
+    let mut out = String::from("\n## Review\n\n");
+    let rounds = r.rounds.len();
+    match (&r.error, r.verdict) {
+        (Some(e), _) => out.push_str(&format!(
+            "**No verdict**: the reviewer `{}` gave no valid review ({}).\n",
+            r.model,
+            cell(&truncate(e, MAX_REVIEW_TEXT))
+        )),
+        (None, Some(v)) => out.push_str(&format!(
+            "{} {} by the reviewer `{}` after {}.\n",
+            if v == Verdict::Approve {
+                "✅"
+            } else {
+                "⚠️"
+            },
+            match v {
+                Verdict::Approve => "**Approved**",
+                Verdict::ChangesNeeded => "**Changes needed**",
+            },
+            r.model,
+            plural(rounds, "round")
+        )),
+        (None, None) => out.push_str(&format!("_Not reviewed by `{}`._\n", r.model)),
+    }
+    for round in &r.rounds {
+        out.push_str(&format!(
+            "\n**Round {}: {}.** {}\n",
+            round.round,
+            verdict_text(round.verdict),
+            truncate(
+                &round
+                    .summary
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                MAX_REVIEW_TEXT
+            )
+        ));
+        if !round.findings.is_empty() {
+            out.push('\n');
+        }
+        for f in round.findings.iter().take(MAX_FINDINGS) {
+            out.push_str(&format!(
+                "- {} {}: {}\n",
+                f.severity.as_str(),
+                code(&f.location()),
+                truncate(
+                    &f.message.split_whitespace().collect::<Vec<_>>().join(" "),
+                    MAX_REVIEW_TEXT
+                )
+            ));
+        }
+        if round.findings.len() > MAX_FINDINGS {
+            out.push_str(&format!(
+                "- …and {} more\n",
+                round.findings.len() - MAX_FINDINGS
+            ));
+        }
+    }
+    out
 }
 
 /// The checks table's column headers; [`check_cells`] gives one row's cells in this order.
@@ -316,6 +403,7 @@ mod tests {
             diff: Some(&diff),
             cost_usd: Some(0.01234),
             log_url: Some("http://errand.local:8080/tasks/abc/attempts/1/log"),
+            ..Default::default()
         }
         .render();
         let expected = "\
@@ -350,6 +438,74 @@ Cost: $0.0123 · [Attempt log](http://errand.local:8080/tasks/abc/attempts/1/log
 <sub>Opened by Errand.</sub>
 ";
         assert_eq!(body, expected);
+    }
+
+    #[test]
+    fn review_and_selection() {
+        use errand_core::{Finding, Review, Severity};
+        let review = AttemptReview {
+            model: "anthropic:claude-opus-4-1".into(),
+            verdict: Some(Verdict::Approve),
+            rounds: vec![
+                Review {
+                    round: 1,
+                    verdict: Verdict::ChangesNeeded,
+                    summary: "Only half\nof it.".into(),
+                    findings: vec![Finding {
+                        file: "src/lib.txt".into(),
+                        line: Some(3),
+                        severity: Severity::Error,
+                        message: "three is still lower-case".into(),
+                    }],
+                },
+                Review {
+                    round: 2,
+                    verdict: Verdict::Approve,
+                    summary: "Looks right.".into(),
+                    findings: vec![],
+                },
+            ],
+            error: None,
+        };
+        let body = PrBody {
+            summary: Some("Did it."),
+            review: Some(&review),
+            selection: Some("Best of 3: attempt 2, picked by bob (ranked 2)."),
+            ..Default::default()
+        }
+        .render();
+        let expected_part = "\
+## Review
+
+✅ **Approved** by the reviewer `anthropic:claude-opus-4-1` after 2 rounds.
+
+**Round 1: changes needed.** Only half of it.
+
+- error `src/lib.txt:3`: three is still lower-case
+
+**Round 2: approved.** Looks right.
+";
+        assert!(body.contains(expected_part), "{body}");
+        assert!(
+            body.contains("Did it.\n\nBest of 3: attempt 2, picked by bob (ranked 2).\n"),
+            "{body}"
+        );
+        let failed = AttemptReview {
+            model: "m".into(),
+            error: Some("no submit_review call".into()),
+            ..Default::default()
+        };
+        let body = PrBody {
+            review: Some(&failed),
+            ..Default::default()
+        }
+        .render();
+        assert!(
+            body.contains(
+                "**No verdict**: the reviewer `m` gave no valid review (no submit_review call)."
+            ),
+            "{body}"
+        );
     }
 
     #[test]

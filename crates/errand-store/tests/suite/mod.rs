@@ -70,9 +70,11 @@ pub fn new_task_with(id: String, title: &str, attempts: usize) -> NewTask {
                 number,
                 branch: format!("errand/{short}-{number}"),
                 model: model.clone(),
+                ..Default::default()
             })
             .collect(),
         id,
+        ..Default::default()
     }
 }
 
@@ -1486,6 +1488,7 @@ pub async fn finish_attempt_done(store: &dyn Store) {
                     push: Some("created".into()),
                     ..Default::default()
                 }),
+                review: None,
             },
         )
         .await
@@ -2214,6 +2217,382 @@ pub async fn followup_requeues_a_finished_attempt_with_its_conversation(store: &
     store.cancel_task(&t.id, "stop").await.unwrap();
     let err = store.followup(&t.id, "x", "ann").await.unwrap_err();
     assert!(err.to_string().contains("start a new task"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reviewer and best-of-N
+// ---------------------------------------------------------------------------------------------
+
+/// Finishes a claimed attempt (preparing → running first) with a commit, a diff of
+/// `lines` insertions, one check and a cost.
+async fn finish_with(
+    store: &dyn Store,
+    c: &ClaimedAttempt,
+    worker: &str,
+    status: Status,
+    lines: u64,
+    check_passed: bool,
+) {
+    store
+        .transition(
+            &c.attempt.id,
+            worker,
+            Status::Preparing,
+            Status::Running,
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .finish_attempt(
+            &c.attempt.id,
+            worker,
+            AttemptOutcome {
+                status: Some(status),
+                head_commit: Some(format!("c0{lines:038}")),
+                diff_stats: Some(DiffStats {
+                    files_changed: u64::from(lines > 0),
+                    insertions: lines,
+                    deletions: 0,
+                    files: vec![],
+                }),
+                checks: vec![CheckResult {
+                    name: "tests".into(),
+                    command: "cargo test".into(),
+                    exit_code: Some(if check_passed { 0 } else { 101 }),
+                    duration_ms: 10,
+                    passed: check_passed,
+                    tests: None,
+                }],
+                usage: Usage {
+                    cost_usd: 0.25,
+                    ..Default::default()
+                },
+                error: (status == Status::Failed).then(|| "check 'tests' failed".to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// The reviewer (model, payload, rounds) and an attempt's own model payload are stored at
+/// creation and handed to the worker that claims the attempt; the reviewer's verdicts are
+/// stored with the outcome.
+pub async fn review_settings_and_attempt_payloads_roundtrip(store: &dyn Store) {
+    let mut nt = new_task_with_attempts("review me", 2);
+    nt.model_payload = Some(serde_json::json!({"turns": [{"text": "task model"}]}));
+    nt.attempts[1].model = "scripted:/tmp/other.json".into();
+    nt.attempts[1].model_payload = Some(serde_json::json!({"turns": [{"text": "other"}]}));
+    nt.review = Some(errand_core::NewReview {
+        model: "scripted:/tmp/review.json".into(),
+        payload: Some(serde_json::json!({"turns": [{"text": "reviewer"}]})),
+        max_rounds: 2,
+    });
+    let t = store.create_task(nt).await.unwrap();
+    assert_eq!(t.review_model.as_deref(), Some("scripted:/tmp/review.json"));
+    assert_eq!(t.max_review_rounds, 2);
+    assert_eq!(t.attempts[1].model, "scripted:/tmp/other.json");
+    let mut claimed = [
+        ("w1", claim(store, "w1").await),
+        ("w2", claim(store, "w2").await),
+    ];
+    claimed.sort_by_key(|(_, c)| c.attempt.number);
+    let [(w1, c1), (_, c2)] = [claimed[0].clone(), claimed[1].clone()];
+    assert_eq!(
+        c1.model_payload.as_ref().unwrap()["turns"][0]["text"],
+        "task model"
+    );
+    assert_eq!(
+        c2.model_payload.as_ref().unwrap()["turns"][0]["text"],
+        "other"
+    );
+    for c in [&c1, &c2] {
+        assert_eq!(
+            c.review_payload.as_ref().unwrap()["turns"][0]["text"],
+            "reviewer"
+        );
+        assert_eq!(c.task.max_review_rounds, 2);
+    }
+    let review = errand_core::AttemptReview {
+        model: "scripted:/tmp/review.json".into(),
+        verdict: Some(errand_core::Verdict::Approve),
+        rounds: vec![
+            errand_core::Review {
+                round: 1,
+                verdict: errand_core::Verdict::ChangesNeeded,
+                summary: "one problem".into(),
+                findings: vec![errand_core::Finding {
+                    file: "src/a.rs".into(),
+                    line: Some(7),
+                    severity: errand_core::Severity::Error,
+                    message: "off by one".into(),
+                }],
+            },
+            errand_core::Review {
+                round: 2,
+                verdict: errand_core::Verdict::Approve,
+                summary: "fixed".into(),
+                findings: vec![],
+            },
+        ],
+        error: None,
+    };
+    store
+        .transition(&c1.attempt.id, w1, Status::Preparing, Status::Running, None)
+        .await
+        .unwrap();
+    store
+        .transition(&c1.attempt.id, w1, Status::Running, Status::Verifying, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_task(&t.id).await.unwrap().status,
+        Status::Verifying,
+        "the task shows the furthest-along attempt"
+    );
+    store
+        .finish_attempt(
+            &c1.attempt.id,
+            w1,
+            AttemptOutcome {
+                status: Some(Status::Done),
+                head_commit: Some("abc".into()),
+                review: Some(review.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let a = store.get_attempt(&c1.attempt.id).await.unwrap();
+    assert_eq!(a.review, Some(review));
+    assert_eq!(
+        store.get_attempt(&c2.attempt.id).await.unwrap().review,
+        None
+    );
+}
+
+/// Ended attempts are ranked (done before failed; then checks, verdict, diff size, cost); the
+/// best one is the task's result until a user picks another, which is recorded with who and
+/// when. Running attempts can't be picked, nor attempts without a commit.
+pub async fn best_of_n_ranks_and_picks(store: &dyn Store) {
+    let t = store
+        .create_task(new_task_with_attempts("best of three", 3))
+        .await
+        .unwrap();
+    let mut claimed = Vec::new();
+    for w in ["w1", "w2", "w3"] {
+        claimed.push((w, claim(store, w).await));
+    }
+    claimed.sort_by_key(|(_, c)| c.attempt.number);
+    let by_number = |task: &Task, n: i64| task.attempts.iter().find(|a| a.number == n).cloned();
+
+    // Attempt 1 fails its check; 2 and 3 are still running.
+    let (w1, c1) = &claimed[0];
+    finish_with(store, c1, w1, Status::Failed, 1, false).await;
+    let task = store.get_task(&t.id).await.unwrap();
+    assert_eq!(task.status, Status::Preparing, "two attempts still run");
+    assert_eq!(by_number(&task, 1).unwrap().rank, Some(1));
+    assert_eq!(by_number(&task, 2).unwrap().rank, None);
+    assert_eq!(task.selected_attempt, Some(1));
+    let running = by_number(&task, 2).unwrap();
+    assert!(matches!(
+        store.pick_attempt(&t.id, &running.id, "bob").await,
+        Err(StoreError::WrongState(_))
+    ));
+
+    // 2 passes with a big diff, 3 passes with a small one: 3, 2, 1.
+    let (w2, c2) = &claimed[1];
+    finish_with(store, c2, w2, Status::Done, 40, true).await;
+    let (w3, c3) = &claimed[2];
+    finish_with(store, c3, w3, Status::Done, 4, true).await;
+    let task = store.get_task(&t.id).await.unwrap();
+    assert_eq!(task.status, Status::Done);
+    let ranks: Vec<(i64, Option<u32>)> = task.attempts.iter().map(|a| (a.number, a.rank)).collect();
+    assert_eq!(ranks, vec![(1, Some(3)), (2, Some(2)), (3, Some(1))]);
+    assert_eq!(task.selected_attempt, Some(3));
+    assert_eq!(task.result_attempt().unwrap().number, 3);
+    assert_eq!(task.picked, None);
+    assert_eq!(
+        store.get_attempt(&c3.attempt.id).await.unwrap().rank,
+        Some(1),
+        "an attempt read alone has its rank too"
+    );
+
+    // Bob picks attempt 2.
+    let before = now_ms();
+    let picked = store
+        .pick_attempt(&t.short_id, &c2.attempt.id, "bob")
+        .await
+        .unwrap();
+    assert_eq!(picked.selected_attempt, Some(2));
+    assert_eq!(picked.result_attempt().unwrap().id, c2.attempt.id);
+    let p = picked.picked.clone().unwrap();
+    assert_eq!(
+        (p.attempt, p.attempt_id.as_str(), p.by.as_str()),
+        (2, c2.attempt.id.as_str(), "bob")
+    );
+    assert!(p.at_ms >= before);
+    assert_eq!(
+        by_number(&picked, 3).unwrap().rank,
+        Some(1),
+        "a pick does not change the ranking"
+    );
+    let again = store.get_task(&t.id).await.unwrap();
+    assert_eq!(again.picked, picked.picked);
+    assert_eq!(again.selected_attempt, Some(2));
+    let evs = all_events(store, &c2.attempt.id).await;
+    assert_contiguous(&c2.attempt.id, &evs);
+    assert!(evs.iter().any(|e| matches!(&e.kind,
+        EventKind::Notice { message } if message.contains("picked by bob") && message.contains("instead of attempt 3"))));
+
+    // Not an attempt of this task.
+    let other = store.create_task(new_task("other")).await.unwrap();
+    assert!(matches!(
+        store
+            .pick_attempt(&t.id, &other.attempts[0].id, "bob")
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A cancelled attempt without a commit can't be picked.
+    let cancelled = store.cancel_task(&other.id, "stop").await.unwrap();
+    assert!(matches!(
+        store
+            .pick_attempt(&other.id, &cancelled.attempts[0].id, "bob")
+            .await,
+        Err(StoreError::WrongState(_))
+    ));
+}
+
+/// A follow-up on a best-of-N task continues its result attempt, which stays the result
+/// while it runs again (recorded as picked by whoever asked).
+pub async fn followup_keeps_the_best_of_n_result(store: &dyn Store) {
+    let t = store
+        .create_task(new_task_with_attempts("follow the winner", 2))
+        .await
+        .unwrap();
+    let mut claimed = [
+        ("w1", claim(store, "w1").await),
+        ("w2", claim(store, "w2").await),
+    ];
+    claimed.sort_by_key(|(_, c)| c.attempt.number);
+    let (wa, a) = &claimed[0];
+    let (wb, b) = &claimed[1];
+    finish_with(store, a, wa, Status::Done, 9, true).await;
+    finish_with(store, b, wb, Status::Done, 3, true).await;
+    assert_eq!(
+        store.get_task(&t.id).await.unwrap().selected_attempt,
+        Some(2)
+    );
+    let task = store.followup(&t.id, "also this", "ann").await.unwrap();
+    let running = by_id(&task, &b.attempt.id);
+    assert_eq!(running.status, Status::Queued);
+    assert_eq!(task.result_attempt().unwrap().id, b.attempt.id);
+    assert_eq!(task.picked.as_ref().map(|p| p.by.as_str()), Some("ann"));
+    assert_eq!(task.selected_attempt, Some(2));
+}
+
+fn by_id(task: &Task, id: &str) -> errand_core::Attempt {
+    task.attempts.iter().find(|a| a.id == id).cloned().unwrap()
+}
+
+/// The result of a best-of-N task is handed to delivery once: only when every attempt has
+/// ended with at least one done and none cancelled, and to exactly one of concurrent callers.
+pub async fn claim_result_delivery_once(store: &dyn Store) {
+    let t = store
+        .create_task(new_task_with_attempts("deliver once", 2))
+        .await
+        .unwrap();
+    let a = claim(store, "w1").await;
+    let b = claim(store, "w2").await;
+    finish_with(store, &a, "w1", Status::Done, 5, true).await;
+    assert!(
+        store.claim_result_delivery(&t.id).await.unwrap().is_none(),
+        "an attempt is still running"
+    );
+    finish_with(store, &b, "w2", Status::Done, 2, true).await;
+    let results = join_all((0..6).map(|_| store.claim_result_delivery(&t.id)).collect()).await;
+    let winners: Vec<Task> = results.into_iter().filter_map(|r| r.unwrap()).collect();
+    assert_eq!(winners.len(), 1, "exactly one caller delivers");
+    assert_eq!(winners[0].result_attempt().unwrap().id, b.attempt.id);
+    assert!(store.claim_result_delivery(&t.id).await.unwrap().is_none());
+
+    // A cancelled attempt: nothing is delivered on its own.
+    let t2 = store
+        .create_task(new_task_with_attempts("cancel one", 2))
+        .await
+        .unwrap();
+    let c = claim(store, "w3").await;
+    finish_with(store, &c, "w3", Status::Done, 5, true).await;
+    store.cancel_task(&t2.id, "stop").await.unwrap();
+    assert!(store.claim_result_delivery(&t2.id).await.unwrap().is_none());
+
+    // All failed: nothing to deliver.
+    let t3 = store
+        .create_task(new_task_with_attempts("all fail", 2))
+        .await
+        .unwrap();
+    let d = claim(store, "w4").await;
+    let e = claim(store, "w5").await;
+    finish_with(store, &d, "w4", Status::Failed, 1, false).await;
+    finish_with(store, &e, "w5", Status::Failed, 1, false).await;
+    assert_eq!(store.get_task(&t3.id).await.unwrap().status, Status::Failed);
+    assert!(store.claim_result_delivery(&t3.id).await.unwrap().is_none());
+}
+
+/// Cancelling a best-of-N task cancels every attempt, queued or running; running ones learn
+/// it from their heartbeat.
+pub async fn cancel_cancels_every_attempt(store: &dyn Store) {
+    let t = store
+        .create_task(new_task_with_attempts("cancel all", 3))
+        .await
+        .unwrap();
+    let a = claim(store, "w1").await;
+    let b = claim(store, "w2").await;
+    store
+        .transition(
+            &a.attempt.id,
+            "w1",
+            Status::Preparing,
+            Status::Running,
+            None,
+        )
+        .await
+        .unwrap();
+    let task = store
+        .cancel_task(&t.id, "cancelled by the user")
+        .await
+        .unwrap();
+    assert_eq!(task.status, Status::Cancelled);
+    assert!(
+        task.attempts.iter().all(|x| x.status == Status::Cancelled),
+        "{:?}",
+        task.attempts
+    );
+    assert_eq!(
+        store.heartbeat(&a.attempt.id, "w1", 60_000).await.unwrap(),
+        LeaseState::Cancelled
+    );
+    assert_eq!(
+        store.heartbeat(&b.attempt.id, "w2", 60_000).await.unwrap(),
+        LeaseState::Cancelled
+    );
+    assert!(
+        store
+            .claim_attempt(&claim_req("w3"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for x in &task.attempts {
+        let evs = all_events(store, &x.id).await;
+        assert_eq!(
+            status_events(&evs)
+                .last()
+                .map(|(_, to, r)| (*to, r.clone())),
+            Some((Status::Cancelled, Some("cancelled by the user".into())))
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
