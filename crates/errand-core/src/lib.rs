@@ -21,7 +21,7 @@ pub use id::{new_id, short_id};
 pub use status::Status;
 pub use task::{
     Attempt, CheckResult, Delivery, DiffStats, EnvironmentSnapshot, FileStat, NewAttempt, NewTask,
-    Task, TaskRequest, TestCounts,
+    SetupInfo, Task, TaskRequest, TestCounts,
 };
 
 /// Milliseconds since the Unix epoch, the timestamp unit used across Errand.

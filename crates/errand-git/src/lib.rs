@@ -11,6 +11,7 @@
 
 pub mod forge;
 pub mod push;
+pub mod scan;
 mod secret;
 
 pub use push::{PushOutcome, PushStatus, push_branch};
@@ -69,7 +70,7 @@ struct Out {
     stderr: String,
 }
 
-fn base_command(cwd: Option<&Path>) -> Command {
+pub(crate) fn base_command(cwd: Option<&Path>) -> Command {
     let mut c = Command::new("git");
     if let Some(d) = cwd {
         c.current_dir(d);
@@ -101,7 +102,7 @@ async fn run(cwd: Option<&Path>, args: &[&str]) -> Result<Out> {
     })
 }
 
-async fn run_ok(cwd: Option<&Path>, args: &[&str]) -> Result<String> {
+pub(crate) async fn run_ok(cwd: Option<&Path>, args: &[&str]) -> Result<String> {
     let out = run(cwd, args).await?;
     if out.ok {
         Ok(out.stdout)
@@ -398,7 +399,7 @@ impl MirrorCache {
 /// Copies an index file keeping its modification time: git treats entries modified in the same
 /// second as the index as "racily clean" and rehashes them; a fresh mtime on the copy would
 /// make a same-size edit made right after the checkout invisible.
-fn copy_index(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_index(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::copy(from, to)?;
     let mtime = std::fs::metadata(from)?.modified()?;
     std::fs::File::options()
@@ -749,6 +750,34 @@ pub async fn commit_workspace(
     trailers: &[(&str, &str)],
     seed_index: Option<&Path>,
 ) -> Result<Option<String>> {
+    commit_workspace_excluding(
+        mirror,
+        workspace,
+        scratch_git,
+        base,
+        branch,
+        message,
+        trailers,
+        seed_index,
+        &[],
+    )
+    .await
+}
+
+/// [`commit_workspace`] leaving out untracked paths that match `exclude` (gitignore patterns,
+/// for example [`scan::exclude_pattern`]s of the files a setup script created).
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_workspace_excluding(
+    mirror: &Path,
+    workspace: &Path,
+    scratch_git: &Path,
+    base: &str,
+    branch: &str,
+    message: &str,
+    trailers: &[(&str, &str)],
+    seed_index: Option<&Path>,
+    exclude: &[String],
+) -> Result<Option<String>> {
     check_agent_branch(branch)?;
     if scratch_git.exists() {
         tokio::fs::remove_dir_all(scratch_git).await?;
@@ -761,6 +790,12 @@ pub async fn commit_workspace(
         format!("{}\n", objects.display()),
     )
     .await?;
+    if !exclude.is_empty() {
+        tokio::fs::create_dir_all(scratch_git.join("info")).await?;
+        let mut text = exclude.join("\n");
+        text.push('\n');
+        tokio::fs::write(scratch_git.join("info/exclude"), text).await?;
+    }
     let index = scratch_git.join("index");
     let seeded = match seed_index {
         Some(seed) if seed.is_file() => copy_index(seed, &index).is_ok(),

@@ -231,6 +231,7 @@ mod tests {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![("FOO".into(), "bar".into())],
+                net: None,
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -259,6 +260,7 @@ mod tests {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
+                net: None,
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));

@@ -135,6 +135,14 @@ pub trait Store: Send + Sync + 'static {
     async fn followup(&self, id: &str, prompt: &str, by: &str) -> Result<Task>;
     /// Records a push and pull request made after the attempt ended (`errand pr`).
     async fn set_delivery(&self, attempt_id: &str, delivery: &errand_core::Delivery) -> Result<()>;
+    /// Records what the setup phase of the attempt's current run did (cache hit or miss, key,
+    /// duration, size), replacing an earlier run's. Only for the lease holder.
+    async fn set_setup(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        setup: &errand_core::SetupInfo,
+    ) -> Result<()>;
 
     /// Takes the oldest queued attempt: queued → preparing, with a lease. Appends the run's
     /// `claimed` event (first of the run) and the status event in the same transaction.
