@@ -281,15 +281,9 @@ impl SetupInfo {
                 self.key,
                 if self.failed { "failed" } else { "ran" }
             ),
-            ("hit", _) => format!(
-                "cache hit (key {}), restored in {secs} ({size})",
-                self.key
-            ),
+            ("hit", _) => format!("cache hit (key {}), restored in {secs} ({size})", self.key),
             _ if self.failed => format!("failed after {secs} (key {})", self.key),
-            ("miss", _) => format!(
-                "ran in {secs}, snapshot saved ({size}, key {})",
-                self.key
-            ),
+            ("miss", _) => format!("ran in {secs}, snapshot saved ({size}, key {})", self.key),
             _ => format!("ran in {secs}, not cached (key {})", self.key),
         }
     }

@@ -230,7 +230,10 @@ mod tests {
 
     #[test]
     fn paths_are_normalized() {
-        assert_eq!(normalize("./scripts/setup.sh").as_deref(), Some("scripts/setup.sh"));
+        assert_eq!(
+            normalize("./scripts/setup.sh").as_deref(),
+            Some("scripts/setup.sh")
+        );
         assert_eq!(normalize("Cargo.lock").as_deref(), Some("Cargo.lock"));
         assert_eq!(normalize("a//b/").as_deref(), Some("a/b"));
         assert_eq!(normalize("/etc/passwd"), None);

@@ -929,7 +929,11 @@ async fn scan_lists_setup_outputs_and_the_commit_can_leave_them_out() {
     write(&ws, "README.md", "# r changed\n");
     std::os::unix::fs::symlink("/etc", ws.join("link")).unwrap();
     // A hook planted in the workspace's own .git must never run.
-    write(&ws, ".git/hooks/post-index-change", "#!/bin/sh\ntouch /tmp/never\n");
+    write(
+        &ws,
+        ".git/hooks/post-index-change",
+        "#!/bin/sh\ntouch /tmp/never\n",
+    );
 
     let scan = scan_workspace(
         &mirror,

@@ -1,7 +1,7 @@
 //! How a worker reaches the queue.
 
 use async_trait::async_trait;
-use errand_core::{EventKind, Status, Usage};
+use errand_core::{EventKind, SetupInfo, Status, Usage};
 use errand_store::{AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Result, Store};
 use std::sync::Arc;
 
@@ -40,6 +40,8 @@ pub trait WorkerClient: Send + Sync {
         turns: u64,
     ) -> Result<()>;
     async fn finish(&self, attempt: &str, worker: &str, outcome: AttemptOutcome) -> Result<Status>;
+    /// Records what the run's setup phase did (cache hit or miss, key, duration, size).
+    async fn record_setup(&self, attempt: &str, worker: &str, setup: &SetupInfo) -> Result<()>;
 }
 
 /// The embedded workers' client: calls the store directly.
@@ -110,5 +112,8 @@ impl WorkerClient for LocalClient {
     }
     async fn finish(&self, attempt: &str, worker: &str, outcome: AttemptOutcome) -> Result<Status> {
         self.store.finish_attempt(attempt, worker, outcome).await
+    }
+    async fn record_setup(&self, attempt: &str, worker: &str, setup: &SetupInfo) -> Result<()> {
+        self.store.set_setup(attempt, worker, setup).await
     }
 }

@@ -10,6 +10,7 @@ pub mod agents_md;
 pub mod checks;
 mod client;
 pub mod deliver;
+pub mod setup;
 pub mod testcounts;
 
 pub use client::{LocalClient, WorkerClient};
@@ -36,6 +37,12 @@ pub struct WorkerConfig {
     pub work_root: PathBuf,
     /// Cached base checkouts (lower layers of copy-on-write workspaces).
     pub checkout_root: PathBuf,
+    /// Cached setup snapshots, one directory per key (`setup`).
+    pub setup_cache: PathBuf,
+    /// How many setup snapshots to keep (the most recently made or used).
+    pub setup_cache_keep: usize,
+    /// Wall-time limit of the setup (or maintenance) command.
+    pub setup_timeout: Duration,
     pub lease_ttl: Duration,
     pub heartbeat_every: Duration,
     /// How often to look for work when no wake-up arrives.
@@ -54,6 +61,9 @@ impl WorkerConfig {
         WorkerConfig {
             name: name.into(),
             checkout_root: work_root.with_file_name("checkouts"),
+            setup_cache: work_root.with_file_name("setup-cache"),
+            setup_cache_keep: 8,
+            setup_timeout: Duration::from_secs(30 * 60),
             work_root,
             lease_ttl: Duration::from_secs(30),
             heartbeat_every: Duration::from_secs(5),
@@ -268,6 +278,7 @@ impl Worker {
         let mut state = RunState {
             sandbox_box: None,
             outcome: AttemptOutcome::default(),
+            setup_in_use: None,
         };
         let result = self.drive(&c, &dir, &cancel, &lease, &mut state).await;
         heartbeat.abort();
@@ -334,6 +345,8 @@ impl Worker {
             }
         }
         errand_sandbox::cow::unmount(&dir.join("repo"));
+        // The overlay no longer uses the setup snapshot: it may be pruned now.
+        drop(state.setup_in_use.take());
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -343,7 +356,9 @@ impl Worker {
 
     /// Prepares the attempt's workspace at `ws`: an overlay over a cached base checkout when
     /// this process can mount one, otherwise a checkout sharing the mirror's objects.
-    /// Returns how, for the log.
+    /// `setup_layer` (a cached setup snapshot's files) goes under the base checkout as another
+    /// read-only layer. Returns how (for the log), the base's index, and whether
+    /// `setup_layer` is in.
     async fn make_workspace(
         &self,
         mirror: &std::path::Path,
@@ -351,7 +366,8 @@ impl Worker {
         ws: &std::path::Path,
         branch: &str,
         commit: &str,
-    ) -> Result<(String, Option<PathBuf>), RunError> {
+        setup_layer: Option<&std::path::Path>,
+    ) -> Result<(String, Option<PathBuf>, bool), RunError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| RunError::Failed(format!("{what}: {e}"));
         if errand_sandbox::cow::in_private_namespace() {
             let name = mirror
@@ -368,14 +384,26 @@ impl Worker {
             let upper = dir.join("upper");
             errand_git::write_attempt_head(&upper, branch, commit)
                 .map_err(|e| fail("writing the branch", &e))?;
-            match errand_sandbox::cow::mount_overlay(&base, &upper, &dir.join("overlay-work"), ws) {
+            // Tracked files win over the snapshot: the base checkout is the upper lower layer.
+            let mut lowers = vec![base.as_path()];
+            lowers.extend(setup_layer);
+            match errand_sandbox::cow::mount_overlay_layers(
+                &lowers,
+                &upper,
+                &dir.join("overlay-work"),
+                ws,
+            ) {
                 Ok(()) => {
                     let how = if created {
                         "copy-on-write overlay (base checkout created)"
                     } else {
                         "copy-on-write overlay over the cached base checkout"
                     };
-                    return Ok((how.into(), Some(base.join(".git/index"))));
+                    return Ok((
+                        how.into(),
+                        Some(base.join(".git/index")),
+                        setup_layer.is_some(),
+                    ));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "overlay mount failed; falling back to a checkout");
@@ -386,7 +414,7 @@ impl Worker {
         errand_git::create_workspace(mirror, ws, branch, commit)
             .await
             .map_err(|e| fail("creating the workspace", &e))?;
-        Ok(("checkout sharing the mirror's objects".into(), None))
+        Ok(("checkout sharing the mirror's objects".into(), None, false))
     }
 
     async fn emit(&self, attempt: &str, events: Vec<EventKind>) -> Result<(), RunError> {
@@ -418,6 +446,20 @@ impl Worker {
             (Some(_), Some(head)) => head.clone(),
             _ => task.base_commit.clone(),
         };
+        // Before anything runs: the secrets (from this worker's environment) and the network
+        // of each phase.
+        let secrets = setup::Secrets::resolve(&task.environment).map_err(RunError::Failed)?;
+        let policy = &task.environment.network;
+        let setup_net = match task.environment.setup.is_some() {
+            true => Some(
+                self.phase_network(aid, "setup", policy.setup, policy)
+                    .await?,
+            ),
+            false => None,
+        };
+        let agent_net = self
+            .phase_network(aid, "agent", policy.agent, policy)
+            .await?;
 
         // 1. Mirror and workspace.
         let t = Instant::now();
@@ -431,10 +473,32 @@ impl Worker {
             .await
             .map_err(|e| fail("finding the base commit", &e))?;
         let fetched = t.elapsed();
+        // The setup phase's cache key and snapshot, if any: it becomes a layer of the workspace.
+        let setup_plan = match setup::plan(&self.config.setup_cache, &mirror, &start_commit, task)
+            .await
+            .map_err(RunError::Failed)?
+        {
+            Some((plan, in_use)) => {
+                state.setup_in_use = in_use;
+                Some(plan)
+            }
+            None => None,
+        };
         let ws = dir.join("repo");
         let t = Instant::now();
-        let (how, seed_index) = self
-            .make_workspace(&mirror, dir, &ws, &c.attempt.branch, &start_commit)
+        let setup_layer = setup_plan
+            .as_ref()
+            .and_then(|p| p.snapshot.as_ref())
+            .map(|s| s.files());
+        let (how, seed_index, layered) = self
+            .make_workspace(
+                &mirror,
+                dir,
+                &ws,
+                &c.attempt.branch,
+                &start_commit,
+                setup_layer.as_deref(),
+            )
             .await?;
         self.notice(
             aid,
@@ -468,7 +532,31 @@ impl Worker {
         } else {
             (task.environment.checks.clone(), false)
         };
-        let spec = BoxSpec {
+        // 1b. Setup phase, in a box of its own (see `setup`).
+        let setup_out = match (&setup_plan, &setup_net) {
+            (Some(plan), Some(net)) => {
+                self.setup_phase(
+                    setup::PhaseInput {
+                        c,
+                        dir,
+                        ws: &ws,
+                        mirror: &mirror,
+                        commit: &start_commit,
+                        seed_index: seed_index.as_deref(),
+                        layered,
+                        plan,
+                        secrets: &secrets,
+                        net,
+                        cancel,
+                        lease,
+                    },
+                    state,
+                )
+                .await?
+            }
+            _ => setup::SetupOutcome::default(),
+        };
+        let mut spec = BoxSpec {
             workspace: ws.clone(),
             scratch: dir.join("scratch"),
             ro_binds: vec![mirror.join("objects")],
@@ -480,7 +568,14 @@ impl Worker {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            net: None,
         };
+        // The agent and the checks see only the secrets exposed to them.
+        spec.env.extend(secrets.for_agent());
+        agent_net.apply(&mut spec);
+        if let Some(carry) = &setup_out.carry {
+            spec.ro_binds.push(carry.dir.clone());
+        }
         let sandbox_box = self
             .sandbox
             .create(spec)
@@ -491,7 +586,10 @@ impl Worker {
             // effort by kernel ABI, cgroups depend on delegation).
             self.notice(aid, ns.enforced.summary()).await?;
         }
+        let prepared =
+            setup::prepare_box(sandbox_box.as_ref(), setup_out.carry.as_ref(), cancel).await;
         state.sandbox_box = Some(sandbox_box);
+        prepared.map_err(RunError::Failed)?;
         let sandbox_box: &dyn SandboxBox = state
             .sandbox_box
             .as_deref()
@@ -743,7 +841,7 @@ impl Worker {
         // commit goes through a fresh git directory.
         let head = {
             let _guard = self.mirrors.lock(&mirror).await;
-            errand_git::commit_workspace(
+            errand_git::commit_workspace_excluding(
                 &mirror,
                 &ws,
                 &dir.join("commit.git"),
@@ -752,6 +850,7 @@ impl Worker {
                 &message,
                 &trailers,
                 seed_index.as_deref(),
+                &setup_out.exclude,
             )
             .await
             .map_err(|e| fail("committing the work", &e))?
@@ -837,4 +936,6 @@ impl Worker {
 struct RunState {
     sandbox_box: Option<Box<dyn SandboxBox>>,
     outcome: AttemptOutcome,
+    /// Keeps the setup snapshot under this attempt's overlay from being pruned.
+    setup_in_use: Option<setup::InUse>,
 }

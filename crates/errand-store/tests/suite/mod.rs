@@ -13,8 +13,7 @@
 
 use errand_core::{
     CheckResult, CheckSpec, DiffStats, EnvironmentSnapshot, Event, EventKind, FileStat, NewAttempt,
-    NewTask, OutputStream, SetupInfo, Status, Task, TestCounts, Usage, new_id, now_ms,
-    short_id,
+    NewTask, OutputStream, SetupInfo, Status, Task, TestCounts, Usage, new_id, now_ms, short_id,
 };
 use errand_store::{
     AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Store, StoreError, TaskQuery,
@@ -1684,7 +1683,10 @@ pub async fn set_setup_is_visible_and_fenced(store: &dyn Store) {
         failed: false,
     };
     store.set_setup(&aid, "w1", &miss).await.unwrap();
-    assert_eq!(store.get_attempt(&aid).await.unwrap().setup, Some(miss.clone()));
+    assert_eq!(
+        store.get_attempt(&aid).await.unwrap().setup,
+        Some(miss.clone())
+    );
     let hit = SetupInfo {
         cache: "hit".into(),
         maintenance_ran: true,
@@ -1697,7 +1699,10 @@ pub async fn set_setup_is_visible_and_fenced(store: &dyn Store) {
     );
     let r = store.set_setup(&aid, "w2", &miss).await;
     assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
-    assert_eq!(store.get_attempt(&aid).await.unwrap().setup, Some(hit.clone()));
+    assert_eq!(
+        store.get_attempt(&aid).await.unwrap().setup,
+        Some(hit.clone())
+    );
     let r = store.set_setup("no-such-attempt", "w1", &miss).await;
     assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
     store
