@@ -127,6 +127,7 @@ echo "dependency v1" > deps/lib.txt
 printf %s "$SHOP_TOKEN" | sha256sum | cut -d' ' -f1 > deps/token.sha
 echo "home marker" > "$HOME/.setup-home-marker"
 echo "generated" > generated.txt
+echo "touched by setup" >> README.md
 echo "setup: done"
 "#,
     );
@@ -334,6 +335,11 @@ async fn setup_runs_in_its_own_box_is_cached_and_restored() {
                 && n.contains("secrets SHOP_TOKEN")),
         "{notices:#?}"
     );
+    assert!(
+        notices.iter().any(|n| n
+            .contains("setup changed 1 tracked file(s) (README.md); those changes are not cached")),
+        "{notices:#?}"
+    );
     let agent_out = output_of(&evs, None);
     for needle in [
         "dependency v1",
@@ -342,6 +348,7 @@ async fn setup_runs_in_its_own_box_is_cached_and_restored() {
         "TOKEN-ABSENT",
         "NET-BLOCKED",
         "STATUS-OK",
+        " M README.md",
     ] {
         assert!(
             agent_out.contains(needle),
@@ -357,7 +364,10 @@ async fn setup_runs_in_its_own_box_is_cached_and_restored() {
     let mirror = mirror_of(&data);
     let branch = a1["branch"].as_str().unwrap();
     let stat = git(&mirror, &["show", "--stat", "--format=", branch]);
-    assert!(stat.contains("notes.txt"), "{stat}");
+    assert!(
+        stat.contains("notes.txt") && stat.contains("README.md"),
+        "{stat}"
+    );
     assert!(
         !stat.contains("generated.txt") && !stat.contains("deps") && !stat.contains("token"),
         "{stat}"

@@ -450,7 +450,8 @@ impl Worker {
         // of each phase.
         let secrets = setup::Secrets::resolve(&task.environment).map_err(RunError::Failed)?;
         let policy = &task.environment.network;
-        let setup_net = match task.environment.setup.is_some() {
+        let has_setup = (task.environment.setup.as_deref()).is_some_and(|s| !s.trim().is_empty());
+        let setup_net = match has_setup {
             true => Some(
                 self.phase_network(aid, "setup", policy.setup, policy)
                     .await?,

@@ -272,12 +272,26 @@ pub struct SnapshotMeta {
     pub home: bool,
 }
 
-/// The environment a snapshot belongs to: its name, else the repository.
+/// What a snapshot belongs to: the environment (if any) and the repository.
 fn scope(task: &errand_core::Task) -> String {
     match &task.environment.name {
-        Some(n) => format!("env:{n}"),
+        Some(n) => format!("env:{n} repo:{}", task.repo),
         None => format!("repo:{}", task.repo),
     }
+}
+
+/// The exclude patterns of what setup left: its untracked paths (kept out of `git status`
+/// and the commit) and its ignored ones (so that they stay out of the commit even if the
+/// agent edits `.gitignore`).
+fn exclude_patterns(untracked: &[String], ignored: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = untracked
+        .iter()
+        .chain(ignored)
+        .map(|p| errand_git::scan::exclude_pattern(p))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// The paths whose contents key the snapshot: the setup command's first word (when it is a
@@ -885,7 +899,8 @@ pub async fn prepare_box(
 /// What the setup phase hands to the rest of the attempt.
 #[derive(Debug, Default)]
 pub struct SetupOutcome {
-    /// Gitignore patterns of the paths setup created: kept out of the commit.
+    /// Gitignore patterns of the paths setup created (untracked and ignored): kept out of the
+    /// commit.
     pub exclude: Vec<String>,
     /// Files for the agent's box (bound read-only).
     pub carry: Option<Carry>,
@@ -1191,11 +1206,7 @@ impl Worker {
             )
             .await?;
         }
-        let exclude: Vec<String> = scan
-            .untracked
-            .iter()
-            .map(|p| errand_git::scan::exclude_pattern(p))
-            .collect();
+        let exclude = exclude_patterns(&scan.untracked, &scan.ignored);
         let home_tar = carry.join("home.tar");
         let saved = save(
             &self.config.setup_cache,
@@ -1301,12 +1312,7 @@ impl Worker {
             ),
         )
         .await?;
-        let mut exclude: Vec<String> = snap
-            .meta
-            .untracked
-            .iter()
-            .map(|p| errand_git::scan::exclude_pattern(p))
-            .collect();
+        let mut exclude = exclude_patterns(&snap.meta.untracked, &snap.meta.ignored);
         let maintenance = inp
             .c
             .task
@@ -1342,14 +1348,11 @@ impl Worker {
                     .await
                     .map_err(|e| RunError::Failed(format!("destroying the setup box: {e}")))?;
             }
-            // Maintenance may create new untracked files; they stay out of the commit too.
+            // Maintenance may create new files; they stay out of the commit too.
             let scan = self.scan(inp).await?;
-            for p in &scan.untracked {
-                let pat = errand_git::scan::exclude_pattern(p);
-                if !exclude.contains(&pat) {
-                    exclude.push(pat);
-                }
-            }
+            exclude.extend(exclude_patterns(&scan.untracked, &scan.ignored));
+            exclude.sort();
+            exclude.dedup();
         }
         Ok((exclude, home))
     }
