@@ -131,6 +131,7 @@ impl Workspace {
                 quota_dir: None,
                 env: vec![],
                 workspace_readonly: false,
+                net: None,
             })
             .await
             .context("creating the unisolated box")

@@ -151,6 +151,7 @@ pub async fn lib_once(
         quota_dir: quota_dir.map(Path::to_path_buf),
         env: vec![],
         workspace_readonly: false,
+        net: None,
     };
     let start = Instant::now();
     let b = tokio::time::timeout(RUN_TIMEOUT, backend.create(spec))
@@ -315,6 +316,7 @@ pub async fn start(
             quota_dir: None,
             env: vec![],
             workspace_readonly: false,
+            net: None,
         };
         let b = tokio::time::timeout(RUN_TIMEOUT, backend.create(spec))
             .await
@@ -732,6 +734,7 @@ pub async fn memory(bin: &Path, tools: &Tools, n: usize) -> Result<MemoryResult>
                 quota_dir: None,
                 env: vec![],
                 workspace_readonly: false,
+                net: None,
             };
             let b = tokio::time::timeout(RUN_TIMEOUT, backend.create(spec))
                 .await

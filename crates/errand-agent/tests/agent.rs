@@ -101,6 +101,7 @@ impl Env {
                 quota_dir: None,
                 env: vec![],
                 workspace_readonly: false,
+                net: None,
             })
             .await
             .unwrap()

@@ -222,6 +222,12 @@ pub fn show(t: &Task) -> String {
             )
         };
         row(&mut o, "Runs", &runs);
+        let setup = match (&a.setup, &t.environment.setup) {
+            (Some(info), _) => info.summary(t.environment.maintenance.as_deref()),
+            (None, Some(_)) => "not run yet".to_string(),
+            (None, None) => "none".to_string(),
+        };
+        row(&mut o, "Setup", &setup);
         row(
             &mut o,
             "Usage",

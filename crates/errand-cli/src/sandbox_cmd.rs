@@ -140,6 +140,7 @@ async fn run_one(a: RunArgs) -> Result<ExitCode> {
         quota_dir: None,
         env: vec![],
         workspace_readonly: false,
+        net: None,
     };
     let result = run_in(&backend, spec, a.command, a.timeout).await;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -291,6 +292,7 @@ async fn check() -> Result<ExitCode> {
         quota_dir: None,
         env: vec![],
         workspace_readonly: false,
+        net: None,
     };
     match backend.create(spec).await {
         Ok(b) => {

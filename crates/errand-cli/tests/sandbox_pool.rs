@@ -33,6 +33,7 @@ fn spec(ws: &Path, scratch: PathBuf) -> BoxSpec {
         quota_dir: None,
         env: vec![],
         workspace_readonly: false,
+        net: None,
     }
 }
 

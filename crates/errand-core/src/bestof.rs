@@ -144,6 +144,7 @@ mod tests {
             delivery: None,
             review: None,
             rank: None,
+            setup: None,
         }
     }
 

@@ -312,6 +312,49 @@ pub struct Attempt {
     /// Place among the task's ended attempts (1 = best); none until the attempt ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank: Option<u32>,
+    /// What the setup phase of the latest run did (absent when the environment has no setup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<SetupInfo>,
+}
+
+/// The setup phase of one run: whether a cached snapshot was used, and what it cost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SetupInfo {
+    /// `hit` (a cached snapshot was restored and setup skipped), `miss` (setup ran and its
+    /// snapshot was saved) or `off` (setup ran and nothing was cached).
+    pub cache: String,
+    /// The first 12 hex digits of the snapshot key.
+    pub key: String,
+    /// Wall time of the phase: setup and saving the snapshot, or restoring it and maintenance.
+    pub duration_ms: u64,
+    /// Whether `maintenance` ran (only on a hit).
+    #[serde(default)]
+    pub maintenance_ran: bool,
+    /// Size of the snapshot (files left by setup, and `$HOME`).
+    #[serde(default)]
+    pub bytes: u64,
+    /// Setup (or maintenance) failed; the attempt's error says how.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
+}
+
+impl SetupInfo {
+    /// One line for `errand show`; `maintenance` is the environment's maintenance command.
+    pub fn summary(&self, maintenance: Option<&str>) -> String {
+        let secs = format!("{:.1} s", self.duration_ms as f64 / 1000.0);
+        let size = crate::text::human_bytes(self.bytes);
+        match (self.cache.as_str(), maintenance) {
+            ("hit", Some(m)) if self.maintenance_ran => format!(
+                "cache hit (key {}), maintenance `{m}` {} in {secs}",
+                self.key,
+                if self.failed { "failed" } else { "ran" }
+            ),
+            ("hit", _) => format!("cache hit (key {}), restored in {secs} ({size})", self.key),
+            _ if self.failed => format!("failed after {secs} (key {})", self.key),
+            ("miss", _) => format!("ran in {secs}, snapshot saved ({size}, key {})", self.key),
+            _ => format!("ran in {secs}, not cached (key {})", self.key),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -492,6 +535,40 @@ impl AttemptReview {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setup_summary_says_what_the_phase_did() {
+        let mut s = SetupInfo {
+            cache: "hit".into(),
+            key: "1a2b3c4d5e6f".into(),
+            duration_ms: 800,
+            maintenance_ran: true,
+            bytes: 34 << 20,
+            failed: false,
+        };
+        assert_eq!(
+            s.summary(Some("npm ci")),
+            "cache hit (key 1a2b3c4d5e6f), maintenance `npm ci` ran in 0.8 s"
+        );
+        s.maintenance_ran = false;
+        assert_eq!(
+            s.summary(None),
+            "cache hit (key 1a2b3c4d5e6f), restored in 0.8 s (34 MiB)"
+        );
+        s.cache = "miss".into();
+        s.duration_ms = 12_340;
+        assert_eq!(
+            s.summary(None),
+            "ran in 12.3 s, snapshot saved (34 MiB, key 1a2b3c4d5e6f)"
+        );
+        s.cache = "off".into();
+        assert_eq!(
+            s.summary(None),
+            "ran in 12.3 s, not cached (key 1a2b3c4d5e6f)"
+        );
+        s.failed = true;
+        assert_eq!(s.summary(None), "failed after 12.3 s (key 1a2b3c4d5e6f)");
+    }
 
     #[test]
     fn delivery_summary_says_what_happened() {

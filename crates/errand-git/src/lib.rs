@@ -11,6 +11,7 @@
 
 pub mod forge;
 pub mod push;
+pub mod scan;
 mod secret;
 
 pub use push::{PushOutcome, PushStatus, push_branch};
@@ -69,7 +70,7 @@ struct Out {
     stderr: String,
 }
 
-fn base_command(cwd: Option<&Path>) -> Command {
+pub(crate) fn base_command(cwd: Option<&Path>) -> Command {
     let mut c = Command::new("git");
     if let Some(d) = cwd {
         c.current_dir(d);
@@ -101,7 +102,7 @@ async fn run(cwd: Option<&Path>, args: &[&str]) -> Result<Out> {
     })
 }
 
-async fn run_ok(cwd: Option<&Path>, args: &[&str]) -> Result<String> {
+pub(crate) async fn run_ok(cwd: Option<&Path>, args: &[&str]) -> Result<String> {
     let out = run(cwd, args).await?;
     if out.ok {
         Ok(out.stdout)
@@ -398,7 +399,7 @@ impl MirrorCache {
 /// Copies an index file keeping its modification time: git treats entries modified in the same
 /// second as the index as "racily clean" and rehashes them; a fresh mtime on the copy would
 /// make a same-size edit made right after the checkout invisible.
-fn copy_index(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_index(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::copy(from, to)?;
     let mtime = std::fs::metadata(from)?.modified()?;
     std::fs::File::options()
@@ -749,7 +750,7 @@ pub async fn commit_workspace(
     trailers: &[(&str, &str)],
     seed_index: Option<&Path>,
 ) -> Result<Option<String>> {
-    commit_workspace_inner(
+    commit_workspace_with(
         mirror,
         workspace,
         scratch_git,
@@ -759,20 +760,19 @@ pub async fn commit_workspace(
         trailers,
         seed_index,
         None,
+        &[],
     )
     .await
 }
 
-/// What [`commit_workspace_scrubbed`] calls with the files about to be committed.
+/// What [`commit_workspace_with`] calls with the files about to be committed.
 pub type Scrub =
     Box<dyn FnOnce(Vec<PathBuf>) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send>;
 
-/// [`commit_workspace`], but before the tree is written `scrub` gets the workspace-relative
-/// paths of every file added or changed against `base` (regular files and symbolic links);
-/// when it returns true (it rewrote some of them) they are staged again. The worker uses it to
-/// replace secret values in the agent's changes before they reach a commit.
+/// [`commit_workspace`] leaving out untracked paths that match `exclude` (gitignore patterns,
+/// for example [`scan::exclude_pattern`]s of the files a setup script created).
 #[allow(clippy::too_many_arguments)]
-pub async fn commit_workspace_scrubbed(
+pub async fn commit_workspace_excluding(
     mirror: &Path,
     workspace: &Path,
     scratch_git: &Path,
@@ -781,9 +781,9 @@ pub async fn commit_workspace_scrubbed(
     message: &str,
     trailers: &[(&str, &str)],
     seed_index: Option<&Path>,
-    scrub: Scrub,
+    exclude: &[String],
 ) -> Result<Option<String>> {
-    commit_workspace_inner(
+    commit_workspace_with(
         mirror,
         workspace,
         scratch_git,
@@ -792,13 +792,19 @@ pub async fn commit_workspace_scrubbed(
         message,
         trailers,
         seed_index,
-        Some(scrub),
+        None,
+        exclude,
     )
     .await
 }
 
+/// [`commit_workspace`], with two options: before the tree is written, `scrub` gets the
+/// workspace-relative paths of every file added or changed against `base` (regular files and
+/// symbolic links); when it returns true (it rewrote some of them) they are staged again — the
+/// worker uses it to replace secret values in the agent's changes before they reach a commit.
+/// Untracked paths matching `exclude` (gitignore patterns) are left out.
 #[allow(clippy::too_many_arguments)]
-async fn commit_workspace_inner(
+pub async fn commit_workspace_with(
     mirror: &Path,
     workspace: &Path,
     scratch_git: &Path,
@@ -808,6 +814,7 @@ async fn commit_workspace_inner(
     trailers: &[(&str, &str)],
     seed_index: Option<&Path>,
     scrub: Option<Scrub>,
+    exclude: &[String],
 ) -> Result<Option<String>> {
     check_agent_branch(branch)?;
     if scratch_git.exists() {
@@ -821,6 +828,12 @@ async fn commit_workspace_inner(
         format!("{}\n", objects.display()),
     )
     .await?;
+    if !exclude.is_empty() {
+        tokio::fs::create_dir_all(scratch_git.join("info")).await?;
+        let mut text = exclude.join("\n");
+        text.push('\n');
+        tokio::fs::write(scratch_git.join("info/exclude"), text).await?;
+    }
     let index = scratch_git.join("index");
     let seeded = match seed_index {
         Some(seed) if seed.is_file() => copy_index(seed, &index).is_ok(),

@@ -898,3 +898,98 @@ async fn commit_workspace_sees_same_size_edits_right_after_the_checkout() {
     .unwrap();
     assert_eq!(none, None);
 }
+
+/// What a setup script leaves behind, as the scan sees it through a fresh git directory:
+/// untracked files (a wholly untracked directory as one entry, a symlink as itself, never
+/// followed), ignored ones, and changed tracked files; the commit leaves out the excluded ones.
+#[tokio::test]
+async fn scan_lists_setup_outputs_and_the_commit_can_leave_them_out() {
+    use errand_git::scan::{exclude_pattern, scan_workspace, tree_entries};
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+    write(&repo, "README.md", "# r\n");
+    write(&repo, ".gitignore", "deps/\n*.log\n");
+    write(&repo, "package-lock.json", "{\"v\": 1}\n");
+    write(&repo, "scripts/setup.sh", "#!/bin/sh\n");
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "first"]);
+    let head = rev(&repo, "HEAD");
+    let cache = MirrorCache::new(tmp.path().join("mirrors"));
+    let mirror = cache.sync(&url(&repo)).await.unwrap();
+    let ws = tmp.path().join("checkouts/ws");
+    errand_git::prepare_base(&mirror, &head, &ws).await.unwrap();
+
+    // What "setup" did.
+    write(&ws, "deps/a/b.txt", "dep\n");
+    write(&ws, "gen.txt", "generated\n");
+    write(&ws, "out.log", "log\n");
+    write(&ws, "sub/new/x.txt", "x\n");
+    write(&ws, "README.md", "# r changed\n");
+    std::os::unix::fs::symlink("/etc", ws.join("link")).unwrap();
+    // A hook planted in the workspace's own .git must never run.
+    write(
+        &ws,
+        ".git/hooks/post-index-change",
+        "#!/bin/sh\ntouch /tmp/never\n",
+    );
+
+    let scan = scan_workspace(
+        &mirror,
+        &ws,
+        &tmp.path().join("scan.git"),
+        &head,
+        Some(&ws.join(".git/index")),
+    )
+    .await
+    .unwrap();
+    assert!(!tmp.path().join("scan.git").exists(), "scratch removed");
+    let mut untracked = scan.untracked.clone();
+    untracked.sort();
+    assert_eq!(untracked, ["gen.txt", "link", "sub/"]);
+    let mut ignored = scan.ignored.clone();
+    ignored.sort();
+    assert_eq!(ignored, ["deps/", "out.log"]);
+    assert_eq!(scan.modified, ["README.md"]);
+    assert_eq!(scan.unusable, 0);
+
+    let entries = tree_entries(
+        &mirror,
+        &head,
+        &[
+            "./package-lock.json".into(),
+            "missing.lock".into(),
+            "scripts/setup.sh".into(),
+            "../escape".into(),
+            "/etc/passwd".into(),
+        ],
+    )
+    .await
+    .unwrap();
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["package-lock.json", "scripts/setup.sh"]);
+    assert_eq!(entries[0].oid, rev(&repo, "HEAD:package-lock.json"));
+    assert_eq!(entries[1].mode, "100644");
+
+    let exclude: Vec<String> = scan.untracked.iter().map(|p| exclude_pattern(p)).collect();
+    let commit = errand_git::commit_workspace_excluding(
+        &mirror,
+        &ws,
+        &tmp.path().join("commit.git"),
+        &head,
+        "errand/abc-setup",
+        "work",
+        &[],
+        Some(&ws.join(".git/index")),
+        &exclude,
+    )
+    .await
+    .unwrap()
+    .expect("the README change is committed");
+    let files = git(
+        &mirror,
+        &["show", "--name-only", "--format=", commit.as_str()],
+    );
+    assert_eq!(files.trim(), "README.md", "setup outputs stay out: {files}");
+}

@@ -47,12 +47,30 @@ pub fn in_private_namespace() -> bool {
 
 /// Mounts `lower` (read-only) under `upper` at `merged`, with `work` as overlayfs' work dir.
 pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Result<(), String> {
+    mount_overlay_layers(&[lower], upper, work, merged)
+}
+
+/// Like [`mount_overlay`] with several read-only lower layers, the first on top (a cached
+/// setup snapshot over the base checkout, for example).
+pub fn mount_overlay_layers(
+    lowers: &[&Path],
+    upper: &Path,
+    work: &Path,
+    merged: &Path,
+) -> Result<(), String> {
+    if lowers.is_empty() {
+        return Err("an overlay needs at least one lower layer".into());
+    }
     for d in [upper, work, merged] {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
+    let lowerdir = lowers
+        .iter()
+        .map(|l| escape(l))
+        .collect::<Vec<_>>()
+        .join(":");
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={},userxattr",
-        escape(lower),
+        "lowerdir={lowerdir},upperdir={},workdir={},userxattr",
         escape(upper),
         escape(work)
     );

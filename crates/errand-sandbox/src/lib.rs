@@ -42,7 +42,7 @@ pub enum SandboxError {
 pub type Result<T, E = SandboxError> = std::result::Result<T, E>;
 
 /// What a box is made of.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BoxSpec {
     /// The attempt's workspace on the host (read-write inside the box).
     pub workspace: PathBuf,
@@ -62,6 +62,10 @@ pub struct BoxSpec {
     /// Mount the workspace read-only in the box (plan mode: the agent explores, changes
     /// nothing). A back end that cannot enforce it refuses to create the box.
     pub workspace_readonly: bool,
+    /// This box's network mode, when it differs from the back end's default (`None`): the
+    /// setup phase and the agent phase of one attempt may use different modes. Back ends
+    /// without network isolation ignore it.
+    pub net: Option<ns::NetMode>,
 }
 
 /// One command to run in the box.

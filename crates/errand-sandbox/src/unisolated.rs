@@ -240,6 +240,7 @@ mod tests {
                 quota_dir: None,
                 env: vec![("FOO".into(), "bar".into())],
                 workspace_readonly: false,
+                net: None,
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -269,6 +270,7 @@ mod tests {
                 quota_dir: None,
                 env: vec![],
                 workspace_readonly: false,
+                net: None,
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -295,6 +297,7 @@ mod tests {
                 quota_dir: None,
                 env: vec![],
                 workspace_readonly: true,
+                net: None,
             })
             .await;
         match r {

@@ -339,6 +339,7 @@ async fn make_sandbox(
                 quota_dir: None,
                 env: vec![],
                 workspace_readonly: false,
+                net: None,
             };
             let created = backend.create(spec).await;
             let result = match created {

@@ -179,6 +179,14 @@ pub trait Store: Send + Sync + 'static {
     /// attempt as delivered and returns the task (its result attempt is the one to deliver).
     /// Otherwise `None`. Of concurrent callers, exactly one gets the task.
     async fn claim_result_delivery(&self, task_id: &str) -> Result<Option<Task>>;
+    /// Records what the setup phase of the attempt's current run did (cache hit or miss, key,
+    /// duration, size), replacing an earlier run's. Only for the lease holder.
+    async fn set_setup(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        setup: &errand_core::SetupInfo,
+    ) -> Result<()>;
 
     /// Takes the oldest queued attempt: queued → preparing, with a lease. Appends the run's
     /// `claimed` event (first of the run) and the status event in the same transaction.

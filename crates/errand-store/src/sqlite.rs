@@ -8,8 +8,8 @@ use crate::{
 };
 use async_trait::async_trait;
 use errand_core::{
-    Attempt, Delivery, Event, EventKind, EventKind as K, NewTask, Status, Task, Usage, now_ms,
-    short_id,
+    Attempt, Delivery, Event, EventKind, EventKind as K, NewTask, SetupInfo, Status, Task, Usage,
+    now_ms, short_id,
 };
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_isolation.sql"),
     include_str!("migrations/0003_followup.sql"),
+    include_str!("migrations/0004_setup.sql"),
     include_str!("migrations/0005_plan.sql"),
     include_str!("migrations/0007_bestof.sql"),
 ];
@@ -208,7 +209,7 @@ fn complete_task(task: &mut Task) {
     task.rank_attempts();
 }
 
-const ATTEMPT_COLS: &str = "id, task_id, number, status, branch, model, runs, resumed_from, restart_reason, worker, started_at, finished_at, head_commit, diff_stats, usage, turns, checks, summary, error, last_seq, lease_owner, delivery, review";
+const ATTEMPT_COLS: &str = "id, task_id, number, status, branch, model, runs, resumed_from, restart_reason, worker, started_at, finished_at, head_commit, diff_stats, usage, turns, checks, summary, error, last_seq, lease_owner, delivery, review, setup";
 
 fn attempt_from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
     let diff_stats: Option<String> = r.get(13)?;
@@ -246,6 +247,10 @@ fn attempt_from_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
             None => None,
         },
         rank: None,
+        setup: match r.get::<_, Option<String>>(23)? {
+            Some(d) => serde_json::from_str(&d).ok(),
+            None => None,
+        },
     })
 }
 
@@ -722,6 +727,24 @@ impl Store for SqliteStore {
             Ok((changed == 1).then_some(task))
         })
         .await
+    }
+
+    async fn set_setup(&self, attempt_id: &str, worker: &str, setup: &SetupInfo) -> Result<()> {
+        let (aid, worker, s) = (attempt_id.to_string(), worker.to_string(), json(setup)?);
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE attempts SET setup = ?2 WHERE id = ?1 AND lease_owner = ?3",
+                params![aid, s, worker],
+            )?;
+            if n != 1 {
+                attempt_task_id(tx, &aid)?;
+                return Err(StoreError::LeaseLost(aid));
+            }
+            Ok(())
+        })
+        .await?;
+        self.inner.notifier.events_appended(attempt_id);
+        Ok(())
     }
 
     async fn followup(&self, id: &str, prompt: &str, by: &str) -> Result<Task> {

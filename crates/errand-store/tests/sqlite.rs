@@ -51,6 +51,7 @@ suite_tests!(
     finish_attempt_done,
     finish_attempt_failed,
     update_usage_is_visible,
+    set_setup_is_visible_and_fenced,
     requeue_expired_restarts_run,
     requeue_orphans_requeues_all_active,
     notifier_wakes_on_work_and_events,

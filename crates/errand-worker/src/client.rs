@@ -1,7 +1,7 @@
 //! How a worker reaches the queue.
 
 use async_trait::async_trait;
-use errand_core::{Delivery, EventKind, Status, Task, Usage};
+use errand_core::{Delivery, EventKind, SetupInfo, Status, Task, Usage};
 use errand_store::{
     AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, PlanSubmission, Result, Store,
 };
@@ -54,6 +54,8 @@ pub trait WorkerClient: Send + Sync {
     async fn claim_result_delivery(&self, task: &str) -> Result<Option<Task>>;
     /// Records a delivery made after the attempt ended, with a notice in its log.
     async fn record_delivery(&self, attempt: &str, delivery: &Delivery) -> Result<()>;
+    /// Records what the run's setup phase did (cache hit or miss, key, duration, size).
+    async fn record_setup(&self, attempt: &str, worker: &str, setup: &SetupInfo) -> Result<()>;
 }
 
 /// The embedded workers' client: calls the store directly.
@@ -148,5 +150,8 @@ impl WorkerClient for LocalClient {
             )
             .await?;
         Ok(())
+    }
+    async fn record_setup(&self, attempt: &str, worker: &str, setup: &SetupInfo) -> Result<()> {
+        self.store.set_setup(attempt, worker, setup).await
     }
 }

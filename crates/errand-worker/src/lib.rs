@@ -15,6 +15,7 @@ pub mod gateway;
 mod plan;
 pub mod redact;
 pub mod review;
+pub mod setup;
 pub mod testcounts;
 
 pub use client::{LocalClient, WorkerClient};
@@ -39,6 +40,12 @@ pub struct WorkerConfig {
     pub work_root: PathBuf,
     /// Cached base checkouts (lower layers of copy-on-write workspaces).
     pub checkout_root: PathBuf,
+    /// Cached setup snapshots, one directory per key (`setup`).
+    pub setup_cache: PathBuf,
+    /// How many setup snapshots to keep (the most recently made or used).
+    pub setup_cache_keep: usize,
+    /// Wall-time limit of the setup (or maintenance) command.
+    pub setup_timeout: Duration,
     pub lease_ttl: Duration,
     pub heartbeat_every: Duration,
     /// How often to look for work when no wake-up arrives.
@@ -57,6 +64,9 @@ impl WorkerConfig {
         WorkerConfig {
             name: name.into(),
             checkout_root: work_root.with_file_name("checkouts"),
+            setup_cache: work_root.with_file_name("setup-cache"),
+            setup_cache_keep: 8,
+            setup_timeout: Duration::from_secs(30 * 60),
             work_root,
             lease_ttl: Duration::from_secs(30),
             heartbeat_every: Duration::from_secs(5),
@@ -289,6 +299,7 @@ impl Worker {
             gateway: None,
             outcome: AttemptOutcome::default(),
             plan: None,
+            setup_in_use: None,
         };
         let result = self.drive(&c, &dir, &cancel, &lease, &mut state).await;
         heartbeat.abort();
@@ -366,6 +377,8 @@ impl Worker {
             }
         }
         errand_sandbox::cow::unmount(&dir.join("repo"));
+        // The overlay no longer uses the setup snapshot: it may be pruned now.
+        drop(state.setup_in_use.take());
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -375,7 +388,9 @@ impl Worker {
 
     /// Prepares the attempt's workspace at `ws`: an overlay over a cached base checkout when
     /// this process can mount one, otherwise a checkout sharing the mirror's objects.
-    /// Returns how, for the log.
+    /// `setup_layer` (a cached setup snapshot's files) goes under the base checkout as another
+    /// read-only layer. Returns how (for the log), the base's index, and whether
+    /// `setup_layer` is in.
     async fn make_workspace(
         &self,
         mirror: &std::path::Path,
@@ -383,7 +398,8 @@ impl Worker {
         ws: &std::path::Path,
         branch: &str,
         commit: &str,
-    ) -> Result<(String, Option<PathBuf>), RunError> {
+        setup_layer: Option<&std::path::Path>,
+    ) -> Result<(String, Option<PathBuf>, bool), RunError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| RunError::Failed(format!("{what}: {e}"));
         if errand_sandbox::cow::in_private_namespace() {
             let name = mirror
@@ -400,14 +416,26 @@ impl Worker {
             let upper = dir.join("upper");
             errand_git::write_attempt_head(&upper, branch, commit)
                 .map_err(|e| fail("writing the branch", &e))?;
-            match errand_sandbox::cow::mount_overlay(&base, &upper, &dir.join("overlay-work"), ws) {
+            // Tracked files win over the snapshot: the base checkout is the upper lower layer.
+            let mut lowers = vec![base.as_path()];
+            lowers.extend(setup_layer);
+            match errand_sandbox::cow::mount_overlay_layers(
+                &lowers,
+                &upper,
+                &dir.join("overlay-work"),
+                ws,
+            ) {
                 Ok(()) => {
                     let how = if created {
                         "copy-on-write overlay (base checkout created)"
                     } else {
                         "copy-on-write overlay over the cached base checkout"
                     };
-                    return Ok((how.into(), Some(base.join(".git/index"))));
+                    return Ok((
+                        how.into(),
+                        Some(base.join(".git/index")),
+                        setup_layer.is_some(),
+                    ));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "overlay mount failed; falling back to a checkout");
@@ -418,7 +446,7 @@ impl Worker {
         errand_git::create_workspace(mirror, ws, branch, commit)
             .await
             .map_err(|e| fail("creating the workspace", &e))?;
-        Ok(("checkout sharing the mirror's objects".into(), None))
+        Ok(("checkout sharing the mirror's objects".into(), None, false))
     }
 
     async fn emit(&self, attempt: &str, events: Vec<EventKind>) -> Result<(), RunError> {
@@ -453,6 +481,21 @@ impl Worker {
             (Some(_), Some(head)) => head.clone(),
             _ => task.base_commit.clone(),
         };
+        // Before anything runs: the secrets (from this worker's environment) and the network
+        // of each phase.
+        let secrets = setup::Secrets::resolve(&task.environment).map_err(RunError::Failed)?;
+        let policy = &task.environment.network;
+        let has_setup = (task.environment.setup.as_deref()).is_some_and(|s| !s.trim().is_empty());
+        let setup_net = match has_setup {
+            true => Some(
+                self.phase_network(aid, "setup", policy.setup, policy)
+                    .await?,
+            ),
+            false => None,
+        };
+        let agent_net = self
+            .phase_network(aid, "agent", policy.agent, policy)
+            .await?;
 
         // 1. Mirror and workspace.
         let t = Instant::now();
@@ -466,10 +509,32 @@ impl Worker {
             .await
             .map_err(|e| fail("finding the base commit", &e))?;
         let fetched = t.elapsed();
+        // The setup phase's cache key and snapshot, if any: it becomes a layer of the workspace.
+        let setup_plan = match setup::plan(&self.config.setup_cache, &mirror, &start_commit, task)
+            .await
+            .map_err(RunError::Failed)?
+        {
+            Some((plan, in_use)) => {
+                state.setup_in_use = in_use;
+                Some(plan)
+            }
+            None => None,
+        };
         let ws = dir.join("repo");
         let t = Instant::now();
-        let (how, seed_index) = self
-            .make_workspace(&mirror, dir, &ws, &c.attempt.branch, &start_commit)
+        let setup_layer = setup_plan
+            .as_ref()
+            .and_then(|p| p.snapshot.as_ref())
+            .map(|s| s.files());
+        let (how, seed_index, layered) = self
+            .make_workspace(
+                &mirror,
+                dir,
+                &ws,
+                &c.attempt.branch,
+                &start_commit,
+                setup_layer.as_deref(),
+            )
             .await?;
         self.notice(
             aid,
@@ -516,6 +581,30 @@ impl Worker {
             )
             .await?;
         }
+        // 1b. Setup phase, in a box of its own (see `setup`).
+        let setup_out = match (&setup_plan, &setup_net) {
+            (Some(plan), Some(net)) => {
+                self.setup_phase(
+                    setup::PhaseInput {
+                        c,
+                        dir,
+                        ws: &ws,
+                        mirror: &mirror,
+                        commit: &start_commit,
+                        seed_index: seed_index.as_deref(),
+                        layered,
+                        plan,
+                        secrets: &secrets,
+                        net,
+                        cancel,
+                        lease,
+                    },
+                    state,
+                )
+                .await?
+            }
+            _ => setup::SetupOutcome::default(),
+        };
         // The model gateway, when the environment names providers for it: keys stay in this
         // process; the box gets base URLs and placeholder keys.
         if !task.environment.gateway.is_empty() {
@@ -558,12 +647,7 @@ impl Worker {
                 }
             }
         }
-        // Until the setup phase owns this: secrets with `expose_to_agent` are in the agent's box.
-        box_env.extend(redact::exposed_env(
-            &task.environment.secrets,
-            redact::env_var,
-        ));
-        let spec = BoxSpec {
+        let mut spec = BoxSpec {
             workspace: ws.clone(),
             scratch: dir.join("scratch"),
             ro_binds: vec![mirror.join("objects")],
@@ -572,7 +656,14 @@ impl Worker {
             env: box_env,
             // TODO(bridge): bridges: state.gateway.iter().map(|g| { let (port, socket) = g.bridge(); errand_sandbox::Bridge { port, socket } }).collect(),
             workspace_readonly: planning,
+            net: None,
         };
+        // The agent and the checks see only the secrets exposed to them.
+        spec.env.extend(secrets.for_agent());
+        agent_net.apply(&mut spec);
+        if let Some(carry) = &setup_out.carry {
+            spec.ro_binds.push(carry.dir.clone());
+        }
         let sandbox_box = self
             .sandbox
             .create(spec)
@@ -583,10 +674,13 @@ impl Worker {
             // effort by kernel ABI, cgroups depend on delegation).
             self.notice(aid, ns.enforced.summary()).await?;
         }
+        let prepared =
+            setup::prepare_box(sandbox_box.as_ref(), setup_out.carry.as_ref(), cancel).await;
         if let Some(p) = &plan_run {
             self.notice(aid, p.notice.clone()).await?;
         }
         state.sandbox_box = Some(sandbox_box);
+        prepared.map_err(RunError::Failed)?;
         let sandbox_box: &dyn SandboxBox = state
             .sandbox_box
             .as_deref()
@@ -811,7 +905,7 @@ impl Worker {
         let head = {
             let _guard = self.mirrors.lock(&mirror).await;
             if redactor.is_empty() {
-                errand_git::commit_workspace(
+                errand_git::commit_workspace_excluding(
                     &mirror,
                     &ws,
                     &dir.join("commit.git"),
@@ -820,6 +914,7 @@ impl Worker {
                     &message,
                     &trailers,
                     seed_index.as_deref(),
+                    &setup_out.exclude,
                 )
                 .await
             } else {
@@ -838,7 +933,7 @@ impl Worker {
                         rewrote
                     })
                 });
-                errand_git::commit_workspace_scrubbed(
+                errand_git::commit_workspace_with(
                     &mirror,
                     &ws,
                     &dir.join("commit.git"),
@@ -847,7 +942,8 @@ impl Worker {
                     &message,
                     &trailers,
                     seed_index.as_deref(),
-                    scrub,
+                    Some(scrub),
+                    &setup_out.exclude,
                 )
                 .await
             }
@@ -974,4 +1070,6 @@ struct RunState {
     outcome: AttemptOutcome,
     /// Plan mode: the plan a planning run proposed, handed to the queue once the box is gone.
     plan: Option<errand_store::PlanSubmission>,
+    /// Keeps the setup snapshot under this attempt's overlay from being pruned.
+    setup_in_use: Option<setup::InUse>,
 }

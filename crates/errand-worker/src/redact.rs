@@ -12,7 +12,9 @@
 use crate::WorkerClient;
 use async_trait::async_trait;
 use errand_core::redact::{Redactor, StreamRedactor};
-use errand_core::{Delivery, EventKind, OutputStream, SecretConfig, Status, Task, Usage};
+use errand_core::{
+    Delivery, EventKind, OutputStream, SecretConfig, SetupInfo, Status, Task, Usage,
+};
 use errand_store::{
     AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, PlanSubmission, Result,
 };
@@ -321,6 +323,9 @@ impl WorkerClient for RedactingClient {
     }
     async fn claim_result_delivery(&self, task: &str) -> Result<Option<Task>> {
         self.inner.claim_result_delivery(task).await
+    }
+    async fn record_setup(&self, attempt: &str, worker: &str, setup: &SetupInfo) -> Result<()> {
+        self.inner.record_setup(attempt, worker, setup).await
     }
     async fn record_delivery(&self, attempt: &str, delivery: &Delivery) -> Result<()> {
         match self.get(attempt) {

@@ -38,6 +38,8 @@ pub fn maybe_run_box() {
     }
 }
 
+const ALLOWLIST_NEEDS_PROXY: &str = "network mode 'allowlist' needs the egress proxy, which this build does not have yet; use --net off (default) or --net open";
+
 /// Network mode of a box.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -202,9 +204,7 @@ impl NamespaceBackend {
 
     pub fn new(options: NsOptions) -> Result<Self> {
         if options.net == NetMode::Allowlist {
-            return Err(SandboxError::Refused(
-                "network mode 'allowlist' needs the egress proxy, which this build does not have yet; use --net off (default) or --net open".into(),
-            ));
+            return Err(SandboxError::Refused(ALLOWLIST_NEEDS_PROXY.into()));
         }
         Ok(NamespaceBackend {
             options,
@@ -588,27 +588,34 @@ impl NsBox {
             .workspace
             .canonicalize()
             .map_err(io_err(format!("workspace {}", spec.workspace.display())))?;
+        // A box may ask for another network mode than the back end's; pooled processes were
+        // made for the back end's mode, so such a box starts from scratch.
+        let net = spec.net.unwrap_or(opts.net);
+        if net == NetMode::Allowlist {
+            return Err(SandboxError::Refused(ALLOWLIST_NEEDS_PROXY.into()));
+        }
         let cfg = BoxConfig {
             workspace,
             workspace_readonly: opts.workspace_readonly || spec.workspace_readonly,
             scratch: spec.scratch.clone(),
             ro_binds: spec.ro_binds.clone(),
             rootfs: spec.rootfs.clone(),
-            net: opts.net,
+            net,
             limits: opts.limits.clone(),
             cgroups: vec![],
             hostname: "errand-box".into(),
         };
-        let mut pooled = if opts.pool > 0 { pool.take() } else { None };
+        let use_pool = opts.pool > 0 && net == opts.net;
+        let mut pooled = if use_pool { pool.take() } else { None };
         loop {
             let from_pool = pooled.is_some();
             let stage1 = match pooled.take() {
                 Some(s) => s,
-                None => Stage1::spawn(&exe, opts.net, &opts.limits).await?,
+                None => Stage1::spawn(&exe, net, &opts.limits).await?,
             };
             match NsBox::boot(stage1, cfg.clone(), spec.clone(), from_pool).await {
                 Ok(b) => {
-                    if opts.pool > 0 {
+                    if use_pool {
                         pool.refill(&exe, opts);
                     }
                     return Ok(b);

@@ -13,7 +13,7 @@
 
 use errand_core::{
     CheckResult, CheckSpec, DiffStats, EnvironmentSnapshot, Event, EventKind, FileStat, NewAttempt,
-    NewTask, OutputStream, Status, Task, TestCounts, Usage, new_id, now_ms, short_id,
+    NewTask, OutputStream, SetupInfo, Status, Task, TestCounts, Usage, new_id, now_ms, short_id,
 };
 use errand_store::{
     AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Store, StoreError, TaskQuery,
@@ -1668,6 +1668,61 @@ pub async fn update_usage_is_visible(store: &dyn Store) {
     let a = store.get_attempt(&aid).await.unwrap();
     assert_eq!(a.usage, u2);
     assert_eq!(a.turns, 2);
+}
+
+/// The setup phase's record: written by the lease holder, visible on the attempt and the task,
+/// replaced by a later write, refused for anyone else, and kept after the attempt ends.
+pub async fn set_setup_is_visible_and_fenced(store: &dyn Store) {
+    let t = store.create_task(new_task("setup")).await.unwrap();
+    assert!(t.attempts[0].setup.is_none(), "no setup before a run");
+    let c = claim(store, "w1").await;
+    let aid = c.attempt.id.clone();
+    let miss = SetupInfo {
+        cache: "miss".into(),
+        key: "0123456789ab".into(),
+        duration_ms: 1234,
+        maintenance_ran: false,
+        bytes: 4096,
+        failed: false,
+    };
+    store.set_setup(&aid, "w1", &miss).await.unwrap();
+    assert_eq!(
+        store.get_attempt(&aid).await.unwrap().setup,
+        Some(miss.clone())
+    );
+    let hit = SetupInfo {
+        cache: "hit".into(),
+        maintenance_ran: true,
+        ..miss.clone()
+    };
+    store.set_setup(&aid, "w1", &hit).await.unwrap();
+    assert_eq!(
+        store.get_task(&t.id).await.unwrap().attempts[0].setup,
+        Some(hit.clone())
+    );
+    let r = store.set_setup(&aid, "w2", &miss).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    assert_eq!(
+        store.get_attempt(&aid).await.unwrap().setup,
+        Some(hit.clone())
+    );
+    let r = store.set_setup("no-such-attempt", "w1", &miss).await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+    store
+        .finish_attempt(
+            &aid,
+            "w1",
+            AttemptOutcome {
+                status: Some(Status::Done),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_attempt(&aid).await.unwrap().setup, Some(hit));
+    // Once the lease is released nobody can write it.
+    let r = store.set_setup(&aid, "w1", &miss).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
