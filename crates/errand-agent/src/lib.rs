@@ -35,6 +35,11 @@ pub trait EventSink: Send + Sync {
     async fn usage(&self, _usage: Usage, _turns: u64) -> Result<(), AgentError> {
         Ok(())
     }
+    /// Notes to add to the result of the tool call that just ran (for example the egress
+    /// proxy's denials during a command, so that the model knows why and does not retry).
+    fn tool_notes(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Limits and knobs of one run.
@@ -504,6 +509,12 @@ impl AgentRun<'_> {
                         &tools::touched_paths(call),
                         &mut st.agents_seen,
                     ));
+                }
+                if let Some(note) = self.sink.tool_notes() {
+                    if !output.is_empty() && !output.ends_with('\n') {
+                        output.push('\n');
+                    }
+                    output.push_str(&note);
                 }
                 let (shown, truncated) =
                     errand_core::text::cap_head_tail(&output, self.config.tool_output_cap);

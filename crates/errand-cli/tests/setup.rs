@@ -200,9 +200,6 @@ fn config(repo: &Path, script: &Path, port: u16) -> String {
     t += &head("nosecret");
     t += "setup = \"./scripts/setup.sh\"\n";
     t += "[environments.nosecret.secrets]\nSHOP_TOKEN = { from_env = \"ERRAND_TEST_UNSET_VARIABLE_X\" }\n\n";
-    t += &head("allow");
-    t += "setup = \"./scripts/setup.sh\"\n";
-    t += "[environments.allow.network]\nsetup = \"allowlist\"\nallow = [\"registry.example.test\"]\n\n";
     t += &head("plain");
     t
 }
@@ -517,15 +514,6 @@ async fn setup_runs_in_its_own_box_is_cached_and_restored() {
     );
     let evs = events(&server, &id6).await;
     assert!(commands(&evs).is_empty(), "nothing may run: {evs:#?}");
-
-    // 6b. `allowlist` needs the egress proxy: a clear failure before anything runs.
-    let (id6b, t6b) = run_env(&server, "allow", "failed").await;
-    let err = attempt(&t6b)["error"].as_str().unwrap();
-    assert!(
-        err.contains("network mode 'allowlist' for the setup phase needs the egress proxy"),
-        "{err}"
-    );
-    assert!(commands(&events(&server, &id6b).await).is_empty());
 
     // 7. Without setup, `show` says so.
     let (id7, _) = run_env(&server, "plain", "done").await;

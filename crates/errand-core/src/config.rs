@@ -303,6 +303,10 @@ pub struct NetworkConfig {
     /// Hosts never reachable, whatever `allow` says.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<String>,
+    /// Preset definitions that replace (or add to) what the worker discovers from its
+    /// package tools' configuration: `"registry:python" = ["pypi.mirror.example.test"]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub presets: BTreeMap<String, Vec<String>>,
 }
 
 /// `[environments.NAME.secrets] NAME = { from_env = "VAR", expose_to_agent = false }`: the

@@ -11,6 +11,7 @@ mod bestof;
 pub mod checks;
 mod client;
 pub mod deliver;
+mod egress;
 pub mod gateway;
 mod plan;
 pub mod redact;
@@ -129,6 +130,8 @@ struct AttemptSink {
     worker: String,
     /// What the box used through the model gateway so far, added to the running totals.
     gateway_used: Option<Arc<std::sync::Mutex<Usage>>>,
+    /// The egress proxy's denials not yet shown to the agent (network mode `allowlist`).
+    denials: Option<egress::DenialFeed>,
 }
 
 #[async_trait::async_trait]
@@ -148,6 +151,9 @@ impl EventSink for AttemptSink {
             .update_usage(&self.attempt, &self.worker, usage, turns)
             .await
             .map_err(|e| AgentError::Sink(e.to_string()))
+    }
+    fn tool_notes(&self) -> Option<String> {
+        self.denials.as_ref().and_then(|d| d.take_note())
     }
 }
 
@@ -300,6 +306,7 @@ impl Worker {
             outcome: AttemptOutcome::default(),
             plan: None,
             setup_in_use: None,
+            proxies: Vec::new(),
         };
         let result = self.drive(&c, &dir, &cancel, &lease, &mut state).await;
         heartbeat.abort();
@@ -313,6 +320,10 @@ impl Worker {
         if let Some(g) = state.gateway.take() {
             let used = g.stop().await;
             state.outcome.usage.add(&used);
+        }
+        // The egress proxies stop with the boxes; their last decisions are still logged.
+        for p in std::mem::take(&mut state.proxies) {
+            p.stop().await;
         }
         let lost = lease.load(Ordering::SeqCst) == LEASE_LOST;
         match result {
@@ -488,13 +499,13 @@ impl Worker {
         let has_setup = (task.environment.setup.as_deref()).is_some_and(|s| !s.trim().is_empty());
         let setup_net = match has_setup {
             true => Some(
-                self.phase_network(aid, "setup", policy.setup, policy)
+                self.phase_network(aid, "setup", policy.setup, policy, dir, state)
                     .await?,
             ),
             false => None,
         };
         let agent_net = self
-            .phase_network(aid, "agent", policy.agent, policy)
+            .phase_network(aid, "agent", policy.agent, policy, dir, state)
             .await?;
 
         // 1. Mirror and workspace.
@@ -717,6 +728,7 @@ impl Worker {
             attempt: aid.to_string(),
             worker: self.config.name.clone(),
             gateway_used: state.gateway.as_ref().map(|g| g.used.clone()),
+            denials: agent_net.proxy_feed.clone(),
         };
         let snap = &task.environment;
         let agent_config = AgentConfig {
@@ -1072,4 +1084,6 @@ struct RunState {
     plan: Option<errand_store::PlanSubmission>,
     /// Keeps the setup snapshot under this attempt's overlay from being pruned.
     setup_in_use: Option<setup::InUse>,
+    /// The egress proxies of the attempt's phases (network mode `allowlist`).
+    proxies: Vec<egress::PhaseProxy>,
 }

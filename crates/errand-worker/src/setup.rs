@@ -157,8 +157,10 @@ pub struct PhaseNetwork {
     /// Extra variables for every command of the box (in `allowlist` mode: `HTTP_PROXY`,
     /// `HTTPS_PROXY`, `NO_PROXY` pointing at the bridged proxy).
     pub env: Vec<(String, String)>,
-    /// Extra read-only host paths visible in the box (the proxy's socket directory).
-    pub ro_binds: Vec<PathBuf>,
+    /// Host Unix sockets bridged onto the box's loopback (the egress proxy).
+    pub bridges: Vec<errand_sandbox::Bridge>,
+    /// The egress proxy's denials, for the agent's tool output.
+    pub proxy_feed: Option<crate::egress::DenialFeed>,
 }
 
 impl PhaseNetwork {
@@ -166,38 +168,33 @@ impl PhaseNetwork {
     pub fn apply(&self, spec: &mut BoxSpec) {
         spec.net = Some(self.net);
         spec.env.extend(self.env.iter().cloned());
-        spec.ro_binds.extend(self.ro_binds.iter().cloned());
+        spec.bridges.extend(self.bridges.iter().cloned());
     }
 }
 
-/// The error for `allowlist` until the egress proxy is wired in.
-pub fn allowlist_unavailable(phase: &str) -> String {
-    format!(
-        "network mode 'allowlist' for the {phase} phase needs the egress proxy, which this worker does not have yet; set network.{phase} to \"off\" or \"open\" in the environment"
-    )
-}
-
 impl Worker {
-    /// INTEGRATION POINT for the egress proxy: the network of one phase's box.
-    ///
-    /// Called once per phase at the start of an attempt, before anything runs, with the phase
-    /// name (`"setup"` or `"agent"`; checks run in the agent's box), its mode and the
-    /// environment's whole policy (`allow`, `deny`). `off` and `open` need nothing but the
-    /// box's own mode. `allowlist` is where the proxy goes: start (or reuse) the worker's proxy
-    /// with this attempt's policy for this phase, and return `net: NetMode::Off` (the box keeps
-    /// its own network namespace) plus the proxy variables in `env` and the socket to bridge
-    /// (a new `BoxSpec` field, or `ro_binds`). Every decision of the proxy becomes a `net`
-    /// event of `attempt`. Until then, `allowlist` fails the attempt with a clear message.
+    /// The network of one phase's box, decided before anything runs: `off` and `open` need
+    /// nothing but the box's own mode; `allowlist` starts the phase's egress proxy (kept in
+    /// `state` until the attempt ends) on a socket in `dir`, bridged to `127.0.0.1:3128` in the
+    /// box, with the proxy variables set. Every decision of the proxy becomes a `net` event.
     pub(crate) async fn phase_network(
         &self,
         attempt: &str,
         phase: &'static str,
         mode: NetworkMode,
         policy: &NetworkConfig,
+        dir: &Path,
+        state: &mut RunState,
     ) -> Result<PhaseNetwork, RunError> {
-        let _ = policy;
-        let net = match mode {
-            NetworkMode::Off => NetMode::Off,
+        let mut out = PhaseNetwork {
+            phase,
+            net: NetMode::Off,
+            env: Vec::new(),
+            bridges: Vec::new(),
+            proxy_feed: None,
+        };
+        match mode {
+            NetworkMode::Off => {}
             NetworkMode::Open => {
                 self.notice(
                     attempt,
@@ -206,16 +203,47 @@ impl Worker {
                     ),
                 )
                 .await?;
-                NetMode::Open
+                out.net = NetMode::Open;
             }
-            NetworkMode::Allowlist => return Err(RunError::Failed(allowlist_unavailable(phase))),
-        };
-        Ok(PhaseNetwork {
-            phase,
-            net,
-            env: Vec::new(),
-            ro_binds: Vec::new(),
-        })
+            NetworkMode::Allowlist => {
+                if !self.sandbox.isolated() {
+                    return Err(RunError::Failed(format!(
+                        "network mode 'allowlist' for the {phase} phase needs the box (its own network namespace); this worker runs with --sandbox none, where commands use the host's network"
+                    )));
+                }
+                let pol = crate::egress::policy(policy, &policy.presets)
+                    .await
+                    .map_err(RunError::Failed)?;
+                let proxy = crate::egress::start(
+                    phase,
+                    pol,
+                    dir,
+                    self.client.clone(),
+                    attempt,
+                    &self.config.name,
+                )
+                .await
+                .map_err(|e| RunError::Failed(format!("starting the egress proxy: {e}")))?;
+                self.notice(
+                    attempt,
+                    format!(
+                        "network of the {phase} phase: allowlist through the egress proxy on 127.0.0.1:{} — {}",
+                        crate::egress::PROXY_PORT,
+                        proxy.summary()
+                    ),
+                )
+                .await?;
+                out.net = NetMode::Allowlist;
+                out.env = errand_sandbox::proxy_env(crate::egress::PROXY_PORT);
+                out.bridges.push(errand_sandbox::Bridge {
+                    port: crate::egress::PROXY_PORT,
+                    socket: proxy.socket.clone(),
+                });
+                out.proxy_feed = Some(proxy.feed());
+                state.proxies.push(proxy);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -1065,6 +1093,7 @@ impl Worker {
             attempt: aid.to_string(),
             worker: self.config.name.clone(),
             gateway_used: None,
+            denials: None,
         };
         let r = StreamedCommand {
             sandbox: b,
