@@ -130,6 +130,7 @@ impl Workspace {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
+                ..Default::default()
             })
             .await
             .context("creating the unisolated box")

@@ -100,6 +100,7 @@ impl Env {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -139,6 +139,7 @@ async fn run_one(a: RunArgs) -> Result<ExitCode> {
         rootfs: a.rootfs.clone(),
         quota_dir: None,
         env: vec![],
+        ..Default::default()
     };
     let result = run_in(&backend, spec, a.command, a.timeout).await;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -289,6 +290,7 @@ async fn check() -> Result<ExitCode> {
         rootfs: None,
         quota_dir: None,
         env: vec![],
+        ..Default::default()
     };
     match backend.create(spec).await {
         Ok(b) => {

@@ -32,6 +32,7 @@ fn spec(ws: &Path, scratch: PathBuf) -> BoxSpec {
         rootfs: None,
         quota_dir: None,
         env: vec![],
+        ..Default::default()
     }
 }
 

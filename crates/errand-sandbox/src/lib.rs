@@ -7,13 +7,21 @@
 //! This crate owns process lifecycle and isolation. It must not know about tasks, models or
 //! the database: it only runs commands and reports what they did.
 //!
-//! Back ends today: [`unisolated::Unisolated`] (`--sandbox none`: commands run directly in the
-//! workspace on the host, for trusted local use, and every log says so). The namespace box and
-//! remote back ends (Kubernetes) implement the same traits.
+//! Back ends today: [`ns::NamespaceBackend`] (the box) and [`unisolated::Unisolated`]
+//! (`--sandbox none`: commands run directly in the workspace on the host, for trusted local
+//! use, and every log says so). Remote back ends (Kubernetes) implement the same traits.
+//!
+//! Network: a box's [`NetMode`] is its back end's default unless [`BoxSpec::net`] says
+//! otherwise. An `allowlist` box reaches the host only through its [`Bridge`]s: TCP ports on
+//! its own loopback relayed by the host to Unix sockets (the egress proxy, the model gateway).
 
+mod bridge;
 pub mod cow;
 pub mod ns;
 pub mod unisolated;
+
+pub use bridge::{MAX_BRIDGES, MAX_CONNECTIONS, proxy_env};
+pub use ns::NetMode;
 
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -42,7 +50,7 @@ pub enum SandboxError {
 pub type Result<T, E = SandboxError> = std::result::Result<T, E>;
 
 /// What a box is made of.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BoxSpec {
     /// The attempt's workspace on the host (read-write inside the box).
     pub workspace: PathBuf,
@@ -59,6 +67,23 @@ pub struct BoxSpec {
     /// Extra environment variables for every command (already filtered: no secrets unless the
     /// environment exposes them).
     pub env: Vec<(String, String)>,
+    /// This box's network mode; `None` is the back end's default.
+    pub net: Option<NetMode>,
+    /// Ports on the box's loopback relayed to Unix sockets on the host. `allowlist` boxes only
+    /// (refused with `off`, which has no way out, and `open`, which shares the host's
+    /// network).
+    pub bridges: Vec<Bridge>,
+}
+
+/// A bridge: inside the box, TCP `127.0.0.1:port` (and `[::1]:port` where the box's loopback
+/// has IPv6) accepts connections; the host relays each one to a new connection to the Unix
+/// socket `socket`. The socket's path is not visible in the box. While nothing listens on the
+/// socket, connections are reset at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    pub port: u16,
+    /// An absolute path on the host (at most 107 bytes); it need not exist yet.
+    pub socket: PathBuf,
 }
 
 /// One command to run in the box.
@@ -110,6 +135,9 @@ pub trait SandboxBox: Send + Sync {
     -> Result<ExecResult>;
     /// Kills every process of the box and releases it. Idempotent.
     async fn destroy(&self) -> Result<()>;
+    /// Stops the box's bridges for good: their ports stop accepting and the connections they
+    /// relay are cut (an `allowlist` box is then as closed as an `off` one). Idempotent.
+    fn close_bridges(&self) {}
     /// The namespace box behind this handle, if it is one.
     fn as_ns(&self) -> Option<&ns::NsBox> {
         None

@@ -314,6 +314,7 @@ async fn make_sandbox(
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
+                ..Default::default()
             };
             let created = backend.create(spec).await;
             let result = match created {

@@ -480,6 +480,7 @@ impl Worker {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            ..Default::default()
         };
         let sandbox_box = self
             .sandbox
