@@ -130,8 +130,7 @@ impl Workspace {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
-                workspace_readonly: false,
-                net: None,
+                ..Default::default()
             })
             .await
             .context("creating the unisolated box")

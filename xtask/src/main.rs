@@ -1,10 +1,12 @@
 //! Errand's dev tasks. `cargo xtask bench` measures dispatch latency, enqueue throughput,
 //! event append throughput, workspace preparation, box start, copy-on-write workspaces,
-//! idle box memory, and the agent loop's overhead, prompt-prefix reuse and compaction on this
+//! idle box memory, the bridge between a box's loopback and a host Unix socket, and the agent
+//! loop's overhead, prompt-prefix reuse and compaction on this
 //! machine, and prints a Markdown report (progress goes to stderr, the report to stdout).
 
 mod agent;
 mod api;
+mod bridge;
 mod cow;
 mod gitgen;
 mod proc;
@@ -35,11 +37,13 @@ options:
   --box-runs N          box starts per way (default 200)
   --boxes N             idle boxes for the memory bench (default 10)
   --cow-files LIST      repository sizes for the copy-on-write bench (default 5000,50000)
+  --bridge-runs N       1 GiB transfers per way through the box's bridge (default 3)
+  --bridge-trips N      round trips per way through the bridge (default 1000)
   --agent-turns N       turns per scripted agent-loop run (default 1000)
   --adapter-turns N     tool-call turns per agent run through each adapter (default 200)
   --no-private-ns       stay in the host's user and mount namespaces (no copy-on-write)
   --only LIST           run only these benches (comma-separated: dispatch, enqueue,
-                        append, workspace, box, cow, box-memory, agent)
+                        append, workspace, box, cow, box-memory, bridge, agent)
   --quick               small counts, for checking that the bench works
 ";
 
@@ -62,6 +66,9 @@ struct Options {
     cow_box_runs: usize,
     agent_turns: usize,
     adapter_turns: usize,
+    bridge_runs: usize,
+    bridge_mib: u64,
+    bridge_trips: usize,
     no_private_ns: bool,
     only: Option<Vec<String>>,
     args: Vec<String>,
@@ -76,13 +83,13 @@ impl Options {
 
     /// Whether a wanted bench runs the `errand` binary (the others link the crates).
     fn needs_bin(&self) -> bool {
-        ["dispatch", "enqueue", "box", "cow", "box-memory"]
+        ["dispatch", "enqueue", "box", "cow", "box-memory", "bridge"]
             .iter()
             .any(|b| self.wants(b))
     }
 }
 
-const BENCHES: [&str; 8] = [
+const BENCHES: [&str; 9] = [
     "dispatch",
     "enqueue",
     "append",
@@ -90,6 +97,7 @@ const BENCHES: [&str; 8] = [
     "box",
     "cow",
     "box-memory",
+    "bridge",
     "agent",
 ];
 
@@ -110,6 +118,9 @@ fn parse(args: Vec<String>) -> Result<Options> {
         cow_box_runs: 10,
         agent_turns: 1000,
         adapter_turns: 200,
+        bridge_runs: 3,
+        bridge_mib: 1024,
+        bridge_trips: 1000,
         no_private_ns: false,
         only: None,
         args: args.clone(),
@@ -139,6 +150,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
             "--boxes" => o.boxes = num(&a, it.next())?,
             "--agent-turns" => o.agent_turns = num(&a, it.next())?,
             "--adapter-turns" => o.adapter_turns = num(&a, it.next())?,
+            "--bridge-runs" => o.bridge_runs = num(&a, it.next())?,
+            "--bridge-trips" => o.bridge_trips = num(&a, it.next())?,
             "--cow-files" => {
                 let v = it.next().context("--cow-files needs a list")?;
                 o.cow_files = v
@@ -175,6 +188,9 @@ fn parse(args: Vec<String>) -> Result<Options> {
                 o.cow_box_runs = 3;
                 o.agent_turns = 100;
                 o.adapter_turns = 60;
+                o.bridge_runs = 1;
+                o.bridge_mib = 64;
+                o.bridge_trips = 100;
             }
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -445,6 +461,23 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
         report += "\n";
     }
 
+    if o.wants("bridge") {
+        eprintln!(
+            "bench: bridge ({} transfers of {} MiB per way, {} round trips per way)",
+            o.bridge_runs, o.bridge_mib, o.bridge_trips
+        );
+        let t = Instant::now();
+        let plan = bridge::Plan {
+            transfers: o.bridge_runs,
+            transfer_mib: o.bridge_mib,
+            round_trips: o.bridge_trips,
+        };
+        let r = bridge::run(&bin, &plan).await?;
+        eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
+        report += &bridge::report(&r);
+        report += "\n";
+    }
+
     if o.wants("agent") {
         eprintln!(
             "bench: agent loop ({} scripted turns x 3, {} turns per adapter run)",
@@ -469,7 +502,7 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
     drop(trash);
     let removed = t.elapsed();
     eprintln!("bench:   removed in {:.1} s", removed.as_secs_f64());
-    if o.wants("box") || o.wants("box-memory") || o.wants("cow") {
+    if o.wants("box") || o.wants("box-memory") || o.wants("cow") || o.wants("bridge") {
         // Remove the box cgroups of processes that are gone, as `errand serve` does at start,
         // and this process's own idle ones (its back ends, and their pools, are gone by now).
         let swept = errand_sandbox::ns::sweep_stale_cgroups();

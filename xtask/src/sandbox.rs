@@ -150,8 +150,7 @@ pub async fn lib_once(
         rootfs: None,
         quota_dir: quota_dir.map(Path::to_path_buf),
         env: vec![],
-        workspace_readonly: false,
-        net: None,
+        ..Default::default()
     };
     let start = Instant::now();
     let b = tokio::time::timeout(RUN_TIMEOUT, backend.create(spec))
@@ -315,8 +314,7 @@ pub async fn start(
             rootfs: None,
             quota_dir: None,
             env: vec![],
-            workspace_readonly: false,
-            net: None,
+            ..Default::default()
         };
         let b = tokio::time::timeout(RUN_TIMEOUT, backend.create(spec))
             .await
@@ -733,8 +731,7 @@ pub async fn memory(bin: &Path, tools: &Tools, n: usize) -> Result<MemoryResult>
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
-                workspace_readonly: false,
-                net: None,
+                ..Default::default()
             };
             let b = tokio::time::timeout(RUN_TIMEOUT, backend.create(spec))
                 .await

@@ -100,8 +100,7 @@ impl Env {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
-                workspace_readonly: false,
-                net: None,
+                ..Default::default()
             })
             .await
             .unwrap()

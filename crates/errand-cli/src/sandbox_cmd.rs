@@ -139,8 +139,7 @@ async fn run_one(a: RunArgs) -> Result<ExitCode> {
         rootfs: a.rootfs.clone(),
         quota_dir: None,
         env: vec![],
-        workspace_readonly: false,
-        net: None,
+        ..Default::default()
     };
     let result = run_in(&backend, spec, a.command, a.timeout).await;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -291,8 +290,7 @@ async fn check() -> Result<ExitCode> {
         rootfs: None,
         quota_dir: None,
         env: vec![],
-        workspace_readonly: false,
-        net: None,
+        ..Default::default()
     };
     match backend.create(spec).await {
         Ok(b) => {

@@ -32,8 +32,7 @@ fn spec(ws: &Path, scratch: PathBuf) -> BoxSpec {
         rootfs: None,
         quota_dir: None,
         env: vec![],
-        workspace_readonly: false,
-        net: None,
+        ..Default::default()
     }
 }
 

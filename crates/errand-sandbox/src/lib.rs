@@ -7,13 +7,21 @@
 //! This crate owns process lifecycle and isolation. It must not know about tasks, models or
 //! the database: it only runs commands and reports what they did.
 //!
-//! Back ends today: [`unisolated::Unisolated`] (`--sandbox none`: commands run directly in the
-//! workspace on the host, for trusted local use, and every log says so). The namespace box and
-//! remote back ends (Kubernetes) implement the same traits.
+//! Back ends today: [`ns::NamespaceBackend`] (the box) and [`unisolated::Unisolated`]
+//! (`--sandbox none`: commands run directly in the workspace on the host, for trusted local
+//! use, and every log says so). Remote back ends (Kubernetes) implement the same traits.
+//!
+//! Network: a box's [`NetMode`] is its back end's default unless [`BoxSpec::net`] says
+//! otherwise. An `allowlist` box reaches the host only through its [`Bridge`]s: TCP ports on
+//! its own loopback relayed by the host to Unix sockets (the egress proxy, the model gateway).
 
+mod bridge;
 pub mod cow;
 pub mod ns;
 pub mod unisolated;
+
+pub use bridge::{MAX_BRIDGES, MAX_CONNECTIONS, proxy_env};
+pub use ns::NetMode;
 
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -62,10 +70,23 @@ pub struct BoxSpec {
     /// Mount the workspace read-only in the box (plan mode: the agent explores, changes
     /// nothing). A back end that cannot enforce it refuses to create the box.
     pub workspace_readonly: bool,
-    /// This box's network mode, when it differs from the back end's default (`None`): the
-    /// setup phase and the agent phase of one attempt may use different modes. Back ends
-    /// without network isolation ignore it.
-    pub net: Option<ns::NetMode>,
+    /// This box's network mode; `None` is the back end's default.
+    pub net: Option<NetMode>,
+    /// Ports on the box's loopback relayed to Unix sockets on the host. `allowlist` boxes only
+    /// (refused with `off`, which has no way out, and `open`, which shares the host's
+    /// network).
+    pub bridges: Vec<Bridge>,
+}
+
+/// A bridge: inside the box, TCP `127.0.0.1:port` (and `[::1]:port` where the box's loopback
+/// has IPv6) accepts connections; the host relays each one to a new connection to the Unix
+/// socket `socket`. The socket's path is not visible in the box. While nothing listens on the
+/// socket, connections are reset at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    pub port: u16,
+    /// An absolute path on the host (at most 107 bytes); it need not exist yet.
+    pub socket: PathBuf,
 }
 
 /// One command to run in the box.
@@ -117,6 +138,9 @@ pub trait SandboxBox: Send + Sync {
     -> Result<ExecResult>;
     /// Kills every process of the box and releases it. Idempotent.
     async fn destroy(&self) -> Result<()>;
+    /// Stops the box's bridges for good: their ports stop accepting and the connections they
+    /// relay are cut (an `allowlist` box is then as closed as an `off` one). Idempotent.
+    fn close_bridges(&self) {}
     /// The namespace box behind this handle, if it is one.
     fn as_ns(&self) -> Option<&ns::NsBox> {
         None

@@ -4,6 +4,10 @@
 //! where the real box is not available yet. Each command runs in its own process group with a
 //! scrubbed environment (the server's variables, API keys included, are not passed on), and
 //! destroying the box kills every process group it started.
+//!
+//! Network: commands have the host's network whatever the box's mode says. Bridges listen on
+//! the host's own loopback (so their ports must be free there, and any local process can use
+//! them while the box lives).
 
 use crate::{
     BoxSpec, ExecRequest, ExecResult, OutputChunk, Result, SandboxBackend, SandboxBox,
@@ -42,6 +46,22 @@ impl SandboxBackend for Unisolated {
                     .into(),
             ));
         }
+        // The checks of an allowlist box's bridges (port, path); the mode itself means
+        // nothing without isolation.
+        crate::bridge::validate(crate::NetMode::Allowlist, &spec.bridges)?;
+        let relays = crate::bridge::Relays::default();
+        for b in &spec.bridges {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", b.port))
+                .await
+                .map_err(|e| {
+                    SandboxError::Refused(format!(
+                        "bridge port {} on the host's loopback: {e} (with --sandbox none, \
+                         bridges share the host's loopback; choose a free port)",
+                        b.port
+                    ))
+                })?;
+            relays.serve(listener, b.port, b.socket.clone());
+        }
         let home = spec.scratch.join("home");
         let tmp = spec.scratch.join("tmp");
         for d in [&home, &tmp] {
@@ -58,6 +78,7 @@ impl SandboxBackend for Unisolated {
             tmp,
             groups: Mutex::new(Vec::new()),
             destroyed: std::sync::atomic::AtomicBool::new(false),
+            relays,
         }))
     }
 }
@@ -69,6 +90,7 @@ struct UnisolatedBox {
     /// Process group ids of every command started; all are killed on destroy.
     groups: Mutex<Vec<i32>>,
     destroyed: std::sync::atomic::AtomicBool,
+    relays: crate::bridge::Relays,
 }
 
 fn kill_group(pgid: i32) {
@@ -172,9 +194,14 @@ impl SandboxBox for UnisolatedBox {
         })
     }
 
+    fn close_bridges(&self) {
+        self.relays.close();
+    }
+
     async fn destroy(&self) -> Result<()> {
         self.destroyed
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.relays.close();
         let groups = self
             .groups
             .lock()
@@ -239,8 +266,7 @@ mod tests {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![("FOO".into(), "bar".into())],
-                workspace_readonly: false,
-                net: None,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -269,8 +295,7 @@ mod tests {
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
-                workspace_readonly: false,
-                net: None,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -306,6 +331,81 @@ mod tests {
             Ok(_) => panic!("an unisolated box cannot keep the workspace read-only"),
         }
         assert!(!dir.path().join(".scratch").exists(), "nothing was created");
+    }
+
+    #[tokio::test]
+    async fn bridges_listen_on_the_host_loopback_and_close() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let sock = dir.path().join("echo.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = Unisolated
+            .create(BoxSpec {
+                workspace: dir.path().to_path_buf(),
+                scratch: dir.path().join(".scratch"),
+                bridges: vec![crate::Bridge {
+                    port,
+                    socket: sock.clone(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.write_all(b"ping").await.unwrap_or_else(|e| panic!("{e}"));
+        let mut got = [0u8; 4];
+        c.read_exact(&mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&got, b"ping");
+        // A second box cannot take the same port on the same host.
+        let taken = Unisolated
+            .create(BoxSpec {
+                workspace: dir.path().to_path_buf(),
+                scratch: dir.path().join(".scratch2"),
+                bridges: vec![crate::Bridge { port, socket: sock }],
+                ..Default::default()
+            })
+            .await;
+        let err = taken.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(&format!("bridge port {port}")), "{err}");
+        b.close_bridges();
+        // The relayed connection is cut and the port stops accepting.
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut got))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        let mut refused = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "the bridge port still accepts after close_bridges");
+        b.destroy().await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[tokio::test]

@@ -338,8 +338,7 @@ async fn make_sandbox(
                 rootfs: None,
                 quota_dir: None,
                 env: vec![],
-                workspace_readonly: false,
-                net: None,
+                ..Default::default()
             };
             let created = backend.create(spec).await;
             let result = match created {

@@ -665,9 +665,16 @@ impl Worker {
             rootfs: task.environment.rootfs.as_ref().map(PathBuf::from),
             quota_dir: Some(dir.join("upper")).filter(|u| u.is_dir()),
             env: box_env,
-            // TODO(bridge): bridges: state.gateway.iter().map(|g| { let (port, socket) = g.bridge(); errand_sandbox::Bridge { port, socket } }).collect(),
+            bridges: state
+                .gateway
+                .iter()
+                .map(|g| {
+                    let (port, socket) = g.bridge();
+                    errand_sandbox::Bridge { port, socket }
+                })
+                .collect(),
             workspace_readonly: planning,
-            net: None,
+            ..Default::default()
         };
         // The agent and the checks see only the secrets exposed to them.
         spec.env.extend(secrets.for_agent());

@@ -84,7 +84,7 @@ pub fn stage1(args_json: &str) -> i32 {
     {
         return fail(e);
     }
-    let filters = match super::seccomp::build(args.net) {
+    let mut filters = match super::seccomp::build(args.net) {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
@@ -100,7 +100,15 @@ pub fn stage1(args_json: &str) -> i32 {
     };
     drop(buf);
     if cfg.net != args.net {
-        return fail("the box's network mode differs from its namespaces'".into());
+        // A process made for another mode with the same namespaces (a pooled one): only the
+        // seccomp filter differs, and it is not installed yet.
+        if cfg.net.own_netns() != args.net.own_netns() {
+            return fail("the box's network mode differs from its namespaces'".into());
+        }
+        filters = match super::seccomp::build(cfg.net) {
+            Ok(f) => f,
+            Err(e) => return fail(e),
+        };
     }
     if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
         return fail(format!("cannot create the box's mount namespace ({e})"));
@@ -420,6 +428,45 @@ fn loopback_up() -> Res<()> {
     Ok(())
 }
 
+/// The listening sockets of the box's bridges on its loopback (IPv4, and IPv6 where the
+/// loopback has it), their ports in the same order, and how the network reads in the report.
+fn bridge_listeners(cfg: &BoxConfig) -> Res<(Vec<OwnedFd>, Vec<u16>, String)> {
+    let mut fds = Vec::new();
+    let mut ports = Vec::new();
+    let mut addrs = Vec::new();
+    if cfg.net != NetMode::Allowlist && !cfg.bridges.is_empty() {
+        return Err(format!("bridges in network mode '{}'", cfg.net));
+    }
+    for port in &cfg.bridges {
+        let v4 = ctx(std::net::TcpListener::bind(("127.0.0.1", *port)), || {
+            format!("listening on 127.0.0.1:{port} for a bridge")
+        })?;
+        fds.push(OwnedFd::from(v4));
+        ports.push(*port);
+        // Best effort: a loopback without IPv6 (disabled by the host) has no ::1.
+        match std::net::TcpListener::bind(("::1", *port)) {
+            Ok(v6) => {
+                fds.push(OwnedFd::from(v6));
+                ports.push(*port);
+                addrs.push(format!("127.0.0.1:{port} and [::1]:{port}"));
+            }
+            Err(_) => addrs.push(format!("127.0.0.1:{port}")),
+        }
+    }
+    let net = match cfg.net {
+        NetMode::Open => "open (host network)".to_string(),
+        NetMode::Off => "off (own network namespace, loopback only)".to_string(),
+        NetMode::Allowlist if addrs.is_empty() => {
+            "allowlist (egress proxy only, no bridge: loopback only)".to_string()
+        }
+        NetMode::Allowlist => format!(
+            "allowlist (egress proxy only, bridged on {})",
+            addrs.join(", ")
+        ),
+    };
+    Ok((fds, ports, net))
+}
+
 fn landlock(cfg: &BoxConfig) -> (Option<i32>, String) {
     use landlock::{
         ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -484,11 +531,8 @@ fn pid1(cfg: &BoxConfig, filters: &[seccompiler::BpfProgram]) -> Res<()> {
     let root = build_root(cfg)?;
     pivot(&root)?;
     let _ = nix::unistd::sethostname(&cfg.hostname);
-    let net = if cfg.net == NetMode::Open {
-        "host network (open)"
-    } else {
-        "own network namespace with loopback only"
-    };
+    // Before any command runs, so that none can take a bridge's port first.
+    let (listeners, ports, net) = bridge_listeners(cfg)?;
     ctx(nix::sys::prctl::set_no_new_privs(), || {
         "setting no_new_privs".to_string()
     })?;
@@ -506,7 +550,7 @@ fn pid1(cfg: &BoxConfig, filters: &[seccompiler::BpfProgram]) -> Res<()> {
             "user, mount, pid, net, ipc, uts"
         }
         .into(),
-        network: net.into(),
+        network: net,
         landlock_abi,
         landlock: landlock_status,
         seccomp: "enforced".into(),
@@ -517,10 +561,20 @@ fn pid1(cfg: &BoxConfig, filters: &[seccompiler::BpfProgram]) -> Res<()> {
             .map(|p| p.display().to_string())
             .collect(),
     };
+    let raw: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
     ctx(
-        proto::send(CONTROL_FD, &Reply::Ready { report }, &[]),
+        proto::send(
+            CONTROL_FD,
+            &Reply::Ready {
+                report,
+                bridges: ports,
+            },
+            &raw,
+        ),
         || "reporting ready".to_string(),
     )?;
+    // The host has them now; the box keeps no copy.
+    drop(listeners);
 
     let tracked = Arc::new(Mutex::new(Tracked {
         running: HashMap::new(),

@@ -38,7 +38,6 @@ pub fn maybe_run_box() {
     }
 }
 
-const ALLOWLIST_NEEDS_PROXY: &str = "network mode 'allowlist' needs the egress proxy, which this build does not have yet; use --net off (default) or --net open";
 
 /// Network mode of a box.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,10 +45,33 @@ const ALLOWLIST_NEEDS_PROXY: &str = "network mode 'allowlist' needs the egress p
 pub enum NetMode {
     /// Own network namespace with loopback only; IP sockets denied by seccomp.
     Off,
-    /// Own network namespace; traffic goes through the egress proxy.
+    /// Own network namespace with loopback only, IP sockets allowed (TCP, UDP, ping); the
+    /// only way out is the box's bridges to the host's Unix sockets (the egress proxy).
     Allowlist,
     /// The host's network (explicit opt-in, logged).
     Open,
+}
+
+impl NetMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetMode::Off => "off",
+            NetMode::Allowlist => "allowlist",
+            NetMode::Open => "open",
+        }
+    }
+
+    /// Whether boxes of this mode have a network namespace of their own (a box process made
+    /// for one such mode can serve another: only the seccomp filter differs).
+    pub fn own_netns(self) -> bool {
+        self != NetMode::Open
+    }
+}
+
+impl std::fmt::Display for NetMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl std::str::FromStr for NetMode {
@@ -118,6 +140,10 @@ pub struct BoxConfig {
     #[serde(default)]
     pub rootfs: Option<PathBuf>,
     pub net: NetMode,
+    /// Ports on the box's loopback that PID 1 listens on for the host (the bridges; their
+    /// Unix sockets stay on the host side).
+    #[serde(default)]
+    pub bridges: Vec<u16>,
     pub limits: Limits,
     pub cgroups: Vec<PathBuf>,
     pub hostname: String,
@@ -138,7 +164,7 @@ pub struct Enforced {
 impl Enforced {
     pub fn summary(&self) -> String {
         format!(
-            "sandbox: box — namespaces {}; {}; landlock {}{}; seccomp {}; no_new_privs; {}",
+            "sandbox: box — namespaces {}; network {}; landlock {}{}; seccomp {}; no_new_privs; {}",
             self.namespaces,
             self.network,
             self.landlock,
@@ -158,6 +184,8 @@ impl Enforced {
 /// Settings for boxes made by [`NamespaceBackend`].
 #[derive(Debug, Clone)]
 pub struct NsOptions {
+    /// The network mode of boxes whose [`BoxSpec::net`] is `None`, and of the pooled box
+    /// processes.
     pub net: NetMode,
     pub limits: Limits,
     /// The executable to re-run as the box (default: this process's executable).
@@ -203,9 +231,6 @@ impl NamespaceBackend {
     }
 
     pub fn new(options: NsOptions) -> Result<Self> {
-        if options.net == NetMode::Allowlist {
-            return Err(SandboxError::Refused(ALLOWLIST_NEEDS_PROXY.into()));
-        }
         Ok(NamespaceBackend {
             options,
             pool: Arc::new(Pool::default()),
@@ -231,7 +256,7 @@ impl SandboxBackend for NamespaceBackend {
             },
             match self.options.net {
                 NetMode::Off => "off",
-                NetMode::Allowlist => "allowlist",
+                NetMode::Allowlist => "allowlist (egress proxy only)",
                 NetMode::Open => "OPEN (host network)",
             }
         )
@@ -267,6 +292,8 @@ pub struct NsBox {
     reader: tokio::task::JoinHandle<()>,
     pid: Option<u32>,
     from_pool: bool,
+    net: NetMode,
+    relays: crate::bridge::Relays,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -351,6 +378,8 @@ fn memory_events(cgroups: &[PathBuf]) -> u64 {
 struct Stage1 {
     child: tokio::process::Child,
     sock: OwnedFd,
+    /// The mode its namespaces and seccomp filter were made for.
+    net: NetMode,
     cgroups: Vec<PathBuf>,
     /// With rlimit fallbacks for the limits no cgroup enforces.
     limits: Limits,
@@ -440,6 +469,7 @@ impl Stage1 {
         Ok(Stage1 {
             child,
             sock: host_end,
+            net,
             cgroups,
             limits,
         })
@@ -506,10 +536,16 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A live pooled stage 1, if there is one.
-    fn take(&self) -> Option<Stage1> {
+    /// A live pooled stage 1 whose namespaces suit a box of mode `net`, if there is one.
+    fn take(&self, net: NetMode) -> Option<Stage1> {
         loop {
-            let mut s = self.idle.lock().ok()?.pop()?;
+            let mut s = {
+                let mut idle = self.idle.lock().ok()?;
+                let i = idle
+                    .iter()
+                    .rposition(|s| s.net.own_netns() == net.own_netns())?;
+                idle.remove(i)
+            };
             match s.child.try_wait() {
                 Ok(None) => return Some(s),
                 _ => discard(vec![s]),
@@ -577,6 +613,8 @@ enum BootError {
 
 impl NsBox {
     async fn start(opts: &NsOptions, pool: &Arc<Pool>, spec: BoxSpec) -> Result<NsBox> {
+        let net = spec.net.unwrap_or(opts.net);
+        crate::bridge::validate(net, &spec.bridges)?;
         let exe = match &opts.exe {
             Some(e) => e.clone(),
             None => std::env::current_exe().map_err(io_err("finding the errand executable"))?,
@@ -588,12 +626,6 @@ impl NsBox {
             .workspace
             .canonicalize()
             .map_err(io_err(format!("workspace {}", spec.workspace.display())))?;
-        // A box may ask for another network mode than the back end's; pooled processes were
-        // made for the back end's mode, so such a box starts from scratch.
-        let net = spec.net.unwrap_or(opts.net);
-        if net == NetMode::Allowlist {
-            return Err(SandboxError::Refused(ALLOWLIST_NEEDS_PROXY.into()));
-        }
         let cfg = BoxConfig {
             workspace,
             workspace_readonly: opts.workspace_readonly || spec.workspace_readonly,
@@ -601,12 +633,14 @@ impl NsBox {
             ro_binds: spec.ro_binds.clone(),
             rootfs: spec.rootfs.clone(),
             net,
+            bridges: spec.bridges.iter().map(|b| b.port).collect(),
             limits: opts.limits.clone(),
             cgroups: vec![],
             hostname: "errand-box".into(),
         };
-        let use_pool = opts.pool > 0 && net == opts.net;
-        let mut pooled = if use_pool { pool.take() } else { None };
+        // A pooled process serves any mode with the same namespaces (stage 1 compiles the
+        // box's own seccomp filter when the modes differ); others start from scratch.
+        let mut pooled = if opts.pool > 0 { pool.take(net) } else { None };
         loop {
             let from_pool = pooled.is_some();
             let stage1 = match pooled.take() {
@@ -615,7 +649,7 @@ impl NsBox {
             };
             match NsBox::boot(stage1, cfg.clone(), spec.clone(), from_pool).await {
                 Ok(b) => {
-                    if use_pool {
+                    if opts.pool > 0 {
                         pool.refill(&exe, opts);
                     }
                     return Ok(b);
@@ -640,7 +674,9 @@ impl NsBox {
             sock,
             cgroups,
             limits,
+            net: _,
         } = stage1;
+        let net = cfg.net;
         let abandon = |child: tokio::process::Child, e: SandboxError| {
             // kill_on_drop: the process is killed, then its cgroups can go.
             drop(child);
@@ -673,13 +709,23 @@ impl NsBox {
             )));
         }
         // Wait for Ready or SetupFailed.
-        let first = tokio::time::timeout(Duration::from_secs(20), read_reply(&sock)).await;
+        let first = tokio::time::timeout(Duration::from_secs(20), read_reply_fds(&sock)).await;
+        let relays = crate::bridge::Relays::default();
         let enforced = match first {
-            Ok(Ok(Some(proto::Reply::Ready { mut report }))) => {
+            Ok(Ok(Some((
+                proto::Reply::Ready {
+                    mut report,
+                    bridges,
+                },
+                fds,
+            )))) => {
+                if let Err(e) = serve_bridges(&relays, &spec.bridges, &bridges, fds) {
+                    return Err(BootError::Failed(abandon(child, e)));
+                }
                 report.cgroups = cgroups.iter().map(|p| p.display().to_string()).collect();
                 report
             }
-            Ok(Ok(Some(proto::Reply::SetupFailed { error }))) => {
+            Ok(Ok(Some((proto::Reply::SetupFailed { error }, _)))) => {
                 return Err(BootError::Failed(abandon(
                     child,
                     SandboxError::Refused(error),
@@ -730,7 +776,14 @@ impl NsBox {
             last_quota_check: Mutex::new(None),
             enforced,
             reader,
+            net,
+            relays,
         })
+    }
+
+    /// This box's network mode.
+    pub fn net(&self) -> NetMode {
+        self.net
     }
 
     /// The host pid of the box's first process (stage 1, PID 1's parent).
@@ -894,13 +947,18 @@ async fn send_request(
 }
 
 async fn read_reply(sock: &AsyncFd<OwnedFd>) -> Result<Option<proto::Reply>> {
+    Ok(read_reply_fds(sock).await?.map(|(r, _fds)| r))
+}
+
+/// The next reply and the descriptors that came with it.
+async fn read_reply_fds(sock: &AsyncFd<OwnedFd>) -> Result<Option<(proto::Reply, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; proto::MAX_MSG];
     loop {
         let mut guard = sock.readable().await.map_err(io_err("control socket"))?;
         match guard.try_io(|inner| proto::recv(inner.get_ref().as_raw_fd(), &mut buf)) {
-            Ok(Ok(Some((bytes, _fds)))) => {
+            Ok(Ok(Some((bytes, fds)))) => {
                 return serde_json::from_slice(&bytes)
-                    .map(Some)
+                    .map(|r| Some((r, fds)))
                     .map_err(|e| SandboxError::Refused(format!("bad message from the box: {e}")));
             }
             Ok(Ok(None)) => return Ok(None),
@@ -908,6 +966,44 @@ async fn read_reply(sock: &AsyncFd<OwnedFd>) -> Result<Option<proto::Reply>> {
             Err(_would_block) => continue,
         }
     }
+}
+
+/// Relays the listening sockets the box made for its bridges (`ports[i]` is the port of
+/// `fds[i]`) to the bridges' Unix sockets.
+fn serve_bridges(
+    relays: &crate::bridge::Relays,
+    bridges: &[crate::Bridge],
+    ports: &[u16],
+    fds: Vec<OwnedFd>,
+) -> Result<()> {
+    let bad = |what: String| SandboxError::Refused(format!("setting up the bridges: {what}"));
+    if ports.len() != fds.len() {
+        return Err(bad(format!(
+            "the box sent {} listening sockets for {} ports",
+            fds.len(),
+            ports.len()
+        )));
+    }
+    for b in bridges {
+        if !ports.contains(&b.port) {
+            return Err(bad(format!("the box did not listen on port {}", b.port)));
+        }
+    }
+    for (port, fd) in ports.iter().zip(fds) {
+        let Some(b) = bridges.iter().find(|b| b.port == *port) else {
+            return Err(bad(format!(
+                "the box listened on port {port}, which no bridge has"
+            )));
+        };
+        let std_listener = std::net::TcpListener::from(fd);
+        std_listener
+            .set_nonblocking(true)
+            .map_err(io_err("setting a bridge's socket non-blocking"))?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .map_err(io_err("watching a bridge's socket"))?;
+        relays.serve(listener, *port, b.socket.clone());
+    }
+    Ok(())
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
@@ -1097,10 +1193,16 @@ impl SandboxBox for NsBox {
         Some(self)
     }
 
+    fn close_bridges(&self) {
+        self.relays.close();
+    }
+
     async fn destroy(&self) -> Result<()> {
         if self.destroyed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // The bridges first: nothing is relayed for a box on its way out.
+        self.relays.close();
         let child = self.child.lock().ok().and_then(|mut c| c.take());
         if let Some(mut child) = child {
             // SIGTERM asks stage 1 to kill PID 1 and wait for it: PID 1 exits only after

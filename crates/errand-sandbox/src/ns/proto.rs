@@ -7,6 +7,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Largest control message (a command line and its environment fit easily).
 pub const MAX_MSG: usize = 256 * 1024;
+/// Most descriptors one message carries (`Ready` with two listeners per bridge).
+pub const MAX_FDS: usize = 2 * crate::MAX_BRIDGES;
 
 /// Host → box.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,9 +33,12 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Reply {
-    /// The box is set up; what it enforces.
+    /// The box is set up; what it enforces. One listening TCP socket per entry of `bridges`
+    /// (its port) travels with this message, in that order.
     Ready {
         report: super::Enforced,
+        #[serde(default)]
+        bridges: Vec<u16>,
     },
     /// Setting the box up failed (the box exits after this).
     SetupFailed {
@@ -73,7 +78,7 @@ pub fn send(sock: RawFd, msg: &impl Serialize, fds: &[RawFd]) -> std::io::Result
 /// Receives one message and the fds that came with it. `Ok(None)` at end of stream.
 pub fn recv(sock: RawFd, buf: &mut [u8]) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
+    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
     loop {
         let mut iov = [IoSliceMut::new(buf)];
         let res = recvmsg::<()>(

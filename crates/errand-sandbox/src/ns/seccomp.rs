@@ -1,4 +1,5 @@
-//! The box's seccomp filter: a deny list (socket families: an allow list). Denied calls fail
+//! The box's seccomp filter: a deny list (socket families, and the types and protocols of IP
+//! sockets: allow lists). Denied calls fail
 //! with `EPERM` (`clone3` with `ENOSYS`, so that libc falls back to `clone`, whose flags can
 //! be checked).
 
@@ -83,6 +84,46 @@ fn arch() -> Result<TargetArch, String> {
     }
 }
 
+/// Protocols an IP socket may ask for: the default, TCP, UDP, ICMP and ICMPv6 (ping).
+const IP_PROTOCOLS: [u64; 5] = [
+    0,
+    libc::IPPROTO_TCP as u64,
+    libc::IPPROTO_UDP as u64,
+    libc::IPPROTO_ICMP as u64,
+    libc::IPPROTO_ICMPV6 as u64,
+];
+
+/// Socket types an IP socket may have: stream and datagram, with or without
+/// `SOCK_NONBLOCK` and `SOCK_CLOEXEC`.
+fn ip_types() -> Vec<u64> {
+    let mut v = Vec::new();
+    for t in [libc::SOCK_STREAM, libc::SOCK_DGRAM] {
+        for f in [
+            0,
+            libc::SOCK_NONBLOCK,
+            libc::SOCK_CLOEXEC,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        ] {
+            v.push((t | f) as u64);
+        }
+    }
+    v
+}
+
+/// Matches `socket(fam, …)` whose argument `arg` is none of `allowed`.
+fn ip_rule(fam: i32, arg: u8, allowed: &[u64]) -> Result<SeccompRule, String> {
+    let mut conds = vec![cond(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        fam as u64,
+    )?];
+    for v in allowed {
+        conds.push(cond(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *v)?);
+    }
+    rule(conds)
+}
+
 fn deny_filter(net: NetMode) -> Result<BpfProgram, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for sys in DENIED {
@@ -92,15 +133,25 @@ fn deny_filter(net: NetMode) -> Result<BpfProgram, String> {
     // off. Everything else (packet, vsock — which reaches a VM's host whatever the network
     // namespace —, AF_ALG, Bluetooth, CAN, XDP, …) is denied: a socket() whose family is
     // none of the allowed ones matches the rule (conditions are ANDed) and fails with EPERM.
+    let ip = net != NetMode::Off;
     let mut allowed = vec![libc::AF_UNIX, libc::AF_NETLINK];
-    if net != NetMode::Off {
+    if ip {
         allowed.extend([libc::AF_INET, libc::AF_INET6]);
     }
     let not_allowed = allowed
         .into_iter()
         .map(|f| cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, f as u64))
         .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_socket, vec![rule(not_allowed)?]);
+    let mut socket_rules = vec![rule(not_allowed)?];
+    if ip {
+        // IP sockets: TCP, UDP and ping only. Raw and packet-like types, and protocols such
+        // as SCTP or DCCP (kernel modules a socket() call would load), are denied.
+        for fam in [libc::AF_INET, libc::AF_INET6] {
+            socket_rules.push(ip_rule(fam, 1, &ip_types())?);
+            socket_rules.push(ip_rule(fam, 2, &IP_PROTOCOLS)?);
+        }
+    }
+    rules.insert(libc::SYS_socket, socket_rules);
     // New namespaces through clone flags.
     let ns_flags = [
         libc::CLONE_NEWUSER,

@@ -1,0 +1,376 @@
+//! Bridge benchmarks: what the relay between a box's loopback and a host Unix socket costs.
+//! A 1 GiB transfer from inside an `allowlist` box through the bridge into a sink on a host
+//! Unix socket, next to the same transfer from the host straight into the socket; and small
+//! request/response round trips (a new connection each, and on one open connection) through
+//! the bridge and straight.
+
+use crate::stats::{Summary, fmt_ms};
+use anyhow::{Context, Result, bail};
+use errand_sandbox::ns::{NamespaceBackend, NetMode, NsOptions};
+use errand_sandbox::{BoxSpec, Bridge, SandboxBackend, SandboxBox, Stream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+const PORT: u16 = 3128;
+const MIB: u64 = 1 << 20;
+/// One client run may take this long (1 GiB at 10 MB/s would still fit).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
+const MSG: usize = 64;
+
+/// The client, run with the same Python inside the box (TCP to the bridge) and on the host
+/// (the Unix socket itself). The first byte it sends picks the server's mode: `S` sink (reads
+/// to the end, answers the byte count), `E` echo (answers every 64-byte message).
+const CLIENT: &str = r#"
+import socket, sys, time
+kind, addr, what, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def conn():
+    if kind == "tcp":
+        s = socket.create_connection(("127.0.0.1", int(addr)))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    else:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(addr)
+    return s
+def recv_exact(s, k):
+    got = b""
+    while len(got) < k:
+        d = s.recv(k - len(got))
+        if not d:
+            raise SystemExit("connection closed early")
+        got += d
+    return got
+msg = b"x" * 64
+if what == "bulk":
+    buf = bytes(1 << 20)
+    s = conn()
+    t = time.perf_counter()
+    s.sendall(b"S")
+    for _ in range(n):
+        s.sendall(buf)
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        d = s.recv(64)
+        if not d:
+            break
+        got += d
+    print("bytes=%s secs=%.6f" % (got.decode().strip(), time.perf_counter() - t))
+elif what == "connect":
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        s = conn()
+        s.sendall(b"E" + msg)
+        recv_exact(s, 64)
+        s.close()
+        lat.append(time.perf_counter_ns() - t)
+    print("lat=" + ",".join(map(str, lat)))
+else:
+    s = conn()
+    s.sendall(b"E")
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        s.sendall(msg)
+        recv_exact(s, 64)
+        lat.append(time.perf_counter_ns() - t)
+    print("lat=" + ",".join(map(str, lat)))
+"#;
+
+pub struct Plan {
+    /// GiB-sized transfers per way.
+    pub transfers: usize,
+    pub transfer_mib: u64,
+    /// Round trips per way.
+    pub round_trips: usize,
+}
+
+pub struct BridgeResult {
+    plan_mib: u64,
+    /// MB/s of each transfer.
+    bridge_mbps: Vec<f64>,
+    direct_mbps: Vec<f64>,
+    connect_bridge: Summary,
+    connect_direct: Summary,
+    ping_bridge: Summary,
+    ping_direct: Summary,
+    enforced: String,
+    python: String,
+}
+
+/// The sink/echo server on a host Unix socket.
+async fn server(listener: UnixListener, stop: CancellationToken) {
+    loop {
+        let s = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+        };
+        tokio::spawn(serve(s));
+    }
+}
+
+async fn serve(mut s: UnixStream) {
+    let mut mode = [0u8; 1];
+    if s.read_exact(&mut mode).await.is_err() {
+        return;
+    }
+    if mode[0] == b'S' {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total: u64 = 0;
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+        }
+        let _ = s.write_all(format!("{total}\n").as_bytes()).await;
+        let _ = s.shutdown().await;
+        return;
+    }
+    let mut msg = [0u8; MSG];
+    while s.read_exact(&mut msg).await.is_ok() {
+        if s.write_all(&msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn parse_bulk(out: &str, want: u64) -> Result<f64> {
+    let kv: std::collections::HashMap<&str, &str> = out
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    let bytes: u64 = kv
+        .get("bytes")
+        .and_then(|b| b.parse().ok())
+        .with_context(|| format!("no byte count in {out:?}"))?;
+    let secs: f64 = kv
+        .get("secs")
+        .and_then(|b| b.parse().ok())
+        .with_context(|| format!("no duration in {out:?}"))?;
+    if bytes != want {
+        bail!("the sink got {bytes} bytes, not {want}");
+    }
+    Ok(bytes as f64 / 1e6 / secs)
+}
+
+fn parse_lat(out: &str) -> Result<Summary> {
+    let list = out
+        .lines()
+        .find_map(|l| l.strip_prefix("lat="))
+        .with_context(|| format!("no latencies in {out:?}"))?;
+    let ms: Vec<f64> = list
+        .split(',')
+        .filter_map(|v| v.parse::<f64>().ok())
+        .map(|ns| ns / 1e6)
+        .collect();
+    Ok(Summary::from_ms(&ms))
+}
+
+/// Runs the client in the box; returns its stdout.
+async fn in_box(b: &dyn SandboxBox, python: &str, args: &[String]) -> Result<String> {
+    let ns = b.as_ns().context("not a namespace box")?;
+    let mut argv = vec![python.to_string(), "-c".into(), CLIENT.into()];
+    argv.extend(args.iter().cloned());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<errand_sandbox::OutputChunk>(64);
+    let collect = tokio::spawn(async move {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some(c) = rx.recv().await {
+            match c.stream {
+                Stream::Stdout => out.extend(c.data),
+                Stream::Stderr => err.extend(c.data),
+            }
+        }
+        (out, err)
+    });
+    let r = ns
+        .exec_argv(argv, None, CLIENT_TIMEOUT, CancellationToken::new(), tx)
+        .await
+        .context("running the client in the box")?;
+    let (out, err) = collect.await.unwrap_or_default();
+    if !r.success() {
+        bail!(
+            "the client in the box failed ({r:?}): {}",
+            String::from_utf8_lossy(&err)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Runs the client on the host; returns its stdout.
+async fn on_host(python: &str, args: &[String]) -> Result<String> {
+    let mut c = tokio::process::Command::new(python);
+    c.arg("-c").arg(CLIENT).args(args).kill_on_drop(true);
+    let o = tokio::time::timeout(CLIENT_TIMEOUT, c.output())
+        .await
+        .context("the host client did not finish in time")?
+        .context("running the host client")?;
+    if !o.status.success() {
+        bail!(
+            "the host client failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The system Python both sides run (the box sees only the system directories).
+fn python() -> Result<String> {
+    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+        if Path::new(p).is_file() {
+            return Ok(p.into());
+        }
+    }
+    bail!("the bridge bench needs python3 in /usr/bin or /usr/local/bin")
+}
+
+pub async fn run(bin: &Path, plan: &Plan) -> Result<BridgeResult> {
+    let python = python()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("errand-bench-bridge-")
+        .tempdir()?;
+    let root = tmp.path().canonicalize()?;
+    let ws = root.join("ws");
+    std::fs::create_dir_all(&ws)?;
+    let sock: PathBuf = root.join("sink.sock");
+    let listener = UnixListener::bind(&sock).context("binding the sink's Unix socket")?;
+    let stop = CancellationToken::new();
+    let srv = tokio::spawn(server(listener, stop.clone()));
+
+    let backend = NamespaceBackend::new(NsOptions {
+        exe: Some(bin.to_path_buf()),
+        net: NetMode::Allowlist,
+        pool: 0,
+        ..Default::default()
+    })?;
+    let spec = BoxSpec {
+        workspace: ws.clone(),
+        scratch: root.join("scratch"),
+        ro_binds: vec![],
+        rootfs: None,
+        quota_dir: None,
+        env: vec![],
+        net: Some(NetMode::Allowlist),
+        bridges: vec![Bridge {
+            port: PORT,
+            socket: sock.clone(),
+        }],
+    };
+    let b = backend.create(spec).await.context("starting the box")?;
+    let enforced = b.as_ns().map(|n| n.enforced.summary()).unwrap_or_default();
+    let result = async {
+        let tcp = |what: &str, n: u64| {
+            vec![
+                "tcp".to_string(),
+                PORT.to_string(),
+                what.to_string(),
+                n.to_string(),
+            ]
+        };
+        let unix = |what: &str, n: u64| {
+            vec![
+                "unix".to_string(),
+                sock.display().to_string(),
+                what.to_string(),
+                n.to_string(),
+            ]
+        };
+        let want = plan.transfer_mib * MIB;
+        let (mut bridge_mbps, mut direct_mbps) = (Vec::new(), Vec::new());
+        // Ways take turns, so that a change of load hits both.
+        for i in 0..plan.transfers {
+            eprintln!("bench:   transfer {}/{}", i + 1, plan.transfers);
+            let out = in_box(b.as_ref(), &python, &tcp("bulk", plan.transfer_mib)).await?;
+            bridge_mbps.push(parse_bulk(&out, want)?);
+            let out = on_host(&python, &unix("bulk", plan.transfer_mib)).await?;
+            direct_mbps.push(parse_bulk(&out, want)?);
+        }
+        let n = plan.round_trips as u64;
+        eprintln!("bench:   round trips");
+        let connect_bridge = parse_lat(&in_box(b.as_ref(), &python, &tcp("connect", n)).await?)?;
+        let connect_direct = parse_lat(&on_host(&python, &unix("connect", n)).await?)?;
+        let ping_bridge = parse_lat(&in_box(b.as_ref(), &python, &tcp("ping", n)).await?)?;
+        let ping_direct = parse_lat(&on_host(&python, &unix("ping", n)).await?)?;
+        anyhow::Ok(BridgeResult {
+            plan_mib: plan.transfer_mib,
+            bridge_mbps,
+            direct_mbps,
+            connect_bridge,
+            connect_direct,
+            ping_bridge,
+            ping_direct,
+            enforced,
+            python: python.clone(),
+        })
+    }
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), b.destroy()).await;
+    stop.cancel();
+    let _ = srv.await;
+    result
+}
+
+fn mbps(v: &[f64]) -> String {
+    let s = Summary::from_ms(v);
+    format!("{:.0} ({:.0}–{:.0})", s.median(), s.min(), s.max())
+}
+
+pub fn report(r: &BridgeResult) -> String {
+    let mut s = format!(
+        "### Bridge: a box's loopback relayed to a host Unix socket\n\n\
+         An `allowlist` box with a bridge on 127.0.0.1:{PORT} to a sink on a host Unix socket. \
+         The client is the same Python (`{}`) in the box (TCP to the bridge) and on the host \
+         (the Unix socket itself); it times itself.\n\n\
+         Box: {}\n\n\
+         | transfer of {} MiB (1 MiB writes) | MB/s, median (min–max) of {} |\n| --- | ---: |\n",
+        r.python,
+        r.enforced,
+        r.plan_mib,
+        r.bridge_mbps.len()
+    );
+    s += &format!(
+        "| box → bridge → Unix socket sink | **{}** |\n",
+        mbps(&r.bridge_mbps)
+    );
+    s += &format!(
+        "| host → Unix socket sink directly | {} |\n\n",
+        mbps(&r.direct_mbps)
+    );
+    s += &format!(
+        "| 64-byte request, 64-byte answer ({} round trips) | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: |\n",
+        r.connect_bridge.values().len()
+    );
+    for (label, v) in [
+        (
+            "new connection each: box → bridge → Unix socket",
+            &r.connect_bridge,
+        ),
+        ("new connection each: host → Unix socket", &r.connect_direct),
+        (
+            "one open connection: box → bridge → Unix socket",
+            &r.ping_bridge,
+        ),
+        ("one open connection: host → Unix socket", &r.ping_direct),
+    ] {
+        s += &format!(
+            "| {label} | {} | {} | {} |\n",
+            fmt_ms(v.pct(50.0)),
+            fmt_ms(v.pct(99.0)),
+            fmt_ms(v.max())
+        );
+    }
+    s += &format!(
+        "\nAdded by the bridge at p50: {} ms per new connection, {} ms per round trip on an \
+         open connection.\n",
+        fmt_ms(r.connect_bridge.pct(50.0) - r.connect_direct.pct(50.0)),
+        fmt_ms(r.ping_bridge.pct(50.0) - r.ping_direct.pct(50.0)),
+    );
+    s
+}
