@@ -583,10 +583,27 @@ impl Drop for RecordGuard {
 }
 
 /// A body that counts its data bytes (and carries the request's record, for a response).
-struct Counting<B> {
+struct Counting<B: Body> {
     inner: B,
     count: Arc<AtomicU64>,
     record: Option<RecordGuard>,
+    ended: bool,
+}
+
+impl<B: Body> Drop for Counting<B> {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.as_mut()
+            && r.outcome.is_none()
+            && !self.ended
+            && !self.inner.is_end_stream()
+        {
+            r.set_outcome(if r.shared.cancel.is_cancelled() {
+                "the proxy shut down"
+            } else {
+                "the response was cut short"
+            });
+        }
+    }
 }
 
 impl<B> Body for Counting<B>
@@ -616,7 +633,10 @@ where
                 }
                 Poll::Ready(Some(Err(e)))
             }
-            None => Poll::Ready(None),
+            None => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -835,7 +855,7 @@ async fn tunnel(
                 rec.set_outcome("the proxy shut down");
             }
             _ = activity.idle_for(idle) => {
-                rec.set_outcome(format!("closed after {} s without traffic", idle.as_secs()));
+                rec.set_outcome(format!("closed after {} without traffic", fmt_duration(idle)));
             }
         }
     });
@@ -844,6 +864,17 @@ async fn tunnel(
             .map_err(|never| match never {})
             .boxed_unsync(),
     )
+}
+
+/// `300 ms`, `5 s`, `2 min`.
+fn fmt_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d < Duration::from_secs(120) || !d.as_secs().is_multiple_of(60) {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} min", d.as_secs() / 60)
+    }
 }
 
 /// Hop-by-hop headers, which a proxy does not forward (RFC 9110 §7.6.1), and `Proxy-*`.
@@ -968,6 +999,7 @@ async fn forward(req: Request<Incoming>, conn: Arc<Conn>, start: Instant) -> Res
         inner: body,
         count: rec.up.clone(),
         record: None,
+        ended: false,
     }
     .boxed_unsync();
     let upstream_req = Request::from_parts(parts, body);
@@ -1036,6 +1068,7 @@ async fn forward(req: Request<Incoming>, conn: Arc<Conn>, start: Instant) -> Res
         inner: rbody,
         count,
         record: Some(rec),
+        ended: false,
     }
     .boxed_unsync();
     Response::from_parts(rparts, body)
