@@ -1,13 +1,14 @@
 //! Errand's dev tasks. `cargo xtask bench` measures dispatch latency, enqueue throughput,
 //! event append throughput, workspace preparation, box start, copy-on-write workspaces,
-//! idle box memory, and the agent loop's overhead, prompt-prefix reuse and compaction on this
-//! machine, and prints a Markdown report (progress goes to stderr, the report to stdout).
+//! idle box memory, the agent loop's overhead, prompt-prefix reuse and compaction, and the
+//! egress proxy's throughput and added latency on this machine, and prints a Markdown report (progress goes to stderr, the report to stdout).
 
 mod agent;
 mod api;
 mod cow;
 mod gitgen;
 mod proc;
+mod proxy;
 mod sandbox;
 mod server;
 mod stats;
@@ -22,7 +23,7 @@ const USAGE: &str = "\
 usage: cargo xtask bench [options]
 
 Builds the release `errand` binary (unless only benches that do not run it are chosen:
-append, workspace, agent), runs the benchmarks and prints a Markdown report.
+append, workspace, agent, proxy), runs the benchmarks and prints a Markdown report.
 
 options:
   --skip-build          use the existing binary instead of running cargo build
@@ -37,9 +38,11 @@ options:
   --cow-files LIST      repository sizes for the copy-on-write bench (default 5000,50000)
   --agent-turns N       turns per scripted agent-loop run (default 1000)
   --adapter-turns N     tool-call turns per agent run through each adapter (default 200)
+  --proxy-mib N         MiB per transfer through the proxy's CONNECT tunnel (default 1024)
+  --proxy-requests N    timed requests per way for the proxy's latency (default 1000)
   --no-private-ns       stay in the host's user and mount namespaces (no copy-on-write)
   --only LIST           run only these benches (comma-separated: dispatch, enqueue,
-                        append, workspace, box, cow, box-memory, agent)
+                        append, workspace, box, cow, box-memory, agent, proxy)
   --quick               small counts, for checking that the bench works
 ";
 
@@ -62,6 +65,8 @@ struct Options {
     cow_box_runs: usize,
     agent_turns: usize,
     adapter_turns: usize,
+    proxy_mib: usize,
+    proxy_requests: usize,
     no_private_ns: bool,
     only: Option<Vec<String>>,
     args: Vec<String>,
@@ -82,7 +87,7 @@ impl Options {
     }
 }
 
-const BENCHES: [&str; 8] = [
+const BENCHES: [&str; 9] = [
     "dispatch",
     "enqueue",
     "append",
@@ -91,6 +96,7 @@ const BENCHES: [&str; 8] = [
     "cow",
     "box-memory",
     "agent",
+    "proxy",
 ];
 
 fn parse(args: Vec<String>) -> Result<Options> {
@@ -110,6 +116,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
         cow_box_runs: 10,
         agent_turns: 1000,
         adapter_turns: 200,
+        proxy_mib: 1024,
+        proxy_requests: 1000,
         no_private_ns: false,
         only: None,
         args: args.clone(),
@@ -139,6 +147,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
             "--boxes" => o.boxes = num(&a, it.next())?,
             "--agent-turns" => o.agent_turns = num(&a, it.next())?,
             "--adapter-turns" => o.adapter_turns = num(&a, it.next())?,
+            "--proxy-mib" => o.proxy_mib = num(&a, it.next())?,
+            "--proxy-requests" => o.proxy_requests = num(&a, it.next())?,
             "--cow-files" => {
                 let v = it.next().context("--cow-files needs a list")?;
                 o.cow_files = v
@@ -175,6 +185,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
                 o.cow_box_runs = 3;
                 o.agent_turns = 100;
                 o.adapter_turns = 60;
+                o.proxy_mib = 64;
+                o.proxy_requests = 100;
             }
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -459,6 +471,23 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
         let r = agent::run(&plan).await?;
         eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
         report += &agent::report(&r);
+        report += "\n";
+    }
+
+    if o.wants("proxy") {
+        eprintln!(
+            "bench: egress proxy ({} MiB transfers, {} requests per way)",
+            o.proxy_mib, o.proxy_requests
+        );
+        let t = Instant::now();
+        let plan = proxy::Plan {
+            bytes: o.proxy_mib as u64 * 1024 * 1024,
+            runs: 3,
+            requests: o.proxy_requests,
+        };
+        let r = proxy::run(&plan).await?;
+        eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
+        report += &proxy::report(&r);
         report += "\n";
     }
 

@@ -834,19 +834,9 @@ async fn tunnel(
                 return;
             }
         };
-        let mut client = Tracked {
-            inner: TokioIo::new(upgraded),
-            activity: activity.clone(),
-            read: Some(rec.up.clone()),
-        };
-        let mut server = Tracked {
-            inner: upstream,
-            activity: activity.clone(),
-            read: Some(rec.down.clone()),
-        };
         let idle = shared.cfg.idle_timeout;
         tokio::select! {
-            r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, TUNNEL_BUF, TUNNEL_BUF) => {
+            r = pipe_tunnel(upgraded, upstream, &rec.up, &rec.down, &activity) => {
                 if let Err(e) = r {
                     rec.set_outcome(format!("tunnel ended with an error: {e}"));
                 }
@@ -864,6 +854,209 @@ async fn tunnel(
             .map_err(|never| match never {})
             .boxed_unsync(),
     )
+}
+
+/// Copies both ways between the client (its upgraded connection) and the upstream until both
+/// ends are done, counting bytes each way. On Linux, when the client connection is a plain TCP
+/// or Unix socket, the bytes move with `splice(2)` through a pipe and never enter user space.
+async fn pipe_tunnel(
+    upgraded: hyper::upgrade::Upgraded,
+    mut upstream: TcpStream,
+    up: &Arc<AtomicU64>,
+    down: &Arc<AtomicU64>,
+    activity: &Activity,
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    #[cfg(target_os = "linux")]
+    let upgraded = {
+        let sock = match upgraded.downcast::<TokioIo<Tracked<TcpStream>>>() {
+            Ok(p) => Ok((splice::Sock::Tcp(p.io.into_inner().inner), p.read_buf)),
+            Err(u) => match u.downcast::<TokioIo<Tracked<tokio::net::UnixStream>>>() {
+                Ok(p) => Ok((splice::Sock::Unix(p.io.into_inner().inner), p.read_buf)),
+                Err(u) => Err(u),
+            },
+        };
+        match sock {
+            Ok((client, early)) => {
+                // Bytes the client sent right after the CONNECT head.
+                if !early.is_empty() {
+                    upstream.write_all(&early).await?;
+                    up.fetch_add(early.len() as u64, Ordering::Relaxed);
+                }
+                let server = splice::Sock::Tcp(upstream);
+                return splice::both_ways(&client, &server, up, down, activity).await;
+            }
+            Err(u) => u,
+        }
+    };
+    let mut client = Tracked {
+        inner: TokioIo::new(upgraded),
+        activity: activity.clone(),
+        read: Some(up.clone()),
+    };
+    let mut server = Tracked {
+        inner: &mut upstream,
+        activity: activity.clone(),
+        read: Some(down.clone()),
+    };
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, TUNNEL_BUF, TUNNEL_BUF)
+        .await
+        .map(|_| ())
+}
+
+/// Zero-copy tunnels: `splice(2)` from one socket into a pipe and from the pipe into the other.
+#[cfg(target_os = "linux")]
+mod splice {
+    use super::Activity;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::Interest;
+    use tokio::net::{TcpStream, UnixStream};
+
+    /// The largest pipe asked for (the default limit for unprivileged processes).
+    const PIPE_SIZE: libc::c_int = 1 << 20;
+
+    pub(super) enum Sock {
+        Tcp(TcpStream),
+        Unix(UnixStream),
+    }
+
+    impl Sock {
+        fn fd(&self) -> RawFd {
+            match self {
+                Sock::Tcp(s) => s.as_raw_fd(),
+                Sock::Unix(s) => s.as_raw_fd(),
+            }
+        }
+
+        async fn ready(&self, interest: Interest) -> io::Result<()> {
+            match self {
+                Sock::Tcp(s) => s.ready(interest).await.map(|_| ()),
+                Sock::Unix(s) => s.ready(interest).await.map(|_| ()),
+            }
+        }
+
+        fn try_io<R>(
+            &self,
+            interest: Interest,
+            f: impl FnOnce() -> io::Result<R>,
+        ) -> io::Result<R> {
+            match self {
+                Sock::Tcp(s) => s.try_io(interest, f),
+                Sock::Unix(s) => s.try_io(interest, f),
+            }
+        }
+
+        /// Runs `f` (a non-blocking system call on this socket) once the socket is ready.
+        async fn op(
+            &self,
+            interest: Interest,
+            mut f: impl FnMut() -> io::Result<usize>,
+        ) -> io::Result<usize> {
+            loop {
+                self.ready(interest).await?;
+                match self.try_io(interest, &mut f) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            }
+        }
+    }
+
+    struct Pipe {
+        r: OwnedFd,
+        w: OwnedFd,
+        size: usize,
+    }
+
+    fn pipe() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fcntl on a descriptor we own; failure just keeps the default size.
+        let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        let size = if size > 0 { size as usize } else { 64 * 1024 };
+        Ok(Pipe { r, w, size })
+    }
+
+    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        // SAFETY: plain descriptors and null offsets (both ends are a socket or a pipe).
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// `src` to `dst` until `src` ends; then `dst`'s write side is shut down.
+    async fn one_way(
+        src: &Sock,
+        dst: &Sock,
+        count: &AtomicU64,
+        activity: &Activity,
+    ) -> io::Result<()> {
+        let p = pipe()?;
+        loop {
+            // The pipe is empty here, so a WouldBlock means the socket has nothing to read.
+            let n = src
+                .op(Interest::READABLE, || {
+                    splice(src.fd(), p.w.as_raw_fd(), p.size)
+                })
+                .await?;
+            if n == 0 {
+                // SAFETY: shutdown on a descriptor owned by `dst`, which outlives this call.
+                unsafe { libc::shutdown(dst.fd(), libc::SHUT_WR) };
+                return Ok(());
+            }
+            count.fetch_add(n as u64, Ordering::Relaxed);
+            activity.touch();
+            let mut left = n;
+            while left > 0 {
+                let m = dst
+                    .op(Interest::WRITABLE, || {
+                        splice(p.r.as_raw_fd(), dst.fd(), left)
+                    })
+                    .await?;
+                if m == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the peer stopped taking bytes",
+                    ));
+                }
+                left -= m;
+            }
+            activity.touch();
+        }
+    }
+
+    pub(super) async fn both_ways(
+        client: &Sock,
+        server: &Sock,
+        up: &AtomicU64,
+        down: &AtomicU64,
+        activity: &Activity,
+    ) -> io::Result<()> {
+        tokio::try_join!(
+            one_way(client, server, up, activity),
+            one_way(server, client, down, activity),
+        )
+        .map(|_| ())
+    }
 }
 
 /// `300 ms`, `5 s`, `2 min`.

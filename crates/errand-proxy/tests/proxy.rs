@@ -978,3 +978,47 @@ async fn idle_tunnels_are_closed() {
     h.shutdown().await;
     assert!(rec.all().len() == 1);
 }
+
+#[tokio::test]
+async fn bytes_sent_along_with_the_connect_head_reach_the_upstream() {
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("p.sock");
+    let rec = Records::default();
+    let h = Proxy::serve_unix(
+        &sock,
+        config(
+            &["echo.test:*", "127.0.0.1"],
+            &[],
+            "echo.test=127.0.0.1",
+            &rec,
+        ),
+    )
+    .unwrap();
+    let mut c = UnixStream::connect(&sock).await.unwrap();
+    // The first bytes of the tunnelled protocol in the same write as the CONNECT head.
+    let target = format!("echo.test:{echo}");
+    c.write_all(
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\nearly bytes").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut got = [0u8; 11];
+    tokio::time::timeout(WAIT, c.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"early bytes");
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, c.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty());
+    let r = &rec.wait(1).await[0];
+    assert_eq!((r.bytes_up, r.bytes_down), (11, 11));
+    h.shutdown().await;
+}
