@@ -262,6 +262,7 @@ pub async fn run(bin: &Path, plan: &Plan) -> Result<BridgeResult> {
             port: PORT,
             socket: sock.clone(),
         }],
+        ..Default::default()
     };
     let b = backend.create(spec).await.context("starting the box")?;
     let enforced = b.as_ns().map(|n| n.enforced.summary()).unwrap_or_default();

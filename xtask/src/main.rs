@@ -1,8 +1,9 @@
 //! Errand's dev tasks. `cargo xtask bench` measures dispatch latency, enqueue throughput,
 //! event append throughput, workspace preparation, box start, copy-on-write workspaces,
-//! idle box memory, the bridge between a box's loopback and a host Unix socket, and the agent
-//! loop's overhead, prompt-prefix reuse and compaction on this
-//! machine, and prints a Markdown report (progress goes to stderr, the report to stdout).
+//! idle box memory, the bridge between a box's loopback and a host Unix socket, the agent
+//! loop's overhead, prompt-prefix reuse and compaction, and the egress proxy's throughput and
+//! added latency on this machine, and prints a Markdown report (progress goes to stderr, the
+//! report to stdout).
 
 mod agent;
 mod api;
@@ -10,6 +11,7 @@ mod bridge;
 mod cow;
 mod gitgen;
 mod proc;
+mod proxy;
 mod sandbox;
 mod server;
 mod stats;
@@ -24,7 +26,7 @@ const USAGE: &str = "\
 usage: cargo xtask bench [options]
 
 Builds the release `errand` binary (unless only benches that do not run it are chosen:
-append, workspace, agent), runs the benchmarks and prints a Markdown report.
+append, workspace, agent, proxy), runs the benchmarks and prints a Markdown report.
 
 options:
   --skip-build          use the existing binary instead of running cargo build
@@ -41,9 +43,11 @@ options:
   --bridge-trips N      round trips per way through the bridge (default 1000)
   --agent-turns N       turns per scripted agent-loop run (default 1000)
   --adapter-turns N     tool-call turns per agent run through each adapter (default 200)
+  --proxy-mib N         MiB per transfer through the proxy's CONNECT tunnel (default 1024)
+  --proxy-requests N    timed requests per way for the proxy's latency (default 1000)
   --no-private-ns       stay in the host's user and mount namespaces (no copy-on-write)
   --only LIST           run only these benches (comma-separated: dispatch, enqueue,
-                        append, workspace, box, cow, box-memory, bridge, agent)
+                        append, workspace, box, cow, box-memory, bridge, agent, proxy)
   --quick               small counts, for checking that the bench works
 ";
 
@@ -69,6 +73,8 @@ struct Options {
     bridge_runs: usize,
     bridge_mib: u64,
     bridge_trips: usize,
+    proxy_mib: usize,
+    proxy_requests: usize,
     no_private_ns: bool,
     only: Option<Vec<String>>,
     args: Vec<String>,
@@ -89,7 +95,7 @@ impl Options {
     }
 }
 
-const BENCHES: [&str; 9] = [
+const BENCHES: [&str; 10] = [
     "dispatch",
     "enqueue",
     "append",
@@ -99,6 +105,7 @@ const BENCHES: [&str; 9] = [
     "box-memory",
     "bridge",
     "agent",
+    "proxy",
 ];
 
 fn parse(args: Vec<String>) -> Result<Options> {
@@ -121,6 +128,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
         bridge_runs: 3,
         bridge_mib: 1024,
         bridge_trips: 1000,
+        proxy_mib: 1024,
+        proxy_requests: 1000,
         no_private_ns: false,
         only: None,
         args: args.clone(),
@@ -152,6 +161,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
             "--adapter-turns" => o.adapter_turns = num(&a, it.next())?,
             "--bridge-runs" => o.bridge_runs = num(&a, it.next())?,
             "--bridge-trips" => o.bridge_trips = num(&a, it.next())?,
+            "--proxy-mib" => o.proxy_mib = num(&a, it.next())?,
+            "--proxy-requests" => o.proxy_requests = num(&a, it.next())?,
             "--cow-files" => {
                 let v = it.next().context("--cow-files needs a list")?;
                 o.cow_files = v
@@ -191,6 +202,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
                 o.bridge_runs = 1;
                 o.bridge_mib = 64;
                 o.bridge_trips = 100;
+                o.proxy_mib = 64;
+                o.proxy_requests = 100;
             }
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -492,6 +505,23 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
         let r = agent::run(&plan).await?;
         eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
         report += &agent::report(&r);
+        report += "\n";
+    }
+
+    if o.wants("proxy") {
+        eprintln!(
+            "bench: egress proxy ({} MiB transfers, {} requests per way)",
+            o.proxy_mib, o.proxy_requests
+        );
+        let t = Instant::now();
+        let plan = proxy::Plan {
+            bytes: o.proxy_mib as u64 * 1024 * 1024,
+            runs: 3,
+            requests: o.proxy_requests,
+        };
+        let r = proxy::run(&plan).await?;
+        eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
+        report += &proxy::report(&r);
         report += "\n";
     }
 

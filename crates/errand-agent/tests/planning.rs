@@ -70,7 +70,7 @@ async fn run(
             quota_dir: None,
             env: vec![],
             workspace_readonly: false,
-            net: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -43,6 +43,7 @@ fn spec(ws: &Path, scratch: PathBuf, net: Option<NetMode>, bridges: Vec<Bridge>)
         env: vec![],
         net,
         bridges,
+        ..Default::default()
     }
 }
 

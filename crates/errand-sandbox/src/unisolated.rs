@@ -322,7 +322,7 @@ mod tests {
                 quota_dir: None,
                 env: vec![],
                 workspace_readonly: true,
-                net: None,
+                ..Default::default()
             })
             .await;
         match r {

@@ -177,7 +177,9 @@ fn denial_line(r: &NetRecord) -> String {
         r.method.as_deref().unwrap_or("request"),
         r.host,
         r.port,
-        r.reason.as_deref().unwrap_or("denied by the network policy")
+        r.reason
+            .as_deref()
+            .unwrap_or("denied by the network policy")
     )
 }
 

@@ -1054,8 +1054,7 @@ impl Worker {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            net: None,
-            workspace_readonly: false,
+            ..Default::default()
         };
         spec.env.extend(inp.secrets.for_setup());
         inp.net.apply(&mut spec);

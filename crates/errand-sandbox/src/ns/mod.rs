@@ -38,7 +38,6 @@ pub fn maybe_run_box() {
     }
 }
 
-
 /// Network mode of a box.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

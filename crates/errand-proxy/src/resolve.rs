@@ -1,0 +1,187 @@
+//! Name resolution for the proxy. The proxy resolves every name itself, checks the addresses
+//! (the DNS-rebinding guard) and connects only to an address it checked.
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::io;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The test-only environment variable from which the worker builds a [`MapResolver`] instead of
+/// the system resolver: `ERRAND_TEST_RESOLVE="git.test=127.0.0.1,meta.test=169.254.169.254"`.
+/// It exists so that end-to-end tests can give loopback servers host names; it must never be
+/// set in production (names it does not list fail to resolve).
+pub const TEST_RESOLVE_ENV: &str = "ERRAND_TEST_RESOLVE";
+
+/// Resolves a host name to addresses.
+#[async_trait]
+pub trait Resolve: Send + Sync {
+    /// The addresses of `host` (a name, lowercase, without a trailing dot). An unknown name is
+    /// an error of kind `NotFound`.
+    async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<IpAddr>>;
+}
+
+/// The system resolver (`getaddrinfo` through tokio), with a timeout.
+#[derive(Debug, Clone)]
+pub struct SystemResolver {
+    pub timeout: Duration,
+}
+
+impl Default for SystemResolver {
+    fn default() -> Self {
+        SystemResolver {
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[async_trait]
+impl Resolve for SystemResolver {
+    async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<IpAddr>> {
+        let lookup = tokio::net::lookup_host((host, port));
+        let addrs = tokio::time::timeout(self.timeout, lookup)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "resolving {host} timed out after {} ms",
+                        self.timeout.as_millis()
+                    ),
+                )
+            })??;
+        let mut out: Vec<IpAddr> = Vec::new();
+        for a in addrs {
+            if !out.contains(&a.ip()) {
+                out.push(a.ip());
+            }
+        }
+        if out.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} has no address"),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// A fixed map of names to addresses; other names fail as if they did not exist. For tests
+/// (see [`TEST_RESOLVE_ENV`]) and benches.
+#[derive(Debug, Clone, Default)]
+pub struct MapResolver {
+    map: BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// A malformed [`MapResolver`] specification.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "bad resolver map entry '{entry}': {problem}; expected NAME=ADDRESS[,NAME=ADDRESS…] \
+     (e.g. git.test=127.0.0.1,meta.test=169.254.169.254; repeat a name for several addresses)"
+)]
+pub struct MapSpecError {
+    pub entry: String,
+    pub problem: String,
+}
+
+impl MapResolver {
+    pub fn new() -> MapResolver {
+        MapResolver::default()
+    }
+
+    /// Adds an address for `host` (a name may have several).
+    pub fn insert(&mut self, host: &str, addr: IpAddr) -> &mut Self {
+        let list = self.map.entry(normalize(host)).or_default();
+        if !list.contains(&addr) {
+            list.push(addr);
+        }
+        self
+    }
+
+    /// Parses `name=address[,name=address…]`; whitespace around entries is ignored and a name
+    /// repeated gets every address given.
+    pub fn from_spec(spec: &str) -> Result<MapResolver, MapSpecError> {
+        let mut r = MapResolver::new();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = |problem: &str| MapSpecError {
+                entry: entry.to_string(),
+                problem: problem.to_string(),
+            };
+            let (name, addr) = entry.split_once('=').ok_or_else(|| bad("missing '='"))?;
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(bad("the name is empty"));
+            }
+            let addr = addr.trim();
+            let addr = addr
+                .strip_prefix('[')
+                .and_then(|a| a.strip_suffix(']'))
+                .unwrap_or(addr);
+            let ip: IpAddr = addr
+                .parse()
+                .map_err(|_| bad(&format!("'{addr}' is not an IP address")))?;
+            r.insert(name, ip);
+        }
+        Ok(r)
+    }
+}
+
+fn normalize(host: &str) -> String {
+    let h = host.trim().to_ascii_lowercase();
+    h.strip_suffix('.').unwrap_or(&h).to_string()
+}
+
+#[async_trait]
+impl Resolve for MapResolver {
+    async fn resolve(&self, host: &str, _port: u16) -> io::Result<Vec<IpAddr>> {
+        self.map.get(&normalize(host)).cloned().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} is not a known name (test resolver map)"),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn map_resolves_listed_names_only() {
+        let r = MapResolver::from_spec(
+            " git.test=127.0.0.1, meta.test=169.254.169.254,Git.Test.=::1,v6.test=[fd00::1]",
+        )
+        .unwrap();
+        assert_eq!(
+            r.resolve("git.test", 80).await.unwrap(),
+            vec![
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            r.resolve("META.test.", 443).await.unwrap(),
+            vec!["169.254.169.254".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            r.resolve("v6.test", 443).await.unwrap(),
+            vec!["fd00::1".parse::<IpAddr>().unwrap()]
+        );
+        let e = r.resolve("other.test", 80).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        for bad in ["git.test", "=1.2.3.4", "x.test=nope"] {
+            let e = MapResolver::from_spec(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn system_resolver_resolves_localhost() {
+        let addrs = SystemResolver::default()
+            .resolve("localhost", 80)
+            .await
+            .unwrap();
+        assert!(addrs.iter().all(|a| a.is_loopback()), "{addrs:?}");
+    }
+}
