@@ -22,6 +22,13 @@ pub struct RunArgs {
     /// off (loopback only), allowlist (through the egress proxy), open (host network).
     #[arg(long, default_value = "off")]
     net: String,
+    /// With --net allowlist: a host the command may reach (`example.org`, `*.example.org`,
+    /// `example.org:8443`, `registry:python`, `git:github`, an address or CIDR). Repeatable.
+    #[arg(long = "allow", value_name = "HOST")]
+    allow: Vec<String>,
+    /// With --net allowlist: a host never reachable, whatever --allow says. Repeatable.
+    #[arg(long = "deny", value_name = "HOST")]
+    deny: Vec<String>,
     /// Directory mounted read-write at /workspace (default: the current directory).
     #[arg(long)]
     workspace: Option<PathBuf>,
@@ -116,6 +123,11 @@ async fn run_one(a: RunArgs) -> Result<ExitCode> {
     if net == NetMode::Open {
         eprintln!("errand: warning: --net open gives the command the host's network");
     }
+    if net != NetMode::Allowlist && !(a.allow.is_empty() && a.deny.is_empty()) {
+        bail!(
+            "--allow and --deny only apply with --net allowlist (the box reaches the network only through the egress proxy); add --net allowlist"
+        );
+    }
     // One box per process: a pool of ready box processes would only be thrown away.
     let backend = NamespaceBackend::new(NsOptions {
         net,
@@ -132,18 +144,90 @@ async fn run_one(a: RunArgs) -> Result<ExitCode> {
         );
     }
     let scratch = tempdir()?;
-    let spec = BoxSpec {
+    let mut spec = BoxSpec {
         workspace,
-        scratch: scratch.clone(),
+        scratch: scratch.join("box"),
         ro_binds: vec![],
         rootfs: a.rootfs.clone(),
         quota_dir: None,
         env: vec![],
         ..Default::default()
     };
+    let proxy = if net == NetMode::Allowlist {
+        match start_proxy(&a.allow, &a.deny, &scratch).await {
+            Ok(p) => {
+                spec.bridges.push(errand_sandbox::Bridge {
+                    port: PROXY_PORT,
+                    socket: scratch.join("egress.sock"),
+                });
+                spec.env = errand_sandbox::proxy_env(PROXY_PORT);
+                Some(p)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let result = run_in(&backend, spec, a.command, a.timeout).await;
+    if let Some(p) = proxy {
+        p.shutdown().await;
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// The port the egress proxy is bridged to inside the box (as in an attempt).
+const PROXY_PORT: u16 = 3128;
+
+/// Starts the egress proxy for `--net allowlist` on a socket in `dir`; every decision is
+/// printed to stderr.
+async fn start_proxy(
+    allow: &[String],
+    deny: &[String],
+    dir: &std::path::Path,
+) -> Result<errand_proxy::ProxyHandle> {
+    let (allow_v, deny_v) = (allow.to_vec(), deny.to_vec());
+    let policy = tokio::task::spawn_blocking(move || {
+        errand_proxy::Policy::parse_with(&allow_v, &deny_v, &errand_proxy::Presets::system())
+    })
+    .await
+    .context("building the network policy")?
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if allow.is_empty() {
+        eprintln!("errand: warning: --net allowlist without --allow: every request will be denied");
+    }
+    eprintln!("errand: egress proxy: {}", policy.summary());
+    let resolver: std::sync::Arc<dyn errand_proxy::Resolve> =
+        match std::env::var(errand_proxy::TEST_RESOLVE_ENV) {
+            Ok(spec) if !spec.trim().is_empty() => {
+                std::sync::Arc::new(errand_proxy::MapResolver::from_spec(&spec).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{} is not a valid resolver map: {e}",
+                        errand_proxy::TEST_RESOLVE_ENV
+                    )
+                })?)
+            }
+            _ => std::sync::Arc::new(errand_proxy::SystemResolver::default()),
+        };
+    let on_event = std::sync::Arc::new(|r: errand_proxy::NetRecord| {
+        eprintln!(
+            "errand: net {} {}{}:{}{} — {} B up, {} B down{}",
+            if r.allowed { "ALLOWED" } else { "DENIED" },
+            r.method.map(|m| format!("{m} ")).unwrap_or_default(),
+            r.host,
+            r.port,
+            r.addr.map(|a| format!(" ({a})")).unwrap_or_default(),
+            r.bytes_up,
+            r.bytes_down,
+            r.reason.map(|x| format!(": {x}")).unwrap_or_default()
+        );
+    });
+    let cfg = errand_proxy::ProxyConfig::new(std::sync::Arc::new(policy), resolver, on_event);
+    errand_proxy::Proxy::serve_unix(&dir.join("egress.sock"), cfg)
+        .map_err(|e| anyhow::anyhow!("starting the egress proxy: {e}"))
 }
 
 fn tempdir() -> Result<PathBuf> {

@@ -279,7 +279,6 @@ print("leaks=" + json.dumps({str(i): sorted(set(
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs BoxSpec.bridges (branch bridge)"]
 async fn a_client_in_the_box_reaches_its_providers_without_ever_holding_a_key() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = make_repo(tmp.path());

@@ -878,3 +878,89 @@ fn curl_and_python_are_there() {
         "the network tests need python3 in the system directories"
     );
 }
+
+/// A loopback HTTP server on the host that answers every request with `body`.
+fn http_server(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(20) {
+            let Ok(mut s) = s else { break };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// `errand sandbox run --net allowlist --allow HOST`: the egress proxy by hand. The allowed
+/// host is reached by name (the proxy resolves it through the test-only map), another host is
+/// denied with the reason on stderr, and a direct connection past the proxy fails.
+#[test]
+fn sandbox_run_allowlist_reaches_only_the_allowed_host() {
+    if !have("curl") {
+        return;
+    }
+    let port = http_server("hello through the proxy\n");
+    let ws = tempfile::tempdir().unwrap();
+    let script = format!(
+        "curl -sS http://web.test:{port}/; \
+         curl -sS -o /dev/null -w 'other=%{{http_code}}\\n' http://other.test:{port}/; \
+         curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{port}/ >/dev/null 2>&1; echo direct=$?"
+    );
+    let out = std::process::Command::new(BIN)
+        .env(
+            "ERRAND_TEST_RESOLVE",
+            "web.test=127.0.0.1,other.test=127.0.0.1",
+        )
+        .args(["sandbox", "run", "--net", "allowlist"])
+        .args([
+            "--allow",
+            &format!("web.test:{port}"),
+            "--allow",
+            "127.0.0.1/32",
+        ])
+        .arg("--workspace")
+        .arg(ws.path())
+        .args(["--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("hello through the proxy"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("other=403"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("direct=7"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("net ALLOWED GET web.test:{port}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("net DENIED GET other.test:{port}"))
+            && stderr.contains("not in the allowlist"),
+        "{stderr}"
+    );
+    // --allow without --net allowlist is a usage error that says what to add.
+    let bad = std::process::Command::new(BIN)
+        .args(["sandbox", "run", "--allow", "web.test", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("add --net allowlist"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -679,6 +679,11 @@ impl Worker {
         // The agent and the checks see only the secrets exposed to them.
         spec.env.extend(secrets.for_agent());
         agent_net.apply(&mut spec);
+        if spec.net == Some(errand_sandbox::ns::NetMode::Off) && !spec.bridges.is_empty() {
+            // Network off with the model gateway: the box gets its own loopback with the
+            // gateway's bridge on it and nothing else (no egress proxy, no route out).
+            spec.net = Some(errand_sandbox::ns::NetMode::Allowlist);
+        }
         if let Some(carry) = &setup_out.carry {
             spec.ro_binds.push(carry.dir.clone());
         }
