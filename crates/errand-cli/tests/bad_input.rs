@@ -210,6 +210,26 @@ fn malformed_config_is_named() {
     fails_with(out, &["errand.toml", "repoo"]);
 }
 
+#[test]
+fn malformed_network_entries_are_named_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("errand.toml"),
+        "[environments.a.network]\nagent = \"allowlist\"\nallow = [\"example.org\", \"exa mple.org\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path())
+        .env("ERRAND_LOG", "off")
+        .output()
+        .unwrap();
+    fails_with(
+        out,
+        &["environments.a.network", "exa mple.org", "accepted forms"],
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn api_errors_are_4xx_json() {
     let tmp = tempfile::tempdir().unwrap();

@@ -183,7 +183,29 @@ fn load_config(opts: &ServeOptions) -> anyhow::Result<(Config, Option<PathBuf>)>
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the configuration file {}", path.display()))?;
     let cfg = Config::parse(&text, &path.display().to_string())?;
+    check_network_policies(&cfg, &path)?;
     Ok((cfg, Some(path)))
+}
+
+/// Refuses an environment whose `allow`/`deny` entries are malformed, naming the entry, so
+/// that the mistake shows at start and not in every attempt. A registry preset this machine
+/// cannot resolve is only a warning: the workers resolve presets on their own machines.
+fn check_network_policies(cfg: &Config, path: &std::path::Path) -> anyhow::Result<()> {
+    for (name, env) in &cfg.environments {
+        let n = &env.network;
+        if n.allow.is_empty() && n.deny.is_empty() {
+            continue;
+        }
+        let presets = errand_proxy::Presets::with_overrides(n.presets.clone());
+        match errand_proxy::Policy::parse_with(&n.allow, &n.deny, &presets) {
+            Ok(_) => {}
+            Err(e @ errand_proxy::PolicyError::Preset { .. }) => {
+                tracing::warn!(environment = %name, "network policy: {e}");
+            }
+            Err(e) => anyhow::bail!("{}: environments.{name}.network: {e}", path.display()),
+        }
+    }
+    Ok(())
 }
 
 /// Starts the server: opens the database, re-queues attempts orphaned by a previous run,
