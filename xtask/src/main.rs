@@ -516,7 +516,7 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
         let t = Instant::now();
         let plan = proxy::Plan {
             bytes: o.proxy_mib as u64 * 1024 * 1024,
-            runs: 3,
+            runs: 5,
             requests: o.proxy_requests,
         };
         let r = proxy::run(&plan).await?;

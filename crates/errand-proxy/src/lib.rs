@@ -25,4 +25,4 @@ pub mod resolve;
 pub use policy::{Decision, Policy, PolicyError};
 pub use presets::{Discovery, PresetError, Presets};
 pub use proxy::{NetRecord, Proxy, ProxyConfig, ProxyError, ProxyHandle};
-pub use resolve::{MapResolver, MapSpecError, Resolve, SystemResolver, TEST_RESOLVE_ENV};
+pub use resolve::{MapResolver, MapSpecError, Resolve, SystemResolver, TEST_RESOLVE_ENV, resolver};

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The test-only environment variable from which the worker builds a [`MapResolver`] instead of
@@ -126,6 +127,21 @@ impl MapResolver {
     }
 }
 
+/// The resolver for a proxy: a [`MapResolver`] from `test_spec` (the value of
+/// [`TEST_RESOLVE_ENV`], test-only) when given, else the [`SystemResolver`]. The worker calls
+/// it as `resolver(std::env::var(TEST_RESOLVE_ENV).ok().as_deref())`.
+pub fn resolver(test_spec: Option<&str>) -> Result<Arc<dyn Resolve>, MapSpecError> {
+    match test_spec {
+        Some(spec) => {
+            tracing::warn!(
+                "{TEST_RESOLVE_ENV} is set: the egress proxy resolves names from it alone (test only)"
+            );
+            Ok(Arc::new(MapResolver::from_spec(spec)?))
+        }
+        None => Ok(Arc::new(SystemResolver::default())),
+    }
+}
+
 fn normalize(host: &str) -> String {
     let h = host.trim().to_ascii_lowercase();
     h.strip_suffix('.').unwrap_or(&h).to_string()
@@ -174,6 +190,19 @@ mod tests {
             let e = MapResolver::from_spec(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_test_spec_replaces_the_system_resolver() {
+        let r = resolver(Some("only.test=127.0.0.2")).unwrap();
+        assert_eq!(
+            r.resolve("only.test", 80).await.unwrap(),
+            vec!["127.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        assert!(r.resolve("localhost", 80).await.is_err());
+        assert!(resolver(Some("bad")).is_err());
+        let sys = resolver(None).unwrap();
+        assert!(sys.resolve("localhost", 80).await.is_ok());
     }
 
     #[tokio::test]
