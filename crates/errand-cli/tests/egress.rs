@@ -48,7 +48,7 @@ impl Records {
         self.0.lock().unwrap().clone()
     }
 
-    /// Waits (bounded) for the record of `host:port` with `method`, the `nth` one (from 0).
+    /// Waits (bounded) for the latest record of `method host:port`.
     async fn find(&self, method: &str, host: &str, port: u16) -> NetRecord {
         let deadline = Instant::now() + WAIT;
         loop {
