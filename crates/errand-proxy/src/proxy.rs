@@ -629,7 +629,12 @@ where
             Some(Err(e)) => {
                 let e: BoxError = e.into();
                 if let Some(r) = this.record.as_mut() {
-                    r.outcome = Some(format!("response body failed: {e}"));
+                    // A shutdown drops the upstream connection too: say why it failed.
+                    r.outcome = Some(if r.shared.cancel.is_cancelled() {
+                        format!("the proxy shut down (response body failed: {e})")
+                    } else {
+                        format!("response body failed: {e}")
+                    });
                 }
                 Poll::Ready(Some(Err(e)))
             }
