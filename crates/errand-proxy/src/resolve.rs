@@ -2,11 +2,11 @@
 //! (the DNS-rebinding guard) and connects only to an address it checked.
 
 use async_trait::async_trait;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The test-only environment variable from which the worker builds a [`MapResolver`] instead of
 /// the system resolver: `ERRAND_TEST_RESOLVE="git.test=127.0.0.1,meta.test=169.254.169.254"`.
@@ -22,24 +22,51 @@ pub trait Resolve: Send + Sync {
     async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<IpAddr>>;
 }
 
-/// The system resolver (`getaddrinfo` through tokio), with a timeout.
-#[derive(Debug, Clone)]
+/// The system resolver (`getaddrinfo` through tokio), with a timeout and a small cache: a
+/// name's addresses are kept for `cache_ttl` (failures are not kept), so that a client making
+/// many requests does not pay a lookup for each. The proxy connects only to the addresses it
+/// checked, so a cached answer cannot be rebound.
+#[derive(Debug)]
 pub struct SystemResolver {
     pub timeout: Duration,
+    pub cache_ttl: Duration,
+    cache: Mutex<HashMap<String, (Instant, Vec<IpAddr>)>>,
+}
+
+/// Names kept at most; the cache is emptied when it is full.
+const CACHE_MAX: usize = 4096;
+
+impl SystemResolver {
+    pub fn new(timeout: Duration, cache_ttl: Duration) -> SystemResolver {
+        SystemResolver {
+            timeout,
+            cache_ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl Default for SystemResolver {
+    /// A 5 s timeout and a 30 s cache.
     fn default() -> Self {
-        SystemResolver {
-            timeout: Duration::from_secs(5),
-        }
+        SystemResolver::new(Duration::from_secs(5), Duration::from_secs(30))
     }
 }
 
 #[async_trait]
 impl Resolve for SystemResolver {
     async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<IpAddr>> {
-        let lookup = tokio::net::lookup_host((host, port));
+        let key = normalize(host);
+        if let Some((at, addrs)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && at.elapsed() < self.cache_ttl
+        {
+            return Ok(addrs.clone());
+        }
+        let lookup = tokio::net::lookup_host((key.as_str(), port));
         let addrs = tokio::time::timeout(self.timeout, lookup)
             .await
             .map_err(|_| {
@@ -62,6 +89,13 @@ impl Resolve for SystemResolver {
                 io::ErrorKind::NotFound,
                 format!("{host} has no address"),
             ));
+        }
+        if !self.cache_ttl.is_zero() {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), out.clone()));
         }
         Ok(out)
     }
