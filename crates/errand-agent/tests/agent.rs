@@ -132,6 +132,7 @@ impl Env {
             cancel,
             config,
             history: vec![],
+            resume: None,
         }
         .run()
         .await
@@ -1707,6 +1708,7 @@ async fn run_flaky(
         cancel: CancellationToken::new(),
         config: AgentConfig::default(),
         history: vec![],
+        resume: None,
     }
     .run()
     .await
@@ -1810,6 +1812,7 @@ async fn cancellation_stops_a_model_request_in_flight() {
         cancel,
         config: AgentConfig::default(),
         history: vec![],
+        resume: None,
     }
     .run()
     .await

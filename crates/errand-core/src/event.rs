@@ -17,6 +17,12 @@ pub struct Event {
     /// Set on every event of a run whose commands ran without a sandbox (`--sandbox none`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unisolated: bool,
+    /// Set on the events of a run that died after its last checkpoint: the work they describe
+    /// (model turns, tool calls, file changes) was rolled back, and a later run redid it from
+    /// the checkpoint. They stay in the log, in order, because what they describe happened
+    /// (a command that ran may have had effects outside the workspace).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -87,10 +93,17 @@ pub enum EventKind {
         worker: String,
         sandbox: String,
         isolated: bool,
-        /// `start` or `checkpoint`.
+        /// `start`, `checkpoint` or `followup`.
         resumed_from: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
+        /// With `checkpoint`: the model turn the run resumes after.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn: Option<u64>,
+        /// With `checkpoint`: how many events of the dead run, written after the checkpoint,
+        /// were marked `rolled_back` (their work was discarded with the workspace).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rolled_back: Option<u64>,
     },
     Status {
         from: Status,
@@ -229,6 +242,13 @@ pub enum EventKind {
         #[serde(default)]
         duration_ms: u64,
     },
+    /// The stuck detector saw the agent repeat a failing call or make no progress: first it
+    /// `warned` the agent (a note in the tool result), then it `stopped` the attempt.
+    Stuck {
+        reason: String,
+        /// `warned` or `stopped`.
+        action: String,
+    },
     Error {
         message: String,
     },
@@ -254,6 +274,7 @@ impl EventKind {
             EventKind::CheckResult { .. } => "check_result",
             EventKind::Committed { .. } => "committed",
             EventKind::Net { .. } => "net",
+            EventKind::Stuck { .. } => "stuck",
             EventKind::Error { .. } => "error",
         }
     }
@@ -271,6 +292,7 @@ mod tests {
             run: 1,
             ts_ms: 5,
             unisolated: false,
+            rolled_back: false,
             kind: EventKind::Status {
                 from: Status::Queued,
                 to: Status::Preparing,
