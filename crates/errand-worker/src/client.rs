@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use errand_core::{EventKind, Status, Usage};
-use errand_store::{AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Result, Store};
+use errand_store::{
+    AttemptOutcome, Checkpoint, ClaimRequest, ClaimedAttempt, LeaseState, Result, Store,
+};
 use std::sync::Arc;
 
 /// The queue operations a worker needs. Implemented in-process over a [`Store`]
@@ -40,6 +42,8 @@ pub trait WorkerClient: Send + Sync {
         turns: u64,
     ) -> Result<()>;
     async fn finish(&self, attempt: &str, worker: &str, outcome: AttemptOutcome) -> Result<Status>;
+    /// Saves the attempt's checkpoint (fenced by the lease; see [`Store::checkpoint`]).
+    async fn checkpoint(&self, attempt: &str, worker: &str, checkpoint: Checkpoint) -> Result<()>;
 }
 
 /// The embedded workers' client: calls the store directly.
@@ -110,5 +114,8 @@ impl WorkerClient for LocalClient {
     }
     async fn finish(&self, attempt: &str, worker: &str, outcome: AttemptOutcome) -> Result<Status> {
         self.store.finish_attempt(attempt, worker, outcome).await
+    }
+    async fn checkpoint(&self, attempt: &str, worker: &str, checkpoint: Checkpoint) -> Result<()> {
+        self.store.checkpoint(attempt, worker, &checkpoint).await
     }
 }

@@ -7,6 +7,7 @@
 //! must not reach into the database any other way.
 
 pub mod agents_md;
+pub mod checkpoint;
 pub mod checks;
 mod client;
 pub mod deliver;
@@ -14,9 +15,7 @@ pub mod testcounts;
 
 pub use client::{LocalClient, WorkerClient};
 
-use errand_agent::{
-    AgentConfig, AgentError, AgentRun, EndReason, EventSink, tools::StreamedCommand,
-};
+use errand_agent::{AgentConfig, AgentError, AgentRun, EndReason, tools::StreamedCommand};
 use errand_core::{CheckResult, EventKind, Status, Usage};
 use errand_git::MirrorCache;
 use errand_sandbox::{BoxSpec, SandboxBackend, SandboxBox};
@@ -104,30 +103,6 @@ impl From<AgentError> for RunError {
             AgentError::Sink(m) if m.contains("lease") => RunError::LeaseLost,
             other => RunError::Failed(other.to_string()),
         }
-    }
-}
-
-/// Sends the agent's events to the queue, fenced by this worker's lease.
-struct AttemptSink {
-    client: Arc<dyn WorkerClient>,
-    attempt: String,
-    worker: String,
-}
-
-#[async_trait::async_trait]
-impl EventSink for AttemptSink {
-    async fn emit(&self, events: Vec<EventKind>) -> Result<(), AgentError> {
-        self.client
-            .append_events(&self.attempt, &self.worker, events)
-            .await
-            .map(|_| ())
-            .map_err(|e| AgentError::Sink(e.to_string()))
-    }
-    async fn usage(&self, usage: Usage, turns: u64) -> Result<(), AgentError> {
-        self.client
-            .update_usage(&self.attempt, &self.worker, usage, turns)
-            .await
-            .map_err(|e| AgentError::Sink(e.to_string()))
     }
 }
 
@@ -330,6 +305,7 @@ impl Worker {
                             }
                         }
                     }
+                    checkpoint::forget(&self.mirrors, &c.task.repo, &attempt_id).await;
                 }
             }
         }
@@ -453,6 +429,11 @@ impl Worker {
             ),
         )
         .await?;
+        // A run after a crash resumes from its checkpoint; every run takes checkpoints.
+        let resume = checkpoint::setup(&self.mirrors, c, &mirror, dir, &ws, &start_commit).await;
+        for n in resume.notices {
+            self.notice(aid, n).await?;
+        }
         // Without configured checks, the commands named in AGENTS.md are the checks. They are
         // read now, before the agent runs, so that an agent can't rewrite its own checks.
         let (check_specs, checks_from_agents_md) = if task.environment.checks.is_empty() {
@@ -519,16 +500,27 @@ impl Worker {
             )
             .await?;
         }
-        let sink = AttemptSink {
-            client: self.client.clone(),
-            attempt: aid.to_string(),
-            worker: self.config.name.clone(),
+        // A follow-up adds to what the attempt used before.
+        let (base_usage, base_turns) = match (&resume.resumed, &c.followup) {
+            (Some(r), _) => (r.base_usage, r.base_turns),
+            (None, Some(_)) => (c.attempt.usage, c.attempt.turns),
+            (None, None) => (Usage::default(), 0),
         };
+        let sink = checkpoint::CheckpointSink::new(
+            self.client.clone(),
+            aid,
+            &self.config.name,
+            resume.checkpointer,
+            base_usage,
+            base_turns,
+        );
         let snap = &task.environment;
         let agent_config = AgentConfig {
             budget: snap.budget,
             compact_at: snap.agent.compact_at,
             keep_recent_turns: snap.agent.keep_recent_turns,
+            stuck_repeats: snap.agent.stuck_repeats,
+            stuck_turns: snap.agent.stuck_turns,
             model_options: snap.model_options.clone(),
             cache_key: Some(aid.to_string()),
             ..self.config.agent.clone()
@@ -551,18 +543,12 @@ impl Worker {
             cancel: cancel.clone(),
             config: agent_config,
             history,
+            resume: resume.resumed.map(|r| r.resume),
         }
         .run()
         .await?;
-        // A follow-up adds to what the attempt used before.
-        let (mut usage, mut turns) = (Usage::default(), outcome.turns);
-        if c.followup.is_some() {
-            usage = c.attempt.usage;
-            turns += c.attempt.turns;
-        }
-        usage.add(&outcome.usage);
-        state.outcome.usage = usage;
-        state.outcome.turns = turns;
+        state.outcome.usage = sink.total_usage(&outcome.usage);
+        state.outcome.turns = sink.total_turns(outcome.turns);
         state.outcome.conversation = serde_json::to_value(&outcome.messages).ok();
         state.outcome.summary = outcome.summary.clone();
         let mut failure: Option<String> = match outcome.end {
@@ -572,6 +558,7 @@ impl Worker {
                 outcome.turns
             )),
             EndReason::Budget(why) => Some(format!("stopped: {why}")),
+            EndReason::Stuck(why) => Some(format!("stuck: {why}")),
             EndReason::ModelFailed(msg) => {
                 self.emit(
                     aid,

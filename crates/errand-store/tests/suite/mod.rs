@@ -618,6 +618,8 @@ pub async fn claim_sets_lease_and_first_events(store: &dyn Store) {
             isolated: false,
             resumed_from: "start".into(),
             note: None,
+            turn: None,
+            rolled_back: None,
         }
     );
     assert_eq!(
