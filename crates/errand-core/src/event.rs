@@ -103,7 +103,7 @@ pub enum EventKind {
         /// With `checkpoint`: how many events of the dead run, written after the checkpoint,
         /// were marked `rolled_back` (their work was discarded with the workspace).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        rolled_back: Option<u64>,
+        rolled_back_events: Option<u64>,
     },
     Status {
         from: Status,
@@ -306,5 +306,38 @@ mod tests {
         let back: Event = serde_json::from_value(v).unwrap_or_else(|_| panic!("roundtrip"));
         assert_eq!(back, e);
         assert_eq!(e.kind.type_name(), "status");
+    }
+
+    #[test]
+    fn rolled_back_marks_do_not_collide_with_event_fields() {
+        let e = Event {
+            attempt_id: "a".into(),
+            seq: 9,
+            run: 2,
+            ts_ms: 5,
+            unisolated: false,
+            rolled_back: true,
+            kind: EventKind::Claimed {
+                worker: "w".into(),
+                sandbox: "box".into(),
+                isolated: true,
+                resumed_from: "checkpoint".into(),
+                note: None,
+                turn: Some(149),
+                rolled_back_events: Some(4),
+            },
+        };
+        let v = serde_json::to_value(&e).unwrap_or_default();
+        assert_eq!(v["rolled_back"], true);
+        assert_eq!(v["rolled_back_events"], 4);
+        assert_eq!(v["turn"], 149);
+        let back: Event = serde_json::from_value(v).unwrap_or_else(|_| panic!("roundtrip"));
+        assert_eq!(back, e);
+        // Events stored before these fields existed still read.
+        let old = serde_json::json!({"attempt_id": "a", "seq": 1, "run": 1, "ts_ms": 1,
+            "type": "claimed", "worker": "w", "sandbox": "box", "isolated": true,
+            "resumed_from": "start"});
+        let old: Event = serde_json::from_value(old).unwrap_or_else(|_| panic!("old event"));
+        assert!(!old.rolled_back);
     }
 }

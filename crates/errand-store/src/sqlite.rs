@@ -817,7 +817,7 @@ impl Store for SqliteStore {
                             resumed_from: resumed_from.into(),
                             note,
                             turn: checkpoint.as_ref().map(|c| c.0.turn),
-                            rolled_back: checkpoint
+                            rolled_back_events: checkpoint
                                 .as_ref()
                                 .map(|c| c.1.unwrap_or(0).max(0) as u64),
                         },

@@ -619,7 +619,7 @@ pub async fn claim_sets_lease_and_first_events(store: &dyn Store) {
             resumed_from: "start".into(),
             note: None,
             turn: None,
-            rolled_back: None,
+            rolled_back_events: None,
         }
     );
     assert_eq!(
