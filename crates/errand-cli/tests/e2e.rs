@@ -565,8 +565,7 @@ async fn kill_9_mid_attempt_then_restart_resumes_from_the_checkpoint_without_los
         assert_eq!(old["type"], new["type"]);
         assert_eq!(old["data"], new["data"]);
     }
-    let rolled: Vec<&serde_json::Value> =
-        evs.iter().filter(|e| e["rolled_back"] == true).collect();
+    let rolled: Vec<&serde_json::Value> = evs.iter().filter(|e| e["rolled_back"] == true).collect();
     assert!(
         rolled
             .iter()

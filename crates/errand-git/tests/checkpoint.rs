@@ -80,7 +80,10 @@ async fn checkpoints_go_to_a_hidden_ref_and_restore_into_a_fresh_workspace() {
     create_workspace(&s.mirror, &ws, "errand/abc-x", &s.base)
         .await
         .unwrap();
-    let heads_before = git(&s.mirror, &["for-each-ref", "--format=%(refname)", "refs/heads"]);
+    let heads_before = git(
+        &s.mirror,
+        &["for-each-ref", "--format=%(refname)", "refs/heads"],
+    );
     let mut cp = Checkpointer::new(
         &s.mirror,
         &ws,
@@ -122,20 +125,23 @@ async fn checkpoints_go_to_a_hidden_ref_and_restore_into_a_fresh_workspace() {
     let files = git(&s.mirror, &["ls-tree", "-r", "--name-only", &c1]);
     assert!(files.contains("src/new.txt"), "{files}");
     assert!(!files.contains("gone.txt"), "{files}");
-    assert!(!files.contains("build.log"), "ignored files are not kept: {files}");
+    assert!(
+        !files.contains("build.log"),
+        "ignored files are not kept: {files}"
+    );
 
     // Unchanged again: same commit; a later change chains on top.
     assert!(!cp.snapshot().await.unwrap().changed);
     assert_eq!(cp.commit("after turn 3").await.unwrap(), c1);
     write(&ws, "src/new.txt", "newer\n");
     let c2 = cp.commit("after turn 4").await.unwrap();
-    assert_eq!(
-        git(&s.mirror, &["rev-parse", &format!("{c2}^")]).trim(),
-        c1
-    );
+    assert_eq!(git(&s.mirror, &["rev-parse", &format!("{c2}^")]).trim(), c1);
     // Never a branch, and the workspace's own git saw nothing.
     assert_eq!(
-        git(&s.mirror, &["for-each-ref", "--format=%(refname)", "refs/heads"]),
+        git(
+            &s.mirror,
+            &["for-each-ref", "--format=%(refname)", "refs/heads"]
+        ),
         heads_before
     );
     assert_eq!(git(&ws, &["rev-parse", "HEAD"]).trim(), s.base);
@@ -206,7 +212,11 @@ async fn checkpoints_ignore_the_workspaces_own_git_and_refuse_odd_ids() {
     write(&ws, ".git/hooks/post-index-change", &hook);
     git(
         &ws,
-        &["config", "core.fsmonitor", &format!("touch {}", marker.display())],
+        &[
+            "config",
+            "core.fsmonitor",
+            &format!("touch {}", marker.display()),
+        ],
     );
     write(&ws, "src/lib.txt", "agent\n");
     let c = cp.commit("after turn 1").await.unwrap();

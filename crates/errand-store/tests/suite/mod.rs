@@ -2292,7 +2292,10 @@ pub async fn checkpoint_is_fenced_and_only_moves_forward(store: &dyn Store) {
     // Once the lease expired, the old holder can't save one.
     store.heartbeat(&aid, "w1", 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(store.requeue_expired(now_ms()).await.unwrap(), vec![aid.clone()]);
+    assert_eq!(
+        store.requeue_expired(now_ms()).await.unwrap(),
+        vec![aid.clone()]
+    );
     let cp3 = checkpoint_at(store, &aid, 3).await;
     let err = store.checkpoint(&aid, "w1", &cp3).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost(_)), "{err:?}");
@@ -2302,9 +2305,7 @@ pub async fn checkpoint_is_fenced_and_only_moves_forward(store: &dyn Store) {
 /// A dead run's work after its checkpoint is rolled back when the attempt goes back to the
 /// queue: those events stay, in place, marked; the next claim resumes from the checkpoint
 /// and says so; seqs stay contiguous. A second crash rolls back only the new run's work.
-pub async fn requeue_rolls_back_to_the_checkpoint_and_the_claim_resumes_from_it(
-    store: &dyn Store,
-) {
+pub async fn requeue_rolls_back_to_the_checkpoint_and_the_claim_resumes_from_it(store: &dyn Store) {
     store.create_task(new_task("crash twice")).await.unwrap();
     let c = claim(store, "w1").await;
     let aid = c.attempt.id.clone();
@@ -2341,7 +2342,11 @@ pub async fn requeue_rolls_back_to_the_checkpoint_and_the_claim_resumes_from_it(
         let work = !matches!(e.kind, EventKind::Claimed { .. } | EventKind::Status { .. });
         assert_eq!(e.rolled_back, e.seq > cp.last_seq && work, "{e:?}");
     }
-    let rolled: Vec<i64> = events.iter().filter(|e| e.rolled_back).map(|e| e.seq).collect();
+    let rolled: Vec<i64> = events
+        .iter()
+        .filter(|e| e.rolled_back)
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(rolled.len(), 4);
     let (first, last) = (rolled[0], rolled[3]);
     let (_, to, reason) = status_events(&events).last().cloned().unwrap();
@@ -2412,7 +2417,10 @@ pub async fn requeue_rolls_back_to_the_checkpoint_and_the_claim_resumes_from_it(
         .unwrap();
     store.heartbeat(&aid, "w2", 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(store.requeue_expired(now_ms()).await.unwrap(), vec![aid.clone()]);
+    assert_eq!(
+        store.requeue_expired(now_ms()).await.unwrap(),
+        vec![aid.clone()]
+    );
     let events = all_events(store, &aid).await;
     assert_contiguous(&aid, &events);
     let newly: Vec<&Event> = events
@@ -2425,10 +2433,17 @@ pub async fn requeue_rolls_back_to_the_checkpoint_and_the_claim_resumes_from_it(
     let c3 = claim(store, "w3").await;
     assert_eq!(c3.run, 3);
     assert_eq!(c3.checkpoint, Some(cp3));
-    let ev = store.list_events(&aid, events.len() as i64, 1).await.unwrap();
+    let ev = store
+        .list_events(&aid, events.len() as i64, 1)
+        .await
+        .unwrap();
     assert!(matches!(
         &ev[0].kind,
-        EventKind::Claimed { turn: Some(3), rolled_back_events: Some(1), .. }
+        EventKind::Claimed {
+            turn: Some(3),
+            rolled_back_events: Some(1),
+            ..
+        }
     ));
 
     // The attempt ends: its checkpoint is gone and a later requeue rolls nothing back.
@@ -2480,7 +2495,10 @@ pub async fn checkpoints_without_resume_and_after_cancel(store: &dyn Store) {
     assert_eq!(store.get_checkpoint(&aid).await.unwrap(), None);
 
     // Checkpointed, crashed, then cancelled while queued: nothing will resume it.
-    let t = store.create_task(new_task("cancel in queue")).await.unwrap();
+    let t = store
+        .create_task(new_task("cancel in queue"))
+        .await
+        .unwrap();
     let c = claim(store, "w3").await;
     let aid = c.attempt.id.clone();
     let cp = checkpoint_at(store, &aid, 4).await;
@@ -2488,5 +2506,11 @@ pub async fn checkpoints_without_resume_and_after_cancel(store: &dyn Store) {
     store.requeue_orphans("restart").await.unwrap();
     store.cancel_task(&t.id, "never mind").await.unwrap();
     assert_eq!(store.get_checkpoint(&aid).await.unwrap(), None);
-    assert!(store.claim_attempt(&claim_req("w4")).await.unwrap().is_none());
+    assert!(
+        store
+            .claim_attempt(&claim_req("w4"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
