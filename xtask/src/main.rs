@@ -1,10 +1,12 @@
 //! Errand's dev tasks. `cargo xtask bench` measures dispatch latency, enqueue throughput,
 //! event append throughput, workspace preparation, box start, copy-on-write workspaces,
-//! idle box memory, and the agent loop's overhead, prompt-prefix reuse and compaction on this
-//! machine, and prints a Markdown report (progress goes to stderr, the report to stdout).
+//! idle box memory, the agent loop's overhead, prompt-prefix reuse and compaction, and the
+//! checkpoint cost per agent turn on this machine, and prints a Markdown report (progress goes
+//! to stderr, the report to stdout).
 
 mod agent;
 mod api;
+mod checkpoint;
 mod cow;
 mod gitgen;
 mod proc;
@@ -22,7 +24,7 @@ const USAGE: &str = "\
 usage: cargo xtask bench [options]
 
 Builds the release `errand` binary (unless only benches that do not run it are chosen:
-append, workspace, agent), runs the benchmarks and prints a Markdown report.
+append, workspace, agent, checkpoint), runs the benchmarks and prints a Markdown report.
 
 options:
   --skip-build          use the existing binary instead of running cargo build
@@ -37,9 +39,11 @@ options:
   --cow-files LIST      repository sizes for the copy-on-write bench (default 5000,50000)
   --agent-turns N       turns per scripted agent-loop run (default 1000)
   --adapter-turns N     tool-call turns per agent run through each adapter (default 200)
+  --checkpoint-files L  repository sizes for the checkpoint bench (default 5000,50000)
+  --checkpoint-turns N  turns checkpointed per size (default 300)
   --no-private-ns       stay in the host's user and mount namespaces (no copy-on-write)
   --only LIST           run only these benches (comma-separated: dispatch, enqueue,
-                        append, workspace, box, cow, box-memory, agent)
+                        append, workspace, box, cow, box-memory, agent, checkpoint)
   --quick               small counts, for checking that the bench works
 ";
 
@@ -62,6 +66,8 @@ struct Options {
     cow_box_runs: usize,
     agent_turns: usize,
     adapter_turns: usize,
+    checkpoint_files: Vec<usize>,
+    checkpoint_turns: usize,
     no_private_ns: bool,
     only: Option<Vec<String>>,
     args: Vec<String>,
@@ -82,7 +88,7 @@ impl Options {
     }
 }
 
-const BENCHES: [&str; 8] = [
+const BENCHES: [&str; 9] = [
     "dispatch",
     "enqueue",
     "append",
@@ -91,6 +97,7 @@ const BENCHES: [&str; 8] = [
     "cow",
     "box-memory",
     "agent",
+    "checkpoint",
 ];
 
 fn parse(args: Vec<String>) -> Result<Options> {
@@ -110,6 +117,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
         cow_box_runs: 10,
         agent_turns: 1000,
         adapter_turns: 200,
+        checkpoint_files: vec![5000, 50_000],
+        checkpoint_turns: 300,
         no_private_ns: false,
         only: None,
         args: args.clone(),
@@ -139,6 +148,14 @@ fn parse(args: Vec<String>) -> Result<Options> {
             "--boxes" => o.boxes = num(&a, it.next())?,
             "--agent-turns" => o.agent_turns = num(&a, it.next())?,
             "--adapter-turns" => o.adapter_turns = num(&a, it.next())?,
+            "--checkpoint-turns" => o.checkpoint_turns = num(&a, it.next())?,
+            "--checkpoint-files" => {
+                let v = it.next().context("--checkpoint-files needs a list")?;
+                o.checkpoint_files = v
+                    .split(',')
+                    .map(|n| num("--checkpoint-files", Some(n.trim().to_string())))
+                    .collect::<Result<_>>()?;
+            }
             "--cow-files" => {
                 let v = it.next().context("--cow-files needs a list")?;
                 o.cow_files = v
@@ -175,6 +192,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
                 o.cow_box_runs = 3;
                 o.agent_turns = 100;
                 o.adapter_turns = 60;
+                o.checkpoint_files = vec![500];
+                o.checkpoint_turns = 40;
             }
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -460,6 +479,30 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
         eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
         report += &agent::report(&r);
         report += "\n";
+    }
+
+    if o.wants("checkpoint") {
+        eprintln!(
+            "bench: checkpoint cost per turn ({} turns; {} files)",
+            o.checkpoint_turns,
+            o.checkpoint_files
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let t = Instant::now();
+        let probe = create_probe(&mut trash)?;
+        let plan = checkpoint::Plan {
+            sizes: o.checkpoint_files.clone(),
+            turns: o.checkpoint_turns,
+        };
+        let r = checkpoint::run(&plan, prep.private_ns.is_ok(), &mut trash).await?;
+        eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
+        report += &checkpoint::report(&r);
+        report += &format!(
+            "File creation probe just before this bench: {probe:.0} µs per empty file.\n\n"
+        );
     }
 
     let measured = started.elapsed();

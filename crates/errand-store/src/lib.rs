@@ -207,8 +207,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_attempt(&self, attempt_id: &str) -> Result<Attempt>;
 
     /// Saves the attempt's checkpoint, replacing the previous one. Only the lease holder of an
-    /// active attempt may, and only moving forward: `turn` must be above the saved one's and
-    /// `last_seq` at most the attempt's (compare-and-set; `WrongState` otherwise).
+    /// active attempt may, and only moving forward: `turn` must be above the one saved by the
+    /// same run (a run that started over replaces an earlier run's), and `last_seq` at most the
+    /// attempt's (compare-and-set; `WrongState` otherwise).
     async fn checkpoint(
         &self,
         attempt_id: &str,

@@ -1139,14 +1139,17 @@ impl Store for SqliteStore {
             if cp.commit.trim().is_empty() {
                 return Err(StoreError::Invalid("checkpoint without a commit".into()));
             }
-            let saved: Option<i64> = tx
+            let saved: Option<(i64, i64)> = tx
                 .query_row(
-                    "SELECT turn FROM checkpoints WHERE attempt_id = ?1",
+                    "SELECT turn, run FROM checkpoints WHERE attempt_id = ?1",
                     [&aid],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            if let Some(t) = saved
+            // A run that started over (it could not use the saved checkpoint) replaces an
+            // earlier run's checkpoint whatever its turn.
+            if let Some((t, saved_run)) = saved
+                && saved_run == run
                 && t as u64 >= cp.turn
             {
                 return Err(StoreError::WrongState(format!(

@@ -2393,8 +2393,8 @@ pub async fn requeue_rolls_back_to_the_checkpoint_and_the_claim_resumes_from_it(
     }
     assert!(claimed.iter().all(|e| !e.rolled_back && e.run == 2));
 
-    // Run 2 works, checkpoints after turn 3 (a checkpoint after turn 2 again is refused),
-    // works more and dies too: only its work after its own checkpoint is rolled back.
+    // Run 2 works, checkpoints after turn 3 (after turn 3 again is refused), works more and
+    // dies too: only its work after its own checkpoint is rolled back.
     store
         .transition(&aid, "w2", Status::Preparing, Status::Running, None)
         .await
@@ -2403,14 +2403,14 @@ pub async fn requeue_rolls_back_to_the_checkpoint_and_the_claim_resumes_from_it(
         .append_events(&aid, Some("w2"), vec![notice("turn 3")])
         .await
         .unwrap();
-    let mut again = checkpoint_at(store, &aid, 2).await;
+    let cp3 = checkpoint_at(store, &aid, 3).await;
+    store.checkpoint(&aid, "w2", &cp3).await.unwrap();
+    let mut again = cp3.clone();
     again.commit = "e".repeat(40);
     assert!(matches!(
         store.checkpoint(&aid, "w2", &again).await.unwrap_err(),
         StoreError::WrongState(_)
     ));
-    let cp3 = checkpoint_at(store, &aid, 3).await;
-    store.checkpoint(&aid, "w2", &cp3).await.unwrap();
     store
         .append_events(&aid, Some("w2"), vec![notice("lost 4")])
         .await
@@ -2513,4 +2513,29 @@ pub async fn checkpoints_without_resume_and_after_cancel(store: &dyn Store) {
             .unwrap()
             .is_none()
     );
+
+    // A run that could not use its checkpoint starts over: its turn 1 replaces the earlier
+    // run's turn 5 (the same run could not go back).
+    let t2 = store.create_task(new_task("start over")).await.unwrap();
+    let r1 = claim(store, "w5").await;
+    let other = r1.attempt.id.clone();
+    store
+        .checkpoint(&other, "w5", &checkpoint_at(store, &other, 5).await)
+        .await
+        .unwrap();
+    store.requeue_orphans("restart").await.unwrap();
+    let r2 = claim(store, "w6").await;
+    assert_eq!(r2.attempt.id, other);
+    assert!(r2.checkpoint.is_some());
+    let one = checkpoint_at(store, &other, 1).await;
+    store.checkpoint(&other, "w6", &one).await.unwrap();
+    assert_eq!(store.get_checkpoint(&other).await.unwrap(), Some(one));
+    assert!(matches!(
+        store
+            .checkpoint(&other, "w6", &checkpoint_at(store, &other, 1).await)
+            .await
+            .unwrap_err(),
+        StoreError::WrongState(_)
+    ));
+    store.cancel_task(&t2.id, "done here").await.unwrap();
 }
