@@ -7,8 +7,9 @@
 //! Each simulated turn edits what an agent edits in a turn (appends to one or two existing
 //! files, sometimes adds one; every fourth turn changes nothing, like a turn that only reads),
 //! untimed. Then it times the worker's checkpoint steps exactly as `CheckpointSink` runs
-//! them: `Checkpointer::snapshot` (`git add --all` + `git write-tree` into the mirror's object
-//! store), `Checkpointer::commit` (`git commit-tree` + `git update-ref` of the hidden ref, only
+//! them: `Checkpointer::snapshot` (in an overlay: `git ls-files` + `git update-index` on the
+//! paths of the upper layer, else `git add --all`; then `git write-tree` into the mirror's
+//! object store), `Checkpointer::commit` (`git commit-tree` + `git update-ref` of the hidden ref, only
 //! when the tree changed), and `Store::checkpoint` (the conversation, usage and state in one
 //! lease-fenced SQLite transaction). The conversation grows by about 3 KB per turn up to
 //! 400 KB (what compaction keeps below a 128k-token window at `compact_at` 0.8), then stays
@@ -38,13 +39,18 @@ struct Turns {
     total: Vec<Duration>,
 }
 
-pub struct SizeResult {
-    files: usize,
+/// One way of making the workspace, at one size.
+struct Variant {
     how: &'static str,
     changed: Turns,
     unchanged: Turns,
     first: Duration,
     conversation_end: usize,
+}
+
+pub struct SizeResult {
+    files: usize,
+    variants: Vec<Variant>,
 }
 
 pub struct CheckpointResult {
@@ -131,9 +137,30 @@ async fn one_size(root: &Path, files: usize, turns_n: usize, overlay: bool) -> R
     let mirror = tokio::time::timeout(SETUP_TIMEOUT, mirrors.sync(&repo.to_string_lossy()))
         .await
         .context("syncing the mirror timed out")??;
+    let mut variants = Vec::new();
+    // As `errand serve` makes workspaces, then as a worker without the private namespace does.
+    if overlay {
+        variants.push(one_variant(&dir, &repo, &mirror, &commit, turns_n, true).await?);
+    }
+    variants.push(one_variant(&dir, &repo, &mirror, &commit, turns_n, false).await?);
+    Ok(SizeResult { files, variants })
+}
 
+async fn one_variant(
+    dir: &Path,
+    repo: &Path,
+    mirror: &Path,
+    commit: &str,
+    turns_n: usize,
+    overlay: bool,
+) -> Result<Variant> {
+    let (mirror, commit) = (mirror.to_path_buf(), commit.to_string());
     // The workspace, as the worker makes it.
-    let attempt_dir = dir.join("attempt");
+    let attempt_dir = dir.join(if overlay {
+        "attempt-cow"
+    } else {
+        "attempt-checkout"
+    });
     let ws = attempt_dir.join("repo");
     let branch = "errand/bench-checkpoint";
     let mut mounted = Unmount(None);
@@ -152,8 +179,8 @@ async fn one_size(root: &Path, files: usize, turns_n: usize, overlay: bool) -> R
     };
 
     // The store, with the attempt claimed and running.
-    let store = SqliteStore::open(&dir.join("errand.db"))?;
-    store.create_task(bench_task(&repo, &commit)).await?;
+    let store = SqliteStore::open(&attempt_dir.with_extension("db"))?;
+    store.create_task(bench_task(repo, &commit)).await?;
     let claimed = store
         .claim_attempt(&ClaimRequest {
             worker: "bench".into(),
@@ -178,6 +205,11 @@ async fn one_size(root: &Path, files: usize, turns_n: usize, overlay: bool) -> R
         Some(&ws.join(".git/index")),
     )
     .await?;
+    if overlay {
+        // As the worker does: only what the upper layer holds is looked at.
+        let base = dir.join("checkouts").join(&commit);
+        cp = cp.with_overlay(&attempt_dir.join("upper"), &base);
+    }
     let setup = t.elapsed();
 
     // Existing files to edit: every 50th generated one.
@@ -262,7 +294,7 @@ async fn one_size(root: &Path, files: usize, turns_n: usize, overlay: bool) -> R
         into.save.push(t3 - t2);
         into.total.push(t3 - t0);
     }
-    // The last checkpoint holds the last turn's files.
+    // The last checkpoint holds the last turn's files: the same tree as adding every file.
     let head = crate::git_sync(
         &mirror,
         &["rev-parse", &format!("refs/errand/checkpoints/{aid}")],
@@ -270,14 +302,29 @@ async fn one_size(root: &Path, files: usize, turns_n: usize, overlay: bool) -> R
     if head.trim() != cp.head() {
         bail!("the hidden ref is not at the last checkpoint");
     }
+    let mut check = errand_git::Checkpointer::new(
+        &mirror,
+        &ws,
+        &attempt_dir.join("verify.git"),
+        "verify",
+        &commit,
+        None,
+    )
+    .await?;
+    let all = check.snapshot().await?.tree;
+    let last = crate::git_sync(&mirror, &["rev-parse", &format!("{}^{{tree}}", cp.head())])?;
+    if all != last.trim() {
+        bail!(
+            "the last checkpoint's tree {} is not the workspace's {all}",
+            last.trim()
+        );
+    }
     eprintln!(
-        "bench:   {} files: {turns_n} checkpoints (set-up {:.0} ms)",
-        fmt_int(files as f64),
+        "bench:   {how}: {turns_n} checkpoints (set-up {:.0} ms)",
         setup.as_secs_f64() * 1e3
     );
     drop(mounted);
-    Ok(SizeResult {
-        files,
+    Ok(Variant {
         how,
         changed,
         unchanged,
@@ -323,35 +370,37 @@ pub fn report(r: &CheckpointResult) -> String {
         r.turns
     );
     for z in &r.sizes {
-        s += &format!(
-            "**{} files** ({}; first checkpoint {} ms; conversation at the end {} KB)\n\n\
-             | step | turns | p50 | p99 | max |\n|---|---:|---:|---:|---:|\n",
-            fmt_int(z.files as f64),
-            z.how,
-            fmt_ms(z.first.as_secs_f64() * 1e3),
-            z.conversation_end / 1024
-        );
-        s += &row(
-            "snapshot (`git add --all`, `write-tree`), files changed",
-            &z.changed.snapshot,
-        );
-        s += &row(
-            "commit (`commit-tree`, `update-ref`), files changed",
-            &z.changed.commit,
-        );
-        s += &row("save (SQLite), files changed", &z.changed.save);
-        s += &row("**whole checkpoint, files changed**", &z.changed.total);
-        s += &row("snapshot, nothing changed", &z.unchanged.snapshot);
-        s += &row("**whole checkpoint, nothing changed**", &z.unchanged.total);
-        let all: Vec<Duration> = z
-            .changed
-            .total
-            .iter()
-            .chain(z.unchanged.total.iter())
-            .copied()
-            .collect();
-        let sum: f64 = all.iter().map(|d| d.as_secs_f64()).sum::<f64>() + z.first.as_secs_f64();
-        s += &format!("\nAll {} checkpoints together: {:.1} s.\n\n", r.turns, sum);
+        for v in &z.variants {
+            s += &format!(
+                "**{} files, {}** (first checkpoint {} ms; conversation at the end {} KB)\n\n\
+                 | step | turns | p50 | p99 | max |\n|---|---:|---:|---:|---:|\n",
+                fmt_int(z.files as f64),
+                v.how,
+                fmt_ms(v.first.as_secs_f64() * 1e3),
+                v.conversation_end / 1024
+            );
+            s += &row(
+                "snapshot (index update, `write-tree`), files changed",
+                &v.changed.snapshot,
+            );
+            s += &row(
+                "commit (`commit-tree`, `update-ref`), files changed",
+                &v.changed.commit,
+            );
+            s += &row("save (SQLite), files changed", &v.changed.save);
+            s += &row("**whole checkpoint, files changed**", &v.changed.total);
+            s += &row("snapshot, nothing changed", &v.unchanged.snapshot);
+            s += &row("**whole checkpoint, nothing changed**", &v.unchanged.total);
+            let sum: f64 = v
+                .changed
+                .total
+                .iter()
+                .chain(v.unchanged.total.iter())
+                .map(|d| d.as_secs_f64())
+                .sum::<f64>()
+                + v.first.as_secs_f64();
+            s += &format!("\nAll {} checkpoints together: {:.1} s.\n\n", r.turns, sum);
+        }
     }
     s
 }

@@ -244,3 +244,154 @@ async fn checkpoints_ignore_the_workspaces_own_git_and_refuse_odd_ids() {
         );
     }
 }
+
+/// A copy-on-write workspace, simulated without mounting: `lower` is the base checkout,
+/// `ws` the merged view (a second checkout the test changes), `upper` holds what overlayfs
+/// would put there (changed and new files, a placeholder for each whiteout).
+struct FakeOverlay {
+    lower: std::path::PathBuf,
+    ws: std::path::PathBuf,
+    upper: std::path::PathBuf,
+}
+
+impl FakeOverlay {
+    fn write(&self, rel: &str, content: &str) {
+        write(&self.ws, rel, content);
+        // A directory made where a whiteout was replaces it (as an opaque directory).
+        for a in std::path::Path::new(rel).ancestors().skip(1) {
+            let p = self.upper.join(a);
+            if !a.as_os_str().is_empty() && p.is_file() {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+        write(&self.upper, rel, content);
+    }
+    fn delete(&self, rel: &str) {
+        let p = self.ws.join(rel);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+        let u = self.upper.join(rel);
+        if u.is_dir() {
+            std::fs::remove_dir_all(&u).unwrap();
+        }
+        if self.lower.join(rel).exists() {
+            write(&self.upper, rel, ""); // the whiteout
+        } else if u.exists() {
+            std::fs::remove_file(&u).unwrap();
+        }
+    }
+}
+
+/// Snapshots both and checks that they found the same tree.
+async fn same(
+    fast: &mut Checkpointer,
+    full: &mut Checkpointer,
+    what: &str,
+) -> errand_git::checkpoint::Snapshot {
+    let a = fast.snapshot().await.unwrap();
+    let b = full.snapshot().await.unwrap();
+    assert_eq!(a.tree, b.tree, "{what}");
+    a
+}
+
+#[tokio::test]
+async fn in_a_copy_on_write_workspace_snapshots_look_only_at_the_upper_layer() {
+    let s = setup().await;
+    let o = FakeOverlay {
+        lower: s.root.join("base"),
+        ws: s.root.join("attempt/repo"),
+        upper: s.root.join("attempt/upper"),
+    };
+    for d in [&o.lower, &o.ws] {
+        create_workspace(&s.mirror, d, "errand/abc-z", &s.base)
+            .await
+            .unwrap();
+    }
+    write(&o.upper, ".git/HEAD", "ref: refs/heads/errand/abc-z\n");
+    let mut fast = Checkpointer::new(
+        &s.mirror,
+        &o.ws,
+        &s.root.join("attempt/checkpoint.git"),
+        ATTEMPT,
+        &s.base,
+        Some(&o.lower.join(".git/index")),
+    )
+    .await
+    .unwrap()
+    .with_overlay(&o.upper, &o.lower);
+    // The reference: the same workspace, every file looked at.
+    let mut full = Checkpointer::new(
+        &s.mirror,
+        &o.ws,
+        &s.root.join("attempt/reference.git"),
+        "reference",
+        &s.base,
+        None,
+    )
+    .await
+    .unwrap();
+
+    assert!(!same(&mut fast, &mut full, "nothing changed").await.changed);
+    // Only the upper layer is looked at: a change that is not in it (impossible on a real
+    // overlay) goes unseen, which shows that the other files are not read.
+    write(&o.ws, "README.md", "# changed behind the overlay's back\n");
+    let unseen = fast.snapshot().await.unwrap();
+    assert!(!unseen.changed);
+    assert_ne!(unseen.tree, full.snapshot().await.unwrap().tree);
+    write(
+        &o.upper,
+        "README.md",
+        "# changed behind the overlay's back\n",
+    );
+    assert!(
+        same(&mut fast, &mut full, "now in the upper layer")
+            .await
+            .changed
+    );
+
+    o.write("src/lib.txt", "one\nTWO\n");
+    assert!(same(&mut fast, &mut full, "an edit").await.changed);
+    o.write("newdir/a.txt", "a\n");
+    o.write("newdir/deeper/b.txt", "b\n");
+    o.write("build.log", "ignored\n");
+    o.write("target/x.log", "ignored\n");
+    assert!(
+        same(&mut fast, &mut full, "new files, ignored ones")
+            .await
+            .changed
+    );
+    o.delete("src/gone.txt");
+    assert!(same(&mut fast, &mut full, "a deletion").await.changed);
+    o.write("src/lib.txt", "one\ntwo\n");
+    assert!(same(&mut fast, &mut full, "an edit undone").await.changed);
+    o.delete("newdir");
+    assert!(
+        same(&mut fast, &mut full, "a new directory removed again")
+            .await
+            .changed
+    );
+    assert!(!same(&mut fast, &mut full, "nothing more").await.changed);
+    // A file that becomes a directory: update-index can't, so everything is added.
+    o.delete("README.md");
+    o.write("README.md/inside.txt", "now a directory\n");
+    assert!(
+        same(&mut fast, &mut full, "a file became a directory")
+            .await
+            .changed
+    );
+    o.delete("src");
+    assert!(
+        same(&mut fast, &mut full, "a whole directory deleted")
+            .await
+            .changed
+    );
+    let c = fast.commit("after all that").await.unwrap();
+    let files = git(&s.mirror, &["ls-tree", "-r", "--name-only", &c]);
+    assert_eq!(
+        files.lines().collect::<Vec<_>>(),
+        vec![".gitignore", "README.md/inside.txt"]
+    );
+}

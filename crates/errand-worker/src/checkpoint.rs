@@ -263,7 +263,9 @@ pub struct RunSetup {
 
 /// Resumes the claimed checkpoint, if any, into the fresh workspace `ws` (at `start`), and
 /// prepares this run's checkpoints. Runs before the box exists, so the workspace's index it
-/// seeds from is still the one Errand wrote. Nothing here fails the run: a checkpoint that
+/// seeds from is still the one Errand wrote. `base_index` is the base checkout's index when
+/// `ws` is a copy-on-write overlay over it (its upper layer is `dir/upper`): snapshots then
+/// look only at what the upper layer holds. Nothing here fails the run: a checkpoint that
 /// can't be used means starting over (said in the log), and checkpoints that can't be set up
 /// mean a run that can't be resumed.
 pub async fn setup(
@@ -273,6 +275,7 @@ pub async fn setup(
     dir: &Path,
     ws: &Path,
     start: &str,
+    base_index: Option<&Path>,
 ) -> RunSetup {
     let aid = c.attempt.id.as_str();
     let mut notices = Vec::new();
@@ -324,7 +327,14 @@ pub async fn setup(
     )
     .await
     {
-        Ok(cp) => Some(cp),
+        Ok(cp) => {
+            let upper = dir.join("upper");
+            // base_index is `<base>/.git/index`.
+            match base_index.and_then(|i| i.parent()?.parent()) {
+                Some(lower) if upper.is_dir() => Some(cp.with_overlay(&upper, lower)),
+                _ => Some(cp),
+            }
+        }
         Err(e) => {
             tracing::warn!(attempt = %aid, error = %e, "checkpoints unavailable");
             notices.push(format!(

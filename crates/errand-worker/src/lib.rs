@@ -430,7 +430,16 @@ impl Worker {
         )
         .await?;
         // A run after a crash resumes from its checkpoint; every run takes checkpoints.
-        let resume = checkpoint::setup(&self.mirrors, c, &mirror, dir, &ws, &start_commit).await;
+        let resume = checkpoint::setup(
+            &self.mirrors,
+            c,
+            &mirror,
+            dir,
+            &ws,
+            &start_commit,
+            seed_index.as_deref(),
+        )
+        .await;
         for n in resume.notices {
             self.notice(aid, n).await?;
         }
