@@ -256,6 +256,9 @@ fn config(max_turns: usize) -> AgentConfig {
         max_turns: max_turns.max(2000) as u32,
         default_context_window: HUGE_WINDOW,
         cache_key: Some("bench-attempt".into()),
+        // The scripts repeat the same calls on purpose; the stuck detector would stop them.
+        stuck_repeats: 0,
+        stuck_turns: 0,
         ..Default::default()
     }
 }
@@ -324,6 +327,7 @@ async fn loop_timed(
         cancel: CancellationToken::new(),
         config: config.clone(),
         history: vec![],
+        resume: None,
     };
     let start = Instant::now();
     let outcome = run.run().await.context("the scripted agent run")?;
@@ -671,6 +675,7 @@ async fn adapter_timed(
         cancel: CancellationToken::new(),
         config: config(turns + 10),
         history: vec![],
+        resume: None,
     };
     let start = Instant::now();
     let outcome = run

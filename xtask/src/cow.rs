@@ -137,7 +137,7 @@ async fn git_timed(cwd: &Path, args: &[&str], log: &Path, out: Option<&Path>) ->
 /// pass, streamed into one `git fast-import` commit (see `gitgen`: no loose objects to delete
 /// afterwards); then the index (`git reset`) and `git gc`. Returns the bytes of text and of
 /// the packed objects.
-fn generate(repo: &Path, files: usize) -> Result<(u64, u64)> {
+pub(crate) fn generate(repo: &Path, files: usize) -> Result<(u64, u64)> {
     std::fs::create_dir_all(repo)?;
     git_setup(repo, &["init", "--quiet", "-b", "main"])?;
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);

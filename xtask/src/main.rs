@@ -1,13 +1,14 @@
 //! Errand's dev tasks. `cargo xtask bench` measures dispatch latency, enqueue throughput,
 //! event append throughput, workspace preparation, box start, copy-on-write workspaces,
 //! idle box memory, the bridge between a box's loopback and a host Unix socket, the agent
-//! loop's overhead, prompt-prefix reuse and compaction, and the egress proxy's throughput and
-//! added latency on this machine, and prints a Markdown report (progress goes to stderr, the
-//! report to stdout).
+//! loop's overhead, prompt-prefix reuse and compaction, the egress proxy's throughput and
+//! added latency, and the checkpoint cost per agent turn on this machine, and prints a Markdown
+//! report (progress goes to stderr, the report to stdout).
 
 mod agent;
 mod api;
 mod bridge;
+mod checkpoint;
 mod cow;
 mod gitgen;
 mod proc;
@@ -26,7 +27,7 @@ const USAGE: &str = "\
 usage: cargo xtask bench [options]
 
 Builds the release `errand` binary (unless only benches that do not run it are chosen:
-append, workspace, agent, proxy), runs the benchmarks and prints a Markdown report.
+append, workspace, agent, proxy, checkpoint), runs the benchmarks and prints a Markdown report.
 
 options:
   --skip-build          use the existing binary instead of running cargo build
@@ -43,11 +44,14 @@ options:
   --bridge-trips N      round trips per way through the bridge (default 1000)
   --agent-turns N       turns per scripted agent-loop run (default 1000)
   --adapter-turns N     tool-call turns per agent run through each adapter (default 200)
+  --checkpoint-files L  repository sizes for the checkpoint bench (default 5000,50000)
+  --checkpoint-turns N  turns checkpointed per size (default 300)
   --proxy-mib N         MiB per transfer through the proxy's CONNECT tunnel (default 1024)
   --proxy-requests N    timed requests per way for the proxy's latency (default 1000)
   --no-private-ns       stay in the host's user and mount namespaces (no copy-on-write)
   --only LIST           run only these benches (comma-separated: dispatch, enqueue,
-                        append, workspace, box, cow, box-memory, bridge, agent, proxy)
+                        append, workspace, box, cow, box-memory, bridge, agent, proxy,
+                        checkpoint)
   --quick               small counts, for checking that the bench works
 ";
 
@@ -75,6 +79,8 @@ struct Options {
     bridge_trips: usize,
     proxy_mib: usize,
     proxy_requests: usize,
+    checkpoint_files: Vec<usize>,
+    checkpoint_turns: usize,
     no_private_ns: bool,
     only: Option<Vec<String>>,
     args: Vec<String>,
@@ -95,7 +101,7 @@ impl Options {
     }
 }
 
-const BENCHES: [&str; 10] = [
+const BENCHES: [&str; 11] = [
     "dispatch",
     "enqueue",
     "append",
@@ -106,6 +112,7 @@ const BENCHES: [&str; 10] = [
     "bridge",
     "agent",
     "proxy",
+    "checkpoint",
 ];
 
 fn parse(args: Vec<String>) -> Result<Options> {
@@ -130,6 +137,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
         bridge_trips: 1000,
         proxy_mib: 1024,
         proxy_requests: 1000,
+        checkpoint_files: vec![5000, 50_000],
+        checkpoint_turns: 300,
         no_private_ns: false,
         only: None,
         args: args.clone(),
@@ -163,6 +172,14 @@ fn parse(args: Vec<String>) -> Result<Options> {
             "--bridge-trips" => o.bridge_trips = num(&a, it.next())?,
             "--proxy-mib" => o.proxy_mib = num(&a, it.next())?,
             "--proxy-requests" => o.proxy_requests = num(&a, it.next())?,
+            "--checkpoint-turns" => o.checkpoint_turns = num(&a, it.next())?,
+            "--checkpoint-files" => {
+                let v = it.next().context("--checkpoint-files needs a list")?;
+                o.checkpoint_files = v
+                    .split(',')
+                    .map(|n| num("--checkpoint-files", Some(n.trim().to_string())))
+                    .collect::<Result<_>>()?;
+            }
             "--cow-files" => {
                 let v = it.next().context("--cow-files needs a list")?;
                 o.cow_files = v
@@ -204,6 +221,8 @@ fn parse(args: Vec<String>) -> Result<Options> {
                 o.bridge_trips = 100;
                 o.proxy_mib = 64;
                 o.proxy_requests = 100;
+                o.checkpoint_files = vec![500];
+                o.checkpoint_turns = 40;
             }
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -523,6 +542,29 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
         eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
         report += &proxy::report(&r);
         report += "\n";
+    }
+    if o.wants("checkpoint") {
+        eprintln!(
+            "bench: checkpoint cost per turn ({} turns; {} files)",
+            o.checkpoint_turns,
+            o.checkpoint_files
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let t = Instant::now();
+        let probe = create_probe(&mut trash)?;
+        let plan = checkpoint::Plan {
+            sizes: o.checkpoint_files.clone(),
+            turns: o.checkpoint_turns,
+        };
+        let r = checkpoint::run(&plan, prep.private_ns.is_ok(), &mut trash).await?;
+        eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());
+        report += &checkpoint::report(&r);
+        report += &format!(
+            "File creation probe just before this bench: {probe:.0} µs per empty file.\n\n"
+        );
     }
 
     let measured = started.elapsed();

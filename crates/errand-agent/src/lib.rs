@@ -8,6 +8,7 @@
 //! This crate must not talk to the database or HTTP: it only reports events to its sink.
 
 pub mod patch;
+pub mod stuck;
 pub mod tools;
 
 use async_trait::async_trait;
@@ -40,6 +41,45 @@ pub trait EventSink: Send + Sync {
     fn tool_notes(&self) -> Option<String> {
         None
     }
+    /// Called at the end of each turn the run continues after (every tool result is in):
+    /// whether the workspace's files changed during the turn, when the sink can tell (the
+    /// worker's checkpoints can). `None` makes the stuck detector count edit tools instead.
+    async fn snapshot(&self) -> Result<Option<bool>, AgentError> {
+        Ok(None)
+    }
+    /// Called right after [`EventSink::snapshot`] and the stuck check, with everything the
+    /// run would need to resume after this turn ([`AgentRun::resume`]).
+    async fn checkpoint(&self, _messages: &[Message], _state: &RunState) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+/// What a run carries from one turn to the next besides its messages: saved with each
+/// checkpoint, and given back through [`Resume`] to continue where it was.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunState {
+    /// Model turns done.
+    pub turns: u64,
+    /// Tokens and cost so far (budgets count them).
+    pub usage: Usage,
+    /// Time spent in the loop so far (the time budget counts it).
+    pub elapsed_ms: u64,
+    #[serde(default)]
+    pub plan: Vec<PlanStep>,
+    /// Nested AGENTS.md files already shown.
+    #[serde(default)]
+    pub agents_seen: Vec<PathBuf>,
+    #[serde(default)]
+    pub stuck: stuck::StuckState,
+    #[serde(default)]
+    pub warned_unpriced: bool,
+}
+
+/// The conversation and counters to continue a run from (a checkpoint of a run that died).
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub messages: Vec<Message>,
+    pub state: RunState,
 }
 
 /// Limits and knobs of one run.
@@ -74,6 +114,9 @@ pub struct AgentConfig {
     /// When continuing `history`, send the prompt as the next user message exactly as given
     /// (a reviewer's findings, say) instead of framing it as the user's follow-up.
     pub raw_continuation: bool,
+    /// The stuck detector's thresholds (0 disables; see [`stuck`]).
+    pub stuck_repeats: u32,
+    pub stuck_turns: u32,
 }
 
 impl Default for AgentConfig {
@@ -93,6 +136,8 @@ impl Default for AgentConfig {
             continuation: None,
             plan: Vec::new(),
             raw_continuation: false,
+            stuck_repeats: 3,
+            stuck_turns: 20,
         }
     }
 }
@@ -109,6 +154,8 @@ pub enum EndReason {
     Budget(String),
     /// The model failed with an error that retries could not fix.
     ModelFailed(String),
+    /// The stuck detector stopped the run after warning the agent; the text says why.
+    Stuck(String),
     Cancelled,
 }
 
@@ -136,6 +183,9 @@ pub struct AgentRun<'a> {
     /// The conversation of an earlier run to continue (a follow-up): `prompt` is then added
     /// as the next user message instead of starting a new conversation.
     pub history: Vec<Message>,
+    /// Continue a run that died from its checkpoint: its messages and counters (turns, usage,
+    /// time, plan) are taken as they were; `prompt` and `history` are not used.
+    pub resume: Option<Resume>,
 }
 
 const SYSTEM_PROMPT: &str = "You are Errand, an autonomous coding agent working in the background on a fresh checkout of a \
@@ -305,12 +355,37 @@ struct Loop {
     conv_bytes: usize,
     agents_seen: std::collections::HashSet<PathBuf>,
     warned_unpriced: bool,
+    stuck: stuck::StuckState,
+    /// Loop time of the runs this one resumes.
+    elapsed_before: Duration,
 }
 
 impl Loop {
     fn push(&mut self, m: Message) {
         self.conv_bytes += message_bytes(&m);
         self.req.messages.push(m);
+    }
+
+    fn state(&self, start: Instant) -> RunState {
+        let mut agents_seen: Vec<PathBuf> = self.agents_seen.iter().cloned().collect();
+        agents_seen.sort();
+        RunState {
+            turns: self.turns,
+            usage: self.usage,
+            elapsed_ms: (self.elapsed_before + start.elapsed()).as_millis() as u64,
+            plan: self.plan.clone(),
+            agents_seen,
+            stuck: self.stuck.clone(),
+            warned_unpriced: self.warned_unpriced,
+        }
+    }
+
+    /// Appends `note` to the last tool result the model will see.
+    fn note_last_result(&mut self, note: &str) {
+        if let Some(Message::Tool { content, .. }) = self.req.messages.last_mut() {
+            content.push_str(note);
+            self.conv_bytes += note.len();
+        }
     }
 }
 
@@ -322,9 +397,18 @@ enum ModelCall {
 
 impl AgentRun<'_> {
     /// Runs the loop to its end.
-    pub async fn run(self) -> Result<AgentOutcome, AgentError> {
+    pub async fn run(mut self) -> Result<AgentOutcome, AgentError> {
         let start = Instant::now();
+        let resume = self.resume.take();
+        let elapsed_before = resume
+            .as_ref()
+            .map(|r| Duration::from_millis(r.state.elapsed_ms))
+            .unwrap_or_default();
         let budget = self.config.budget;
+        let stuck_cfg = stuck::StuckConfig {
+            repeats: self.config.stuck_repeats,
+            turns: self.config.stuck_turns,
+        };
         let max_turns = budget.max_turns.unwrap_or(self.config.max_turns) as u64;
         // The wall-time budget cancels what is running (a model request, a command) through a
         // child token, so that the run still ends cleanly and its work gets committed.
@@ -332,8 +416,10 @@ impl AgentRun<'_> {
         let time_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _timer = budget.max_time_secs.map(|secs| {
             let (tok, flag) = (run_cancel.clone(), time_up.clone());
+            // A resumed run has used part of the time already.
+            let left = Duration::from_secs(secs).saturating_sub(elapsed_before);
             AbortOnDrop(tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(secs)).await;
+                tokio::time::sleep(left).await;
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 tok.cancel();
             }))
@@ -347,7 +433,9 @@ impl AgentRun<'_> {
                 }
                 .to_string(),
                 tools: tools::specs_for(self.config.planning),
-                messages: if self.history.is_empty() {
+                messages: if let Some(r) = &resume {
+                    r.messages.clone()
+                } else if self.history.is_empty() {
                     vec![Message::User {
                         text: initial_message(self.workspace, self.prompt),
                     }]
@@ -377,7 +465,18 @@ impl AgentRun<'_> {
             conv_bytes: 0,
             agents_seen: Default::default(),
             warned_unpriced: false,
+            stuck: Default::default(),
+            elapsed_before,
         };
+        if let Some(r) = resume {
+            let s = r.state;
+            st.turns = s.turns;
+            st.usage = s.usage;
+            st.plan = s.plan;
+            st.agents_seen = s.agents_seen.into_iter().collect();
+            st.stuck = s.stuck;
+            st.warned_unpriced = s.warned_unpriced;
+        }
         st.fixed_bytes = st.req.system.len()
             + st.req
                 .tools
@@ -397,7 +496,7 @@ impl AgentRun<'_> {
             turns: st.turns,
             usage: st.usage,
             end,
-            elapsed: start.elapsed(),
+            elapsed: st.elapsed_before + start.elapsed(),
             plan: st.plan.clone(),
             messages: st.req.messages.clone(),
         };
@@ -493,6 +592,7 @@ impl AgentRun<'_> {
                 return Ok(end(&st, resp.text, EndReason::NoToolCalls));
             }
             let mut finished = None;
+            let mut edited = false;
             for call in &resp.tool_calls {
                 self.sink
                     .emit(vec![EventKind::ToolCall {
@@ -516,9 +616,19 @@ impl AgentRun<'_> {
                     }
                     output.push_str(&note);
                 }
+                edited |= stuck::StuckState::edits(call, result.ok);
+                let plan_steps = result.plan.as_ref().map(|(_, steps)| steps.as_slice());
+                let warning = st.stuck.after_call(&stuck_cfg, call, result.ok, plan_steps);
+                let mut events = Vec::new();
+                if let Some(stuck::Verdict::Warn { reason, note }) = warning {
+                    output.push_str(&note);
+                    events.push(EventKind::Stuck {
+                        reason,
+                        action: "warned".into(),
+                    });
+                }
                 let (shown, truncated) =
                     errand_core::text::cap_head_tail(&output, self.config.tool_output_cap);
-                let mut events = Vec::new();
                 if let Some((explanation, steps)) = result.plan {
                     st.plan = steps.clone();
                     events.push(EventKind::PlanUpdated { explanation, steps });
@@ -558,6 +668,43 @@ impl AgentRun<'_> {
                 }
                 return Ok(end(&st, None, EndReason::Cancelled));
             }
+            // The turn is done and the run goes on: check for a stuck agent, then checkpoint.
+            let changed = self.sink.snapshot().await?;
+            match st.stuck.end_turn(
+                &stuck_cfg,
+                changed.unwrap_or(false),
+                edited && changed.is_none(),
+            ) {
+                Some(stuck::Verdict::Warn { reason, note }) => {
+                    st.note_last_result(&note);
+                    self.sink
+                        .emit(vec![EventKind::Stuck {
+                            reason,
+                            action: "warned".into(),
+                        }])
+                        .await?;
+                }
+                Some(stuck::Verdict::Stop { reason }) => {
+                    self.sink
+                        .emit(vec![
+                            EventKind::Stuck {
+                                reason: reason.clone(),
+                                action: "stopped".into(),
+                            },
+                            EventKind::Notice {
+                                message: format!(
+                                    "stopping: the agent is stuck ({reason}); the work so far is kept"
+                                ),
+                            },
+                        ])
+                        .await?;
+                    return Ok(end(&st, None, EndReason::Stuck(reason)));
+                }
+                None => {}
+            }
+            self.sink
+                .checkpoint(&st.req.messages, &st.state(start))
+                .await?;
         }
     }
 

@@ -133,6 +133,7 @@ impl Env {
             cancel,
             config,
             history: vec![],
+            resume: None,
         }
         .run()
         .await
@@ -1708,6 +1709,7 @@ async fn run_flaky(
         cancel: CancellationToken::new(),
         config: AgentConfig::default(),
         history: vec![],
+        resume: None,
     }
     .run()
     .await
@@ -1811,6 +1813,7 @@ async fn cancellation_stops_a_model_request_in_flight() {
         cancel,
         config: AgentConfig::default(),
         history: vec![],
+        resume: None,
     }
     .run()
     .await

@@ -91,6 +91,7 @@ async fn run(
         cancel: CancellationToken::new(),
         config,
         history,
+        resume: None,
     }
     .run()
     .await

@@ -690,9 +690,12 @@ impl Renderer {
             let mut out = String::new();
             for piece in data.split_inclusive('\n') {
                 if !self.open_line {
-                    out.push_str(match stream {
-                        OutputStream::Stdout => "      │ ",
-                        OutputStream::Stderr => "      ┃ ",
+                    out.push_str(match (stream, e.rolled_back) {
+                        (OutputStream::Stdout, false) => "      │ ",
+                        (OutputStream::Stderr, false) => "      ┃ ",
+                        // Output of work that was rolled back to a checkpoint.
+                        (OutputStream::Stdout, true) => "    ↶ │ ",
+                        (OutputStream::Stderr, true) => "    ↶ ┃ ",
                     });
                 }
                 out.push_str(piece);
@@ -708,7 +711,12 @@ impl Renderer {
         }
         let ts = format_ts(e.ts_ms);
         let clock = ts.get(11..23).unwrap_or(&ts);
-        let mark = if e.unisolated { "[UNISOLATED] " } else { "" };
+        let mark = match (e.unisolated, e.rolled_back) {
+            (true, true) => "[UNISOLATED] [rolled back] ",
+            (true, false) => "[UNISOLATED] ",
+            (false, true) => "[rolled back] ",
+            (false, false) => "",
+        };
         println!(
             "{clock} {:>4} {mark}{}",
             format!("#{}", e.seq),
@@ -869,6 +877,10 @@ pub fn describe(k: &EventKind) -> String {
             "committed {} on {branch}: {files_changed} file(s), +{insertions} -{deletions}",
             short_sha(commit)
         ),
+        EventKind::Stuck { reason, action } => match action.as_str() {
+            "stopped" => format!("STUCK, stopped: {reason}"),
+            _ => format!("stuck? warned the agent: {reason}"),
+        },
         EventKind::Error { message } => format!("ERROR {message}"),
         EventKind::GatewayRequest {
             upstream,

@@ -499,7 +499,7 @@ async fn cancel_kills_the_running_command() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn kill_9_mid_attempt_then_restart_reruns_from_start_without_losing_events() {
+async fn kill_9_mid_attempt_then_restart_resumes_from_the_checkpoint_without_losing_events() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = make_repo(tmp.path());
     let data = tmp.path().join("data");
@@ -545,7 +545,9 @@ async fn kill_9_mid_attempt_then_restart_reruns_from_start_without_losing_events
     assert_eq!(t["status"], "done", "{t}");
     let a = &t["attempts"][0];
     assert_eq!(a["runs"], 2);
-    assert_eq!(a["resumed_from"], "start");
+    // Turn 1 was checkpointed before the crash: run 2 goes on from there.
+    assert_eq!(a["resumed_from"], "checkpoint");
+    assert_eq!(a["turns"], 3);
     assert!(
         a["restart_reason"]
             .as_str()
@@ -556,10 +558,20 @@ async fn kill_9_mid_attempt_then_restart_reruns_from_start_without_losing_events
 
     let evs = events(&server, &id).await;
     assert_contiguous(&evs);
-    // Every event recorded before the crash is still there, unchanged.
+    // Every event recorded before the crash is still there, in place: those after the
+    // checkpoint (turn 2's model turn, call and output) are marked rolled back.
     for (old, new) in seen.iter().zip(evs.iter()) {
-        assert_eq!(old, new);
+        assert_eq!(old["seq"], new["seq"]);
+        assert_eq!(old["type"], new["type"]);
+        assert_eq!(old["data"], new["data"]);
     }
+    let rolled: Vec<&serde_json::Value> = evs.iter().filter(|e| e["rolled_back"] == true).collect();
+    assert!(
+        rolled
+            .iter()
+            .any(|e| e["type"] == "model_turn" && e["turn"] == 2),
+        "{rolled:#?}"
+    );
     let runs: Vec<i64> = evs.iter().map(|e| e["run"].as_i64().unwrap()).collect();
     assert!(
         runs.windows(2).all(|w| w[0] <= w[1]),
@@ -567,11 +579,8 @@ async fn kill_9_mid_attempt_then_restart_reruns_from_start_without_losing_events
     );
     let claimed: Vec<&serde_json::Value> = evs.iter().filter(|e| e["type"] == "claimed").collect();
     assert_eq!(claimed.len(), 2);
-    assert!(
-        claimed[1]["note"].as_str().unwrap().contains("starts over"),
-        "{:?}",
-        claimed[1]
-    );
+    assert_eq!(claimed[1]["resumed_from"], "checkpoint");
+    assert_eq!(claimed[1]["turn"], 1);
     assert!(evs.iter().any(|e| {
         e["type"] == "status"
             && e["to"] == "queued"
@@ -580,7 +589,12 @@ async fn kill_9_mid_attempt_then_restart_reruns_from_start_without_losing_events
                 .unwrap_or("")
                 .contains("server restarted")
     }));
-    // Run 2 did the whole script again and finished it.
+    // Run 2 did not repeat turn 1 (its write), ran turn 2 again and finished.
+    let live_writes = evs
+        .iter()
+        .filter(|e| e["type"] == "tool_call" && e["name"] == "write_file")
+        .count();
+    assert_eq!(live_writes, 1);
     let afters = evs
         .iter()
         .filter(|e| {
@@ -591,7 +605,7 @@ async fn kill_9_mid_attempt_then_restart_reruns_from_start_without_losing_events
         .count();
     assert_eq!(afters, 1);
     let show = ok(server.cli(&["show", &id]));
-    assert!(show.contains("restarted from start"), "{show}");
+    assert!(show.contains("restarted from checkpoint"), "{show}");
     let diff = ok(server.cli(&["diff", &id]));
     assert!(diff.contains("+started"), "{diff}");
 }

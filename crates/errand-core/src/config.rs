@@ -555,6 +555,13 @@ pub struct AgentSettings {
     pub compact_at: f64,
     /// Model turns kept verbatim after a compaction.
     pub keep_recent_turns: u32,
+    /// The stuck detector: the same call (tool and arguments) failing this many times with
+    /// the workspace unchanged warns the agent, and once more stops the attempt. 0 disables.
+    pub stuck_repeats: u32,
+    /// The stuck detector: this many model turns in a row without progress (a workspace
+    /// change, a plan step completed, or a successful call not made before) warn the agent,
+    /// and one more stops the attempt. 0 disables.
+    pub stuck_turns: u32,
 }
 
 impl Default for AgentSettings {
@@ -562,6 +569,8 @@ impl Default for AgentSettings {
         AgentSettings {
             compact_at: 0.8,
             keep_recent_turns: 4,
+            stuck_repeats: 3,
+            stuck_turns: 20,
         }
     }
 }

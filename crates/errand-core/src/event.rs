@@ -17,6 +17,12 @@ pub struct Event {
     /// Set on every event of a run whose commands ran without a sandbox (`--sandbox none`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unisolated: bool,
+    /// Set on the events of a run that died after its last checkpoint: the work they describe
+    /// (model turns, tool calls, file changes) was rolled back, and a later run redid it from
+    /// the checkpoint. They stay in the log, in order, because what they describe happened
+    /// (a command that ran may have had effects outside the workspace).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -87,10 +93,17 @@ pub enum EventKind {
         worker: String,
         sandbox: String,
         isolated: bool,
-        /// `start` or `checkpoint`.
+        /// `start`, `checkpoint` or `followup`.
         resumed_from: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
+        /// With `checkpoint`: the model turn the run resumes after.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn: Option<u64>,
+        /// With `checkpoint`: how many events of the dead run, written after the checkpoint,
+        /// were marked `rolled_back` (their work was discarded with the workspace).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rolled_back_events: Option<u64>,
     },
     Status {
         from: Status,
@@ -257,6 +270,13 @@ pub enum EventKind {
         #[serde(default)]
         findings: Vec<crate::Finding>,
     },
+    /// The stuck detector saw the agent repeat a failing call or make no progress: first it
+    /// `warned` the agent (a note in the tool result), then it `stopped` the attempt.
+    Stuck {
+        reason: String,
+        /// `warned` or `stopped`.
+        action: String,
+    },
     Error {
         message: String,
     },
@@ -304,6 +324,7 @@ impl EventKind {
             EventKind::PlanProposed { .. } => "plan_proposed",
             EventKind::Approval { .. } => "approval",
             EventKind::Review { .. } => "review",
+            EventKind::Stuck { .. } => "stuck",
             EventKind::Error { .. } => "error",
             EventKind::GatewayRequest { .. } => "gateway_request",
         }
@@ -322,6 +343,7 @@ mod tests {
             run: 1,
             ts_ms: 5,
             unisolated: false,
+            rolled_back: false,
             kind: EventKind::Status {
                 from: Status::Queued,
                 to: Status::Preparing,
@@ -358,5 +380,38 @@ mod tests {
         assert_eq!(k.type_name(), "review");
         let back: EventKind = serde_json::from_value(v).unwrap_or_else(|_| panic!("roundtrip"));
         assert_eq!(back, k);
+    }
+
+    #[test]
+    fn rolled_back_marks_do_not_collide_with_event_fields() {
+        let e = Event {
+            attempt_id: "a".into(),
+            seq: 9,
+            run: 2,
+            ts_ms: 5,
+            unisolated: false,
+            rolled_back: true,
+            kind: EventKind::Claimed {
+                worker: "w".into(),
+                sandbox: "box".into(),
+                isolated: true,
+                resumed_from: "checkpoint".into(),
+                note: None,
+                turn: Some(149),
+                rolled_back_events: Some(4),
+            },
+        };
+        let v = serde_json::to_value(&e).unwrap_or_default();
+        assert_eq!(v["rolled_back"], true);
+        assert_eq!(v["rolled_back_events"], 4);
+        assert_eq!(v["turn"], 149);
+        let back: Event = serde_json::from_value(v).unwrap_or_else(|_| panic!("roundtrip"));
+        assert_eq!(back, e);
+        // Events stored before these fields existed still read.
+        let old = serde_json::json!({"attempt_id": "a", "seq": 1, "run": 1, "ts_ms": 1,
+            "type": "claimed", "worker": "w", "sandbox": "box", "isolated": true,
+            "resumed_from": "start"});
+        let old: Event = serde_json::from_value(old).unwrap_or_else(|_| panic!("old event"));
+        assert!(!old.rolled_back);
     }
 }

@@ -9,11 +9,13 @@
 //! never the default branch, credentials through `GIT_ASKPASS`); [`forge::ForgeClient`] opens
 //! or updates the pull request on GitHub, GitLab or Gitea; [`forge::PrBody`] writes its text.
 
+pub mod checkpoint;
 pub mod forge;
 pub mod push;
 pub mod scan;
 mod secret;
 
+pub use checkpoint::{Checkpointer, delete_checkpoint_ref, restore_checkpoint};
 pub use push::{PushOutcome, PushStatus, push_branch};
 pub use secret::{Credentials, MissingToken, Secret, percent_encode};
 

@@ -2,10 +2,12 @@
 //!
 //! File format: `{"turns": [{"text"?: string, "tool_calls"?: [{"name": string, "arguments": object}]}]}`.
 //! Turn *n* of the conversation gets entry *n* of the file, whatever the conversation holds,
-//! so a restarted attempt replays the same script (the count starts from the assistant turns
-//! already in the conversation, and compaction requests do not use up a turn: they get a
-//! summary made from the conversation). Past the end, the model says it has no more turns and
-//! the run ends.
+//! so a restarted attempt replays the same script. The position comes from the conversation:
+//! the turn number in the id of the last assistant turn's tool calls (`call_<turn>_<i>`, as
+//! this provider names them), which survives compaction; else the number of assistant turns
+//! in it. So a conversation restored from a checkpoint, compacted or not, resumes the script
+//! where it was. Compaction requests do not use up a turn: they get a summary made from the
+//! conversation. Past the end, the model says it has no more turns and the run ends.
 
 use crate::{Delta, ModelError, ModelRequest, ModelResponse, Provider, Result, ToolCall};
 use async_trait::async_trait;
@@ -128,6 +130,27 @@ fn scripted_summary(req: &ModelRequest) -> String {
     )
 }
 
+/// The script entry the next turn of this conversation plays (0-based).
+fn position(messages: &[crate::Message]) -> usize {
+    let last_turn = messages.iter().rev().find_map(|m| match m {
+        crate::Message::Assistant { tool_calls, .. } => Some(
+            tool_calls
+                .first()
+                .and_then(|c| c.id.strip_prefix("call_"))
+                .and_then(|rest| rest.split('_').next())
+                .and_then(|n| n.parse::<usize>().ok()),
+        ),
+        _ => None,
+    });
+    match last_turn {
+        Some(Some(n)) => n,
+        _ => messages
+            .iter()
+            .filter(|m| matches!(m, crate::Message::Assistant { .. }))
+            .count(),
+    }
+}
+
 #[async_trait]
 impl Provider for ScriptedProvider {
     fn name(&self) -> &str {
@@ -150,12 +173,7 @@ impl Provider for ScriptedProvider {
         }
         let turn = {
             let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-            let n = next.unwrap_or_else(|| {
-                req.messages
-                    .iter()
-                    .filter(|m| matches!(m, crate::Message::Assistant { .. }))
-                    .count()
-            });
+            let n = next.unwrap_or_else(|| position(&req.messages));
             *next = Some(n + 1);
             n
         };
@@ -244,5 +262,47 @@ mod tests {
         req.messages.push(r2.to_message());
         let r3 = p.complete(&req).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r3.stop_reason.as_deref(), Some("end_of_script"));
+    }
+
+    #[tokio::test]
+    async fn a_compacted_conversation_resumes_at_its_last_turn() {
+        let turns: Vec<String> = (1..=6)
+            .map(|i| format!(r#"{{"tool_calls": [{{"name": "shell", "arguments": {{"command": "echo {i}"}}}}]}}"#))
+            .collect();
+        let s = Script::parse(&format!(r#"{{"turns": [{}]}}"#, turns.join(",")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // A conversation whose turns 1–3 were replaced by a summary and turn 4 kept: the next
+        // turn is 5, although only one assistant turn is left in it.
+        let kept = Message::Assistant {
+            text: None,
+            tool_calls: vec![ToolCall {
+                id: "call_4_1".into(),
+                name: "shell".into(),
+                arguments: serde_json::json!({"command": "echo 4"}),
+            }],
+            native: None,
+        };
+        let req = ModelRequest {
+            messages: vec![
+                Message::User {
+                    text: "task".into(),
+                },
+                Message::User {
+                    text: "<summary_of_earlier_turns>…".into(),
+                },
+                kept,
+                Message::Tool {
+                    call_id: "call_4_1".into(),
+                    name: "shell".into(),
+                    content: "4".into(),
+                    is_error: false,
+                },
+            ],
+            ..Default::default()
+        };
+        let p = ScriptedProvider::new("scripted:x", s);
+        let r = p.complete(&req).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.tool_calls[0].id, "call_5_1");
+        assert_eq!(r.tool_calls[0].arguments["command"], "echo 5");
     }
 }

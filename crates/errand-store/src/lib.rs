@@ -89,6 +89,28 @@ pub struct ClaimedAttempt {
     pub conversation: Option<serde_json::Value>,
     /// The reviewer's provider payload, when the task has a reviewer.
     pub review_payload: Option<serde_json::Value>,
+    /// The checkpoint this run resumes from (`resumed_from = "checkpoint"`): an earlier run
+    /// of the attempt died after saving it.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// The state an attempt can resume from, saved by its worker after each agent turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// Model turns done (the run resumes with turn `turn + 1`).
+    pub turn: u64,
+    /// The workspace at that point: a commit in the worker's mirror, on a hidden ref
+    /// (`refs/errand/checkpoints/<attempt>`), never on a branch.
+    pub commit: String,
+    /// The agent's messages (JSON).
+    pub conversation: serde_json::Value,
+    /// Tokens and cost of the run so far.
+    pub usage: Usage,
+    /// The attempt's last event seq when the checkpoint was taken: later events of a run
+    /// that dies describe work that is rolled back.
+    pub last_seq: i64,
+    /// Anything else the worker needs to resume (plan, counters); opaque to the store.
+    pub state: serde_json::Value,
 }
 
 /// What a heartbeat learned about the attempt.
@@ -247,10 +269,27 @@ pub trait Store: Send + Sync + 'static {
     async fn get_diff(&self, attempt_id: &str) -> Result<Option<String>>;
     async fn get_attempt(&self, attempt_id: &str) -> Result<Attempt>;
 
-    /// Puts attempts whose lease expired back in the queue. Returns their ids.
+    /// Saves the attempt's checkpoint, replacing the previous one. Only the lease holder of an
+    /// active attempt may, and only moving forward: `turn` must be above the one saved by the
+    /// same run (a run that started over replaces an earlier run's), and `last_seq` at most the
+    /// attempt's (compare-and-set; `WrongState` otherwise).
+    async fn checkpoint(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<()>;
+    /// The attempt's saved checkpoint, if it has one (it is dropped when the attempt ends).
+    async fn get_checkpoint(&self, attempt_id: &str) -> Result<Option<Checkpoint>>;
+
+    /// Puts attempts whose lease expired back in the queue. Returns their ids. An attempt
+    /// with a checkpoint will resume from it: the events its dead run wrote after the
+    /// checkpoint (all but `claimed` and `status`) are marked `rolled_back` in the same
+    /// transaction.
     async fn requeue_expired(&self, now_ms: i64) -> Result<Vec<String>>;
     /// Puts every active attempt back in the queue (their workers are known dead, for example
-    /// the embedded workers of a server that restarted). Returns their ids.
+    /// the embedded workers of a server that restarted). Returns their ids. Checkpoints as
+    /// in [`Store::requeue_expired`].
     async fn requeue_orphans(&self, reason: &str) -> Result<Vec<String>>;
 
     fn notifier(&self) -> &Notifier;

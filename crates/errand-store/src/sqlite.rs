@@ -3,7 +3,7 @@
 mod plan;
 
 use crate::{
-    AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Notifier, PlanDecision,
+    AttemptOutcome, Checkpoint, ClaimRequest, ClaimedAttempt, LeaseState, Notifier, PlanDecision,
     PlanSubmission, Result, Store, StoreError, TaskPage, TaskQuery,
 };
 use async_trait::async_trait;
@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_followup.sql"),
     include_str!("migrations/0004_setup.sql"),
     include_str!("migrations/0005_plan.sql"),
+    include_str!("migrations/0006_checkpoints.sql"),
     include_str!("migrations/0007_bestof.sql"),
 ];
 const READERS: usize = 3;
@@ -408,6 +409,10 @@ fn requeue_where(
             params![id, status.as_str(), why, now_ms()],
         )?;
         if changed == 1 {
+            let reason = match roll_back_to_checkpoint(tx, &id)? {
+                Some(note) => format!("{why}; {note}"),
+                None => why,
+            };
             append_in(
                 tx,
                 &id,
@@ -415,7 +420,7 @@ fn requeue_where(
                 &[K::Status {
                     from: status,
                     to: Status::Queued,
-                    reason: Some(why),
+                    reason: Some(reason),
                 }],
             )?;
             refresh_task_status(tx, &task_id)?;
@@ -424,6 +429,63 @@ fn requeue_where(
     }
     Ok(out)
 }
+
+/// When the attempt has a checkpoint, marks the events its dead run wrote after it (all but
+/// `claimed` and `status`) as rolled back, records how many on the checkpoint for the next
+/// run's `claimed` event, and says so. Runs in the requeue transaction, while nobody holds
+/// the lease, so no event can slip in between.
+fn roll_back_to_checkpoint(tx: &Transaction<'_>, attempt_id: &str) -> Result<Option<String>> {
+    let cp: Option<(i64, i64)> = tx
+        .query_row(
+            "SELECT turn, last_seq FROM checkpoints WHERE attempt_id = ?1",
+            [attempt_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((turn, last_seq)) = cp else {
+        return Ok(None);
+    };
+    const WORK: &str =
+        "attempt_id = ?1 AND seq > ?2 AND rolled_back = 0 AND kind NOT IN ('claimed', 'status')";
+    let (n, first, last): (i64, Option<i64>, Option<i64>) = tx.query_row(
+        &format!("SELECT COUNT(*), MIN(seq), MAX(seq) FROM events WHERE {WORK}"),
+        params![attempt_id, last_seq],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    if n > 0 {
+        tx.execute(
+            &format!("UPDATE events SET rolled_back = 1 WHERE {WORK}"),
+            params![attempt_id, last_seq],
+        )?;
+    }
+    tx.execute(
+        "UPDATE checkpoints SET discarded = ?2, discarded_from = ?3, discarded_to = ?4
+         WHERE attempt_id = ?1",
+        params![attempt_id, n, first, last],
+    )?;
+    Ok(Some(match (first, last) {
+        (Some(a), Some(b)) if n > 0 => format!(
+            "resuming from the checkpoint after turn {turn}; {n} later event{} (#{a}–#{b}) rolled back",
+            if n == 1 { "" } else { "s" }
+        ),
+        _ => {
+            format!("resuming from the checkpoint after turn {turn}; nothing after it to roll back")
+        }
+    }))
+}
+
+fn checkpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Checkpoint> {
+    Ok(Checkpoint {
+        turn: r.get::<_, i64>(0)? as u64,
+        commit: r.get(1)?,
+        conversation: from_json(&r.get::<_, String>(2)?, "checkpoint conversation")?,
+        usage: from_json(&r.get::<_, String>(3)?, "checkpoint usage")?,
+        last_seq: r.get(4)?,
+        state: from_json(&r.get::<_, String>(5)?, "checkpoint state")?,
+    })
+}
+
+const CHECKPOINT_COLS: &str = "turn, commit_id, conversation, usage, last_seq, state";
 
 const ACTIVE_SQL: &str = "('preparing','planning','running','checking','verifying')";
 
@@ -593,6 +655,10 @@ impl Store for SqliteStore {
                         params![a.id, a.status.as_str(), now_ms()],
                     )?;
                     if changed == 1 {
+                        if a.status == Status::Queued {
+                            // No worker holds it: nothing will resume from its checkpoint.
+                            tx.execute("DELETE FROM checkpoints WHERE attempt_id = ?1", [&a.id])?;
+                        }
                         append_in(
                             tx,
                             &a.id,
@@ -637,7 +703,13 @@ impl Store for SqliteStore {
     ) -> Result<Status> {
         let (aid, worker) = (attempt_id.to_string(), worker.to_string());
         let status = self
-            .write(move |tx| plan::submit(tx, &aid, &worker, &plan))
+            .write(move |tx| {
+                let status = plan::submit(tx, &aid, &worker, &plan)?;
+                // The planning run is over: the next run (implementing or revising the plan)
+                // starts from the plan, not from a checkpoint of the planning run.
+                tx.execute("DELETE FROM checkpoints WHERE attempt_id = ?1", [&aid])?;
+                Ok(status)
+            })
             .await?;
         self.inner.notifier.events_appended(attempt_id);
         Ok(status)
@@ -861,7 +933,20 @@ impl Store for SqliteStore {
                     None => plan::claim_note(tx, &attempt_id, run, restart_reason.as_deref())?,
                     Some(_) => None,
                 };
-                let resumed_from = if followup.is_some() {
+                type CpRow = (Checkpoint, Option<i64>, Option<i64>, Option<i64>);
+                let checkpoint: Option<CpRow> = tx
+                    .query_row(
+                        &format!(
+                            "SELECT {CHECKPOINT_COLS}, discarded, discarded_from, discarded_to
+                             FROM checkpoints WHERE attempt_id = ?1"
+                        ),
+                        [&attempt_id],
+                        |r| Ok((checkpoint_from_row(r)?, r.get(6)?, r.get(7)?, r.get(8)?)),
+                    )
+                    .optional()?;
+                let resumed_from = if checkpoint.is_some() {
+                    "checkpoint"
+                } else if followup.is_some() {
                     "followup"
                 } else if let Some((from, _)) = &plan_note {
                     from
@@ -886,7 +971,24 @@ impl Store for SqliteStore {
                 if changed != 1 {
                     return Ok(None);
                 }
-                let note = if let Some(f) = &followup {
+                let note = if let Some((cp, discarded, first, last)) = &checkpoint {
+                    let n = discarded.unwrap_or(0);
+                    Some(format!(
+                        "run {run} resumes from the checkpoint after turn {}{}; {}",
+                        cp.turn,
+                        restart_reason
+                            .as_ref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default(),
+                        match (first, last) {
+                            (Some(a), Some(b)) if n > 0 => format!(
+                                "the {n} event{} of the previous run after it (#{a}–#{b}) are marked rolled back: their work was discarded and is done again",
+                                if n == 1 { "" } else { "s" }
+                            ),
+                            _ => "no work after it was lost".to_string(),
+                        }
+                    ))
+                } else if let Some(f) = &followup {
                     Some(format!(
                         "run {run} is a follow-up on the branch head: {}",
                         errand_core::text::title_of(f, 200)
@@ -914,6 +1016,10 @@ impl Store for SqliteStore {
                             isolated: claim.isolated,
                             resumed_from: resumed_from.into(),
                             note,
+                            turn: checkpoint.as_ref().map(|c| c.0.turn),
+                            rolled_back_events: checkpoint
+                                .as_ref()
+                                .map(|c| c.1.unwrap_or(0).max(0) as u64),
                         },
                         K::Status {
                             from: Status::Queued,
@@ -965,6 +1071,7 @@ impl Store for SqliteStore {
                     followup,
                     conversation,
                     review_payload,
+                    checkpoint: checkpoint.map(|c| c.0),
                 }))
             })
             .await?;
@@ -1111,6 +1218,8 @@ impl Store for SqliteStore {
                         outcome.review.as_ref().map(json).transpose()?
                     ],
                 )?;
+                // The work is on the branch now; nothing resumes from the checkpoint.
+                tx.execute("DELETE FROM checkpoints WHERE attempt_id = ?1", [&aid])?;
                 if final_status != actual {
                     append_in(
                         tx,
@@ -1158,7 +1267,7 @@ impl Store for SqliteStore {
         let limit = limit.clamp(1, 10_000) as i64;
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, run, ts, data, unisolated FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT seq, run, ts, data, unisolated, rolled_back FROM events WHERE attempt_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![aid, after_seq, limit], |r| {
                 Ok(Event {
@@ -1168,6 +1277,7 @@ impl Store for SqliteStore {
                     ts_ms: r.get(2)?,
                     kind: from_json(&r.get::<_, String>(3)?, "event")?,
                     unisolated: r.get::<_, i64>(4)? != 0,
+                    rolled_back: r.get::<_, i64>(5)? != 0,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1202,6 +1312,103 @@ impl Store for SqliteStore {
                 .into_iter()
                 .find(|a| a.id == aid)
                 .ok_or_else(|| StoreError::NotFound(format!("no attempt with id '{aid}'")))
+        })
+        .await
+    }
+
+    async fn checkpoint(
+        &self,
+        attempt_id: &str,
+        worker: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<()> {
+        let (aid, worker) = (attempt_id.to_string(), worker.to_string());
+        let cp = checkpoint.clone();
+        let conversation = json(&cp.conversation)?;
+        let (usage, state) = (json(&cp.usage)?, json(&cp.state)?);
+        self.write(move |tx| {
+            let row: Option<(String, Option<String>, i64, i64)> = tx
+                .query_row(
+                    "SELECT status, lease_owner, last_seq, runs FROM attempts WHERE id = ?1",
+                    [&aid],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((status, owner, last_seq, run)) = row else {
+                return Err(StoreError::NotFound(format!("no attempt with id '{aid}'")));
+            };
+            if owner.as_deref() != Some(worker.as_str()) {
+                return Err(StoreError::LeaseLost(aid.clone()));
+            }
+            let status = parse_status(&status)?;
+            if !status.is_active() {
+                return Err(StoreError::WrongState(format!(
+                    "attempt {aid} is {status}; only an active attempt takes checkpoints"
+                )));
+            }
+            if cp.last_seq > last_seq || cp.last_seq < 0 {
+                return Err(StoreError::Invalid(format!(
+                    "checkpoint last_seq {} is outside the attempt's events (last seq {last_seq})",
+                    cp.last_seq
+                )));
+            }
+            if cp.commit.trim().is_empty() {
+                return Err(StoreError::Invalid("checkpoint without a commit".into()));
+            }
+            let saved: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT turn, run FROM checkpoints WHERE attempt_id = ?1",
+                    [&aid],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            // A run that started over (it could not use the saved checkpoint) replaces an
+            // earlier run's checkpoint whatever its turn.
+            if let Some((t, saved_run)) = saved
+                && saved_run == run
+                && t as u64 >= cp.turn
+            {
+                return Err(StoreError::WrongState(format!(
+                    "attempt {aid} already has a checkpoint after turn {t}; a new one must come after a later turn, not {}",
+                    cp.turn
+                )));
+            }
+            tx.execute(
+                "INSERT INTO checkpoints (attempt_id, run, turn, commit_id, conversation, usage,
+                     last_seq, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (attempt_id) DO UPDATE SET run = excluded.run,
+                     turn = excluded.turn, commit_id = excluded.commit_id,
+                     conversation = excluded.conversation, usage = excluded.usage,
+                     last_seq = excluded.last_seq, state = excluded.state,
+                     created_at = excluded.created_at, discarded = 0, discarded_from = NULL,
+                     discarded_to = NULL",
+                params![
+                    aid,
+                    run,
+                    cp.turn as i64,
+                    cp.commit,
+                    conversation,
+                    usage,
+                    cp.last_seq,
+                    state,
+                    now_ms()
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_checkpoint(&self, attempt_id: &str) -> Result<Option<Checkpoint>> {
+        let aid = attempt_id.to_string();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE attempt_id = ?1"),
+                [&aid],
+                checkpoint_from_row,
+            )
+            .optional()?)
         })
         .await
     }

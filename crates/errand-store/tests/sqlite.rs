@@ -67,6 +67,9 @@ suite_tests!(
     followup_keeps_the_best_of_n_result,
     claim_result_delivery_once,
     cancel_cancels_every_attempt,
+    checkpoint_is_fenced_and_only_moves_forward,
+    requeue_rolls_back_to_the_checkpoint_and_the_claim_resumes_from_it,
+    checkpoints_without_resume_and_after_cancel,
 );
 
 fn user_version(path: &Path) -> i64 {
@@ -86,6 +89,24 @@ async fn durability_across_reopen() {
 
     let store = SqliteStore::open(&path).unwrap();
     suite::durability_check(&store, &state).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkpoints_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("errand.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.create_task(suite::new_task("durable")).await.unwrap();
+    let c = suite::claim(&store, "w1").await;
+    let cp = suite::checkpoint_at(&store, &c.attempt.id, 7).await;
+    store.checkpoint(&c.attempt.id, "w1", &cp).await.unwrap();
+    drop(store);
+    // Like `errand serve` after a crash: orphans go back to the queue, then resume.
+    let store = SqliteStore::open(&path).unwrap();
+    store.requeue_orphans("the server restarted").await.unwrap();
+    let c2 = suite::claim(&store, "w2").await;
+    assert_eq!(c2.checkpoint, Some(cp));
+    assert_eq!(c2.attempt.resumed_from, "checkpoint");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 use errand_core::{Delivery, EventKind, SetupInfo, Status, Task, Usage};
 use errand_store::{
-    AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, PlanSubmission, Result, Store,
+    AttemptOutcome, Checkpoint, ClaimRequest, ClaimedAttempt, LeaseState, PlanSubmission, Result,
+    Store,
 };
 use std::sync::Arc;
 
@@ -56,6 +57,8 @@ pub trait WorkerClient: Send + Sync {
     async fn record_delivery(&self, attempt: &str, delivery: &Delivery) -> Result<()>;
     /// Records what the run's setup phase did (cache hit or miss, key, duration, size).
     async fn record_setup(&self, attempt: &str, worker: &str, setup: &SetupInfo) -> Result<()>;
+    /// Saves the attempt's checkpoint (fenced by the lease; see [`Store::checkpoint`]).
+    async fn checkpoint(&self, attempt: &str, worker: &str, checkpoint: Checkpoint) -> Result<()>;
 }
 
 /// The embedded workers' client: calls the store directly.
@@ -153,5 +156,8 @@ impl WorkerClient for LocalClient {
     }
     async fn record_setup(&self, attempt: &str, worker: &str, setup: &SetupInfo) -> Result<()> {
         self.store.set_setup(attempt, worker, setup).await
+    }
+    async fn checkpoint(&self, attempt: &str, worker: &str, checkpoint: Checkpoint) -> Result<()> {
+        self.store.checkpoint(attempt, worker, &checkpoint).await
     }
 }

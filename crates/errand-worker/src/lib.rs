@@ -8,6 +8,7 @@
 
 pub mod agents_md;
 mod bestof;
+pub mod checkpoint;
 pub mod checks;
 mod client;
 pub mod deliver;
@@ -384,6 +385,7 @@ impl Worker {
                             }
                         }
                     }
+                    checkpoint::forget(&self.mirrors, &c.task.repo, &attempt_id).await;
                 }
             }
         }
@@ -564,6 +566,20 @@ impl Worker {
             ),
         )
         .await?;
+        // A run after a crash resumes from its checkpoint; every run takes checkpoints.
+        let resume = checkpoint::setup(
+            &self.mirrors,
+            c,
+            &mirror,
+            dir,
+            &ws,
+            &start_commit,
+            seed_index.as_deref(),
+        )
+        .await;
+        for n in resume.notices {
+            self.notice(aid, n).await?;
+        }
         // Without configured checks, the commands named in AGENTS.md are the checks. They are
         // read now, before the agent runs, so that an agent can't rewrite its own checks.
         let (check_specs, checks_from_agents_md) = if task.environment.checks.is_empty() {
@@ -735,18 +751,31 @@ impl Worker {
             )
             .await?;
         }
-        let sink = AttemptSink {
-            client: self.client.clone(),
-            attempt: aid.to_string(),
-            worker: self.config.name.clone(),
-            gateway_used: state.gateway.as_ref().map(|g| g.used.clone()),
-            denials: agent_net.proxy_feed.clone(),
+        // What the attempt used before this run: a resumed run's, a planning run's (an
+        // approved plan is implemented by a new run), or a follow-up's.
+        let (base_usage, base_turns) = match (&resume.resumed, &plan_run, &c.followup) {
+            (Some(r), _, _) => (r.base_usage, r.base_turns),
+            (None, Some(p), _) => (p.usage, p.turns),
+            (None, None, Some(_)) => (c.attempt.usage, c.attempt.turns),
+            (None, None, None) => (Usage::default(), 0),
         };
+        let sink = checkpoint::CheckpointSink::new(
+            self.client.clone(),
+            aid,
+            &self.config.name,
+            resume.checkpointer,
+            base_usage,
+            base_turns,
+        )
+        .with_gateway(state.gateway.as_ref().map(|g| g.used.clone()))
+        .with_denials(agent_net.proxy_feed.clone());
         let snap = &task.environment;
         let agent_config = AgentConfig {
             budget: snap.budget,
             compact_at: snap.agent.compact_at,
             keep_recent_turns: snap.agent.keep_recent_turns,
+            stuck_repeats: snap.agent.stuck_repeats,
+            stuck_turns: snap.agent.stuck_turns,
             model_options: snap.model_options.clone(),
             cache_key: Some(aid.to_string()),
             planning,
@@ -777,21 +806,12 @@ impl Worker {
             cancel: cancel.clone(),
             config: agent_config.clone(),
             history,
+            resume: resume.resumed.map(|r| r.resume),
         }
         .run()
         .await?;
-        // A follow-up adds to what the attempt used before.
-        let (mut usage, mut turns) = (Usage::default(), outcome.turns);
-        if c.followup.is_some() {
-            usage = c.attempt.usage;
-            turns += c.attempt.turns;
-        }
-        if let Some(p) = &plan_run {
-            (usage, turns) = (p.usage, p.turns + outcome.turns);
-        }
-        usage.add(&outcome.usage);
-        state.outcome.usage = usage;
-        state.outcome.turns = turns;
+        state.outcome.usage = sink.total_usage(&outcome.usage);
+        state.outcome.turns = sink.total_turns(outcome.turns);
         state.outcome.conversation = serde_json::to_value(&outcome.messages).ok();
         // Redacted now: the summary goes into the commit message and the pull request.
         state.outcome.summary = outcome
@@ -805,6 +825,7 @@ impl Worker {
                 outcome.turns
             )),
             EndReason::Budget(why) => Some(format!("stopped: {why}")),
+            EndReason::Stuck(why) => Some(format!("stuck: {why}")),
             EndReason::ModelFailed(msg) => {
                 self.emit(
                     aid,

@@ -16,7 +16,7 @@ use errand_core::{
     Delivery, EventKind, OutputStream, SecretConfig, SetupInfo, Status, Task, Usage,
 };
 use errand_store::{
-    AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, PlanSubmission, Result,
+    AttemptOutcome, Checkpoint, ClaimRequest, ClaimedAttempt, LeaseState, PlanSubmission, Result,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -326,6 +326,22 @@ impl WorkerClient for RedactingClient {
     }
     async fn record_setup(&self, attempt: &str, worker: &str, setup: &SetupInfo) -> Result<()> {
         self.inner.record_setup(attempt, worker, setup).await
+    }
+    async fn checkpoint(
+        &self,
+        attempt: &str,
+        worker: &str,
+        mut checkpoint: Checkpoint,
+    ) -> Result<()> {
+        if let Some(a) = self.get(attempt) {
+            let held = a.pending();
+            if !held.is_empty() {
+                self.inner.append_events(attempt, worker, held).await?;
+            }
+            a.redactor.redact_json(&mut checkpoint.conversation);
+            a.redactor.redact_json(&mut checkpoint.state);
+        }
+        self.inner.checkpoint(attempt, worker, checkpoint).await
     }
     async fn record_delivery(&self, attempt: &str, delivery: &Delivery) -> Result<()> {
         match self.get(attempt) {

@@ -11,7 +11,7 @@
 //! verdict, with a note saying why. The verdicts are kept on the attempt
 //! ([`errand_core::AttemptReview`]), as `review` events, and in the pull request body.
 
-use crate::{AttemptSink, RunError, Worker};
+use crate::{RunError, Worker};
 use errand_agent::{AgentConfig, AgentError, AgentRun, EndReason, EventSink};
 use errand_core::{
     AttemptReview, CheckResult, CheckSpec, DiffStats, EventKind, Finding, PlanStep, Review,
@@ -54,7 +54,7 @@ pub(crate) struct ReviewCtx<'a> {
     pub start_commit: &'a str,
     pub seed_index: Option<&'a Path>,
     pub sandbox_box: &'a dyn errand_sandbox::SandboxBox,
-    pub sink: &'a AttemptSink,
+    pub sink: &'a dyn EventSink,
     pub cancel: &'a CancellationToken,
     pub lease: &'a AtomicU8,
     /// The coding agent's model, for the rounds that address findings.
@@ -229,6 +229,7 @@ impl Worker {
                 cancel: cx.cancel.clone(),
                 config,
                 history: messages.clone(),
+                resume: None,
             }
             .run()
             .await?;
@@ -289,7 +290,7 @@ impl Worker {
             EndReason::MaxTurns => Some(format!(
                 "stopped after {turns} model turns while addressing the review (max_turns)"
             )),
-            EndReason::Budget(why) => Some(format!("stopped: {why}")),
+            EndReason::Budget(why) | EndReason::Stuck(why) => Some(format!("stopped: {why}")),
             EndReason::ModelFailed(msg) => {
                 self.emit(
                     aid,
@@ -502,6 +503,9 @@ impl EventSink for OffsetSink<'_> {
         let mut total = self.usage;
         total.add(&usage);
         self.inner.usage(total, self.turns + turns).await
+    }
+    fn tool_notes(&self) -> Option<String> {
+        self.inner.tool_notes()
     }
 }
 

@@ -16,7 +16,8 @@ use errand_core::{
     NewTask, OutputStream, SetupInfo, Status, Task, TestCounts, Usage, new_id, now_ms, short_id,
 };
 use errand_store::{
-    AttemptOutcome, ClaimRequest, ClaimedAttempt, LeaseState, Store, StoreError, TaskQuery,
+    AttemptOutcome, Checkpoint, ClaimRequest, ClaimedAttempt, LeaseState, Store, StoreError,
+    TaskQuery,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
@@ -620,6 +621,8 @@ pub async fn claim_sets_lease_and_first_events(store: &dyn Store) {
             isolated: false,
             resumed_from: "start".into(),
             note: None,
+            turn: None,
+            rolled_back_events: None,
         }
     );
     assert_eq!(
@@ -3065,4 +3068,325 @@ pub async fn submit_plan_after_cancel_releases_the_lease(store: &dyn Store) {
     assert_eq!(task.status, Status::Cancelled);
     assert_eq!(task.attempts[0].active_worker, None);
     assert!(task.plan_revisions.is_empty(), "no plan recorded");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints
+// ---------------------------------------------------------------------------------------------
+
+/// A checkpoint after `turn`, covering the attempt's events so far.
+pub async fn checkpoint_at(store: &dyn Store, aid: &str, turn: u64) -> Checkpoint {
+    let last_seq = store.get_attempt(aid).await.unwrap().last_seq;
+    Checkpoint {
+        turn,
+        commit: format!("{turn:040x}"),
+        conversation: serde_json::json!([{"role": "user", "text": "task"}, {"turn": turn}]),
+        usage: Usage {
+            input_tokens: 100 * turn,
+            output_tokens: 10 * turn,
+            cost_usd: 0.01 * turn as f64,
+            ..Default::default()
+        },
+        last_seq,
+        state: serde_json::json!({"plan": ["a", "b"], "turns": turn}),
+    }
+}
+
+/// Only the lease holder of an active attempt saves checkpoints, each after a later turn than
+/// the saved one, covering events that exist (compare-and-set).
+pub async fn checkpoint_is_fenced_and_only_moves_forward(store: &dyn Store) {
+    store.create_task(new_task("long run")).await.unwrap();
+    let c = claim(store, "w1").await;
+    let aid = c.attempt.id.clone();
+    assert_eq!(c.checkpoint, None);
+    assert_eq!(store.get_checkpoint(&aid).await.unwrap(), None);
+    store
+        .transition(&aid, "w1", Status::Preparing, Status::Running, None)
+        .await
+        .unwrap();
+    store
+        .append_events(&aid, Some("w1"), vec![notice("turn 1")])
+        .await
+        .unwrap();
+    let cp1 = checkpoint_at(store, &aid, 1).await;
+    store.checkpoint(&aid, "w1", &cp1).await.unwrap();
+    assert_eq!(store.get_checkpoint(&aid).await.unwrap(), Some(cp1.clone()));
+
+    // Not after a turn already saved.
+    for turn in [0, 1] {
+        let mut stale = cp1.clone();
+        stale.turn = turn;
+        stale.commit = "f".repeat(40);
+        let err = store.checkpoint(&aid, "w1", &stale).await.unwrap_err();
+        assert!(matches!(err, StoreError::WrongState(_)), "{err:?}");
+    }
+    // Not covering events that do not exist, not without a commit.
+    let mut ahead = checkpoint_at(store, &aid, 2).await;
+    ahead.last_seq += 1;
+    let err = store.checkpoint(&aid, "w1", &ahead).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    let mut no_commit = checkpoint_at(store, &aid, 2).await;
+    no_commit.commit = " ".into();
+    let err = store.checkpoint(&aid, "w1", &no_commit).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    // Not by another worker; not for an unknown attempt.
+    let cp2 = checkpoint_at(store, &aid, 2).await;
+    let err = store.checkpoint(&aid, "w2", &cp2).await.unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost(_)), "{err:?}");
+    let err = store.checkpoint(&new_id(), "w1", &cp2).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    // None of that changed what is saved.
+    assert_eq!(store.get_checkpoint(&aid).await.unwrap(), Some(cp1));
+    store.checkpoint(&aid, "w1", &cp2).await.unwrap();
+    assert_eq!(store.get_checkpoint(&aid).await.unwrap(), Some(cp2.clone()));
+
+    // Once the lease expired, the old holder can't save one.
+    store.heartbeat(&aid, "w1", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        store.requeue_expired(now_ms()).await.unwrap(),
+        vec![aid.clone()]
+    );
+    let cp3 = checkpoint_at(store, &aid, 3).await;
+    let err = store.checkpoint(&aid, "w1", &cp3).await.unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost(_)), "{err:?}");
+    assert_eq!(store.get_checkpoint(&aid).await.unwrap(), Some(cp2));
+}
+
+/// A dead run's work after its checkpoint is rolled back when the attempt goes back to the
+/// queue: those events stay, in place, marked; the next claim resumes from the checkpoint
+/// and says so; seqs stay contiguous. A second crash rolls back only the new run's work.
+pub async fn requeue_rolls_back_to_the_checkpoint_and_the_claim_resumes_from_it(store: &dyn Store) {
+    store.create_task(new_task("crash twice")).await.unwrap();
+    let c = claim(store, "w1").await;
+    let aid = c.attempt.id.clone();
+    store
+        .transition(&aid, "w1", Status::Preparing, Status::Running, None)
+        .await
+        .unwrap();
+    store
+        .append_events(&aid, Some("w1"), vec![notice("turn 1"), notice("turn 2")])
+        .await
+        .unwrap();
+    let cp = checkpoint_at(store, &aid, 2).await;
+    store.checkpoint(&aid, "w1", &cp).await.unwrap();
+    let after: Vec<EventKind> = (0..3).map(|i| notice(format!("lost {i}"))).collect();
+    store
+        .append_events(&aid, Some("w1"), after.clone())
+        .await
+        .unwrap();
+    // A status change after the checkpoint is part of the history, not of the work.
+    store
+        .transition(&aid, "w1", Status::Running, Status::Checking, None)
+        .await
+        .unwrap();
+    store
+        .append_events(&aid, Some("w1"), vec![notice("lost 3")])
+        .await
+        .unwrap();
+
+    let requeued = store.requeue_orphans("the server restarted").await.unwrap();
+    assert_eq!(requeued, vec![aid.clone()]);
+    let events = all_events(store, &aid).await;
+    assert_contiguous(&aid, &events);
+    for e in &events {
+        let work = !matches!(e.kind, EventKind::Claimed { .. } | EventKind::Status { .. });
+        assert_eq!(e.rolled_back, e.seq > cp.last_seq && work, "{e:?}");
+    }
+    let rolled: Vec<i64> = events
+        .iter()
+        .filter(|e| e.rolled_back)
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(rolled.len(), 4);
+    let (first, last) = (rolled[0], rolled[3]);
+    let (_, to, reason) = status_events(&events).last().cloned().unwrap();
+    assert_eq!(to, Status::Queued);
+    let reason = reason.unwrap();
+    assert!(reason.contains("the server restarted"), "{reason}");
+    assert!(
+        reason.contains(&format!(
+            "resuming from the checkpoint after turn 2; 4 later events (#{first}–#{last}) rolled back"
+        )),
+        "{reason}"
+    );
+    let a = store.get_attempt(&aid).await.unwrap();
+    assert_eq!(a.status, Status::Queued);
+    // The restart reason stays the cause; the rollback is told by the events.
+    assert!(!a.restart_reason.unwrap().contains("rolled back"));
+
+    let c2 = claim(store, "w2").await;
+    assert_eq!(c2.attempt.id, aid);
+    assert_eq!(c2.run, 2);
+    assert_eq!(c2.checkpoint.as_ref(), Some(&cp));
+    assert_eq!(c2.attempt.resumed_from, "checkpoint");
+    let claimed = store.list_events(&aid, a.last_seq, 10).await.unwrap();
+    match &claimed[0].kind {
+        EventKind::Claimed {
+            resumed_from,
+            turn,
+            rolled_back_events,
+            note,
+            ..
+        } => {
+            assert_eq!(resumed_from, "checkpoint");
+            assert_eq!(*turn, Some(2));
+            assert_eq!(*rolled_back_events, Some(4));
+            let note = note.clone().unwrap();
+            assert!(
+                note.contains("run 2 resumes from the checkpoint after turn 2"),
+                "{note}"
+            );
+            assert!(note.contains(&format!("(#{first}–#{last})")), "{note}");
+            assert!(note.contains("the server restarted"), "{note}");
+        }
+        other => panic!("first event of run 2 must be `claimed`, got {other:?}"),
+    }
+    assert!(claimed.iter().all(|e| !e.rolled_back && e.run == 2));
+
+    // Run 2 works, checkpoints after turn 3 (after turn 3 again is refused), works more and
+    // dies too: only its work after its own checkpoint is rolled back.
+    store
+        .transition(&aid, "w2", Status::Preparing, Status::Running, None)
+        .await
+        .unwrap();
+    store
+        .append_events(&aid, Some("w2"), vec![notice("turn 3")])
+        .await
+        .unwrap();
+    let cp3 = checkpoint_at(store, &aid, 3).await;
+    store.checkpoint(&aid, "w2", &cp3).await.unwrap();
+    let mut again = cp3.clone();
+    again.commit = "e".repeat(40);
+    assert!(matches!(
+        store.checkpoint(&aid, "w2", &again).await.unwrap_err(),
+        StoreError::WrongState(_)
+    ));
+    store
+        .append_events(&aid, Some("w2"), vec![notice("lost 4")])
+        .await
+        .unwrap();
+    store.heartbeat(&aid, "w2", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        store.requeue_expired(now_ms()).await.unwrap(),
+        vec![aid.clone()]
+    );
+    let events = all_events(store, &aid).await;
+    assert_contiguous(&aid, &events);
+    let newly: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.rolled_back && e.seq > cp3.last_seq)
+        .collect();
+    assert_eq!(newly.len(), 1);
+    assert_eq!(newly[0].kind, notice("lost 4"));
+    assert_eq!(events.iter().filter(|e| e.rolled_back).count(), 5);
+    let c3 = claim(store, "w3").await;
+    assert_eq!(c3.run, 3);
+    assert_eq!(c3.checkpoint, Some(cp3));
+    let ev = store
+        .list_events(&aid, events.len() as i64, 1)
+        .await
+        .unwrap();
+    assert!(matches!(
+        &ev[0].kind,
+        EventKind::Claimed {
+            turn: Some(3),
+            rolled_back_events: Some(1),
+            ..
+        }
+    ));
+
+    // The attempt ends: its checkpoint is gone and a later requeue rolls nothing back.
+    store
+        .finish_attempt(
+            &aid,
+            "w3",
+            AttemptOutcome {
+                status: Some(Status::Done),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_checkpoint(&aid).await.unwrap(), None);
+}
+
+/// Without a checkpoint a restarted run starts over and nothing is rolled back; a cancelled
+/// attempt takes no checkpoints, and a queued one that is cancelled loses its checkpoint.
+pub async fn checkpoints_without_resume_and_after_cancel(store: &dyn Store) {
+    store.create_task(new_task("no checkpoint")).await.unwrap();
+    let c = claim(store, "w1").await;
+    let aid = c.attempt.id.clone();
+    store
+        .append_events(&aid, Some("w1"), vec![notice("work")])
+        .await
+        .unwrap();
+    store.requeue_orphans("restart").await.unwrap();
+    assert!(all_events(store, &aid).await.iter().all(|e| !e.rolled_back));
+    let c = claim(store, "w2").await;
+    assert_eq!(c.checkpoint, None);
+    assert_eq!(c.attempt.resumed_from, "start");
+
+    // Cancelled while running: the worker may not save a checkpoint any more.
+    store
+        .transition(&aid, "w2", Status::Preparing, Status::Running, None)
+        .await
+        .unwrap();
+    let cp = checkpoint_at(store, &aid, 1).await;
+    store.checkpoint(&aid, "w2", &cp).await.unwrap();
+    store.cancel_task(&c.task.id, "stop").await.unwrap();
+    let cp2 = checkpoint_at(store, &aid, 2).await;
+    let err = store.checkpoint(&aid, "w2", &cp2).await.unwrap_err();
+    assert!(matches!(err, StoreError::WrongState(_)), "{err:?}");
+    store
+        .finish_attempt(&aid, "w2", AttemptOutcome::default())
+        .await
+        .unwrap();
+    assert_eq!(store.get_checkpoint(&aid).await.unwrap(), None);
+
+    // Checkpointed, crashed, then cancelled while queued: nothing will resume it.
+    let t = store
+        .create_task(new_task("cancel in queue"))
+        .await
+        .unwrap();
+    let c = claim(store, "w3").await;
+    let aid = c.attempt.id.clone();
+    let cp = checkpoint_at(store, &aid, 4).await;
+    store.checkpoint(&aid, "w3", &cp).await.unwrap();
+    store.requeue_orphans("restart").await.unwrap();
+    store.cancel_task(&t.id, "never mind").await.unwrap();
+    assert_eq!(store.get_checkpoint(&aid).await.unwrap(), None);
+    assert!(
+        store
+            .claim_attempt(&claim_req("w4"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A run that could not use its checkpoint starts over: its turn 1 replaces the earlier
+    // run's turn 5 (the same run could not go back).
+    let t2 = store.create_task(new_task("start over")).await.unwrap();
+    let r1 = claim(store, "w5").await;
+    let other = r1.attempt.id.clone();
+    store
+        .checkpoint(&other, "w5", &checkpoint_at(store, &other, 5).await)
+        .await
+        .unwrap();
+    store.requeue_orphans("restart").await.unwrap();
+    let r2 = claim(store, "w6").await;
+    assert_eq!(r2.attempt.id, other);
+    assert!(r2.checkpoint.is_some());
+    let one = checkpoint_at(store, &other, 1).await;
+    store.checkpoint(&other, "w6", &one).await.unwrap();
+    assert_eq!(store.get_checkpoint(&other).await.unwrap(), Some(one));
+    assert!(matches!(
+        store
+            .checkpoint(&other, "w6", &checkpoint_at(store, &other, 1).await)
+            .await
+            .unwrap_err(),
+        StoreError::WrongState(_)
+    ));
+    store.cancel_task(&t2.id, "done here").await.unwrap();
 }

@@ -1,0 +1,384 @@
+//! Checkpoints and resuming: after every agent turn the run saves what it would need to go on
+//! (the workspace as a commit on the mirror's hidden ref `refs/errand/checkpoints/<attempt>`,
+//! the conversation, the counters); a later run of the attempt, after the server or the worker
+//! died, restores them and continues with the next turn.
+//!
+//! [`CheckpointSink`] is the agent's event sink for a run: it forwards events and usage to the
+//! queue like any sink, and implements the agent's per-turn hooks (`snapshot`, then
+//! `checkpoint`). [`prepare_resume`] turns a claimed checkpoint back into a workspace and an
+//! [`errand_agent::Resume`].
+
+use crate::WorkerClient;
+use errand_agent::{AgentError, EventSink, Resume, RunState};
+use errand_core::{EventKind, Usage};
+use errand_git::Checkpointer;
+use errand_store::{Checkpoint, StoreError};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+/// What the worker keeps in [`Checkpoint::state`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerState {
+    /// The agent's counters, plan and stuck detector.
+    pub agent: RunState,
+    /// Usage and turns of the attempt's earlier runs that this one adds to (a follow-up).
+    #[serde(default)]
+    pub base_usage: Usage,
+    #[serde(default)]
+    pub base_turns: u64,
+}
+
+/// `a - b`, field by field, never below zero.
+fn minus(a: &Usage, b: &Usage) -> Usage {
+    Usage {
+        input_tokens: a.input_tokens.saturating_sub(b.input_tokens),
+        cached_input_tokens: a.cached_input_tokens.saturating_sub(b.cached_input_tokens),
+        cache_write_tokens: a.cache_write_tokens.saturating_sub(b.cache_write_tokens),
+        output_tokens: a.output_tokens.saturating_sub(b.output_tokens),
+        reasoning_tokens: a.reasoning_tokens.saturating_sub(b.reasoning_tokens),
+        cost_usd: (a.cost_usd - b.cost_usd).max(0.0),
+    }
+}
+
+/// How a claimed checkpoint is continued.
+pub struct Resumed {
+    pub resume: Resume,
+    pub base_usage: Usage,
+    pub base_turns: u64,
+    /// The checkpoint commit, which the workspace now holds.
+    pub commit: String,
+}
+
+/// Restores a claimed checkpoint into the fresh workspace `ws` (checked out at `start`) and
+/// builds the agent's [`Resume`]. `recorded` is the usage the attempt had recorded when it was
+/// claimed: tokens spent after the checkpoint by the run that died (a model turn whose work
+/// was rolled back) were paid for, so they count against the budgets too.
+pub async fn prepare_resume(
+    cp: &Checkpoint,
+    ws: &Path,
+    start: &str,
+    recorded: &Usage,
+) -> Result<Resumed, String> {
+    let state: WorkerState = serde_json::from_value(cp.state.clone())
+        .map_err(|e| format!("the checkpoint's state is unreadable: {e}"))?;
+    let messages: Vec<errand_model::Message> = serde_json::from_value(cp.conversation.clone())
+        .map_err(|e| format!("the checkpoint's conversation is unreadable: {e}"))?;
+    if messages.is_empty() {
+        return Err("the checkpoint's conversation is empty".into());
+    }
+    errand_git::restore_checkpoint(ws, start, &cp.commit)
+        .await
+        .map_err(|e| format!("restoring the workspace to {}: {e}", cp.commit))?;
+    let mut agent = state.agent;
+    agent.turns = cp.turn;
+    let spent = minus(recorded, &state.base_usage);
+    agent.usage = if spent.total() > cp.usage.total() || spent.cost_usd > cp.usage.cost_usd {
+        spent
+    } else {
+        cp.usage
+    };
+    Ok(Resumed {
+        resume: Resume {
+            messages,
+            state: agent,
+        },
+        base_usage: state.base_usage,
+        base_turns: state.base_turns,
+        commit: cp.commit.clone(),
+    })
+}
+
+/// The agent's sink for one run: events and usage to the queue, checkpoints after each turn.
+pub struct CheckpointSink {
+    client: Arc<dyn WorkerClient>,
+    attempt: String,
+    worker: String,
+    checkpointer: Option<tokio::sync::Mutex<Checkpointer>>,
+    /// The seq of the last event this run appended.
+    last_seq: AtomicI64,
+    base_usage: Usage,
+    base_turns: u64,
+    /// Set once checkpoints failed (said once, then the run goes on without them).
+    broken: AtomicBool,
+    /// What the box used through the model gateway so far, added to the running totals.
+    gateway_used: Option<Arc<std::sync::Mutex<Usage>>>,
+    /// The egress proxy's denials not yet shown to the agent (network mode `allowlist`).
+    denials: Option<crate::egress::DenialFeed>,
+}
+
+impl CheckpointSink {
+    /// `checkpointer` is `None` when checkpoints could not be set up (the run still works,
+    /// it just cannot be resumed). `base_*`: what the attempt's earlier runs used, added to
+    /// the usage shown while this run goes on.
+    pub fn new(
+        client: Arc<dyn WorkerClient>,
+        attempt: &str,
+        worker: &str,
+        checkpointer: Option<Checkpointer>,
+        base_usage: Usage,
+        base_turns: u64,
+    ) -> CheckpointSink {
+        CheckpointSink {
+            client,
+            attempt: attempt.to_string(),
+            worker: worker.to_string(),
+            checkpointer: checkpointer.map(tokio::sync::Mutex::new),
+            last_seq: AtomicI64::new(0),
+            base_usage,
+            base_turns,
+            broken: AtomicBool::new(false),
+            gateway_used: None,
+            denials: None,
+        }
+    }
+
+    /// Adds the model gateway's usage to the running totals the agent reports.
+    pub fn with_gateway(mut self, used: Option<Arc<std::sync::Mutex<Usage>>>) -> Self {
+        self.gateway_used = used;
+        self
+    }
+
+    /// Appends the egress proxy's denials to the tool result they happened during.
+    pub fn with_denials(mut self, denials: Option<crate::egress::DenialFeed>) -> Self {
+        self.denials = denials;
+        self
+    }
+
+    /// The run's usage plus the earlier runs'.
+    pub fn total_usage(&self, run: &Usage) -> Usage {
+        let mut u = self.base_usage;
+        u.add(run);
+        u
+    }
+
+    pub fn total_turns(&self, run: u64) -> u64 {
+        self.base_turns + run
+    }
+
+    /// Says once that checkpoints stopped working; the run goes on without them.
+    async fn broke(&self, what: String) -> Result<(), AgentError> {
+        tracing::warn!(attempt = %self.attempt, error = %what, "checkpoint failed");
+        if !self.broken.swap(true, Ordering::SeqCst) {
+            self.emit(vec![EventKind::Notice {
+                message: format!(
+                    "checkpoints stopped working ({what}); the attempt goes on, but if it is interrupted now it restarts from its last checkpoint, or from the start"
+                ),
+            }])
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn sink_err(e: StoreError) -> AgentError {
+    AgentError::Sink(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl EventSink for CheckpointSink {
+    async fn emit(&self, events: Vec<EventKind>) -> Result<(), AgentError> {
+        let seq = self
+            .client
+            .append_events(&self.attempt, &self.worker, events)
+            .await
+            .map_err(sink_err)?;
+        self.last_seq.fetch_max(seq, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn usage(&self, usage: Usage, turns: u64) -> Result<(), AgentError> {
+        let mut total = self.total_usage(&usage);
+        if let Some(g) = &self.gateway_used {
+            total.add(&g.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        self.client
+            .update_usage(&self.attempt, &self.worker, total, self.total_turns(turns))
+            .await
+            .map_err(sink_err)
+    }
+
+    fn tool_notes(&self) -> Option<String> {
+        self.denials.as_ref().and_then(|d| d.take_note())
+    }
+
+    async fn snapshot(&self) -> Result<Option<bool>, AgentError> {
+        let Some(cp) = &self.checkpointer else {
+            return Ok(None);
+        };
+        if self.broken.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let result = cp.lock().await.snapshot().await;
+        match result {
+            Ok(s) => Ok(Some(s.changed)),
+            Err(e) => {
+                self.broke(format!("recording the workspace: {e}")).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn checkpoint(
+        &self,
+        messages: &[errand_model::Message],
+        state: &RunState,
+    ) -> Result<(), AgentError> {
+        let Some(cp) = &self.checkpointer else {
+            return Ok(());
+        };
+        if self.broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let message = format!(
+            "errand checkpoint after turn {}\n\nErrand-Attempt: {}\n",
+            state.turns, self.attempt
+        );
+        let commit = match cp.lock().await.commit(&message).await {
+            Ok(c) => c,
+            Err(e) => return self.broke(format!("committing the workspace: {e}")).await,
+        };
+        let conversation = match serde_json::to_value(messages) {
+            Ok(v) => v,
+            Err(e) => return self.broke(format!("encoding the conversation: {e}")).await,
+        };
+        let worker_state = WorkerState {
+            agent: state.clone(),
+            base_usage: self.base_usage,
+            base_turns: self.base_turns,
+        };
+        let saved = Checkpoint {
+            turn: state.turns,
+            commit,
+            conversation,
+            usage: state.usage,
+            last_seq: self.last_seq.load(Ordering::SeqCst),
+            state: serde_json::to_value(&worker_state).unwrap_or_default(),
+        };
+        match self
+            .client
+            .checkpoint(&self.attempt, &self.worker, saved)
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Someone else owns the attempt now: stop like any fenced write.
+            Err(e @ StoreError::LeaseLost(_)) => Err(sink_err(e)),
+            // Cancelled meanwhile: the run is ending anyway.
+            Err(StoreError::WrongState(m)) => {
+                tracing::debug!(attempt = %self.attempt, "checkpoint refused: {m}");
+                Ok(())
+            }
+            Err(e) => self.broke(format!("saving the checkpoint: {e}")).await,
+        }
+    }
+}
+
+/// What a run starts with: the checkpoint it resumes from (workspace already restored), its
+/// checkpointer, and lines for the log.
+pub struct RunSetup {
+    pub resumed: Option<Resumed>,
+    pub checkpointer: Option<Checkpointer>,
+    pub notices: Vec<String>,
+}
+
+/// Resumes the claimed checkpoint, if any, into the fresh workspace `ws` (at `start`), and
+/// prepares this run's checkpoints. Runs before the box exists, so the workspace's index it
+/// seeds from is still the one Errand wrote. `base_index` is the base checkout's index when
+/// `ws` is a copy-on-write overlay over it (its upper layer is `dir/upper`): snapshots then
+/// look only at what the upper layer holds. Nothing here fails the run: a checkpoint that
+/// can't be used means starting over (said in the log), and checkpoints that can't be set up
+/// mean a run that can't be resumed.
+pub async fn setup(
+    mirrors: &errand_git::MirrorCache,
+    c: &errand_store::ClaimedAttempt,
+    mirror: &Path,
+    dir: &Path,
+    ws: &Path,
+    start: &str,
+    base_index: Option<&Path>,
+) -> RunSetup {
+    let aid = c.attempt.id.as_str();
+    let mut notices = Vec::new();
+    let mut resumed = None;
+    if let Some(cp) = &c.checkpoint {
+        let t = std::time::Instant::now();
+        let found = mirrors
+            .ensure_commit(mirror, &c.task.repo, &cp.commit)
+            .await
+            .map_err(|e| format!("its commit is not in this worker's mirror: {e}"));
+        let r = match found {
+            Ok(()) => prepare_resume(cp, ws, start, &c.attempt.usage).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(r) => {
+                notices.push(format!(
+                    "resuming from the checkpoint after turn {}: workspace restored to {} in {} ms, {} messages, {} tokens and ${:.4} used so far",
+                    cp.turn,
+                    errand_core::text::title_of(&cp.commit, 12).trim_end_matches('…'),
+                    t.elapsed().as_millis(),
+                    r.resume.messages.len(),
+                    r.resume.state.usage.total(),
+                    r.resume.state.usage.cost_usd
+                ));
+                resumed = Some(r);
+            }
+            Err(e) => {
+                tracing::warn!(attempt = %aid, error = %e, "cannot resume from the checkpoint");
+                notices.push(format!(
+                    "cannot resume from the checkpoint after turn {} ({e}); starting over",
+                    cp.turn
+                ));
+                // A half-restored workspace must not be worked on: back to `start`.
+                if let Err(e) = errand_git::restore_checkpoint(ws, &cp.commit, start).await {
+                    tracing::debug!(error = %e, "resetting the workspace");
+                }
+            }
+        }
+    }
+    let head = resumed.as_ref().map_or(start, |r| r.commit.as_str());
+    let checkpointer = match Checkpointer::new(
+        mirror,
+        ws,
+        &dir.join("checkpoint.git"),
+        aid,
+        head,
+        Some(&ws.join(".git").join("index")),
+    )
+    .await
+    {
+        Ok(cp) => {
+            let upper = dir.join("upper");
+            // base_index is `<base>/.git/index`.
+            match base_index.and_then(|i| i.parent()?.parent()) {
+                Some(lower) if upper.is_dir() => Some(cp.with_overlay(&upper, lower)),
+                _ => Some(cp),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(attempt = %aid, error = %e, "checkpoints unavailable");
+            notices.push(format!(
+                "checkpoints are unavailable ({e}); if this run is interrupted it starts over"
+            ));
+            None
+        }
+    };
+    RunSetup {
+        resumed,
+        checkpointer,
+        notices,
+    }
+}
+
+/// Drops an ended attempt's checkpoint ref from the mirror (its work is on its branch; the
+/// store dropped the checkpoint itself when the attempt ended).
+pub async fn forget(mirrors: &errand_git::MirrorCache, repo: &str, attempt_id: &str) {
+    let mirror = mirrors.mirror_path(repo);
+    if !mirror.join("HEAD").exists() {
+        return;
+    }
+    if let Err(e) = errand_git::delete_checkpoint_ref(&mirror, attempt_id).await {
+        tracing::warn!(attempt = %attempt_id, error = %e, "deleting the checkpoint ref failed");
+    }
+}
