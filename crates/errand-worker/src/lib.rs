@@ -567,7 +567,7 @@ impl Worker {
         )
         .await?;
         // A run after a crash resumes from its checkpoint; every run takes checkpoints.
-        let resume = checkpoint::setup(
+        let mut resume = checkpoint::setup(
             &self.mirrors,
             c,
             &mirror,
@@ -577,7 +577,14 @@ impl Worker {
             seed_index.as_deref(),
         )
         .await;
-        for n in resume.notices {
+        if !self.redaction.redactor(aid).is_empty() && resume.checkpointer.take().is_some() {
+            // A checkpoint stores the workspace's files as they are, before the final commit
+            // replaces secret values in them: with secrets, this run takes none.
+            resume.notices.push(
+                "checkpoints are off for this attempt because its environment has secrets (a checkpoint would store the workspace before secret values are scrubbed from it); if it is interrupted it starts over".into(),
+            );
+        }
+        for n in std::mem::take(&mut resume.notices) {
             self.notice(aid, n).await?;
         }
         // Without configured checks, the commands named in AGENTS.md are the checks. They are
