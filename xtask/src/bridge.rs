@@ -1,17 +1,18 @@
 //! Bridge benchmarks: what the relay between a box's loopback and a host Unix socket costs.
 //! A 1 GiB transfer from inside an `allowlist` box through the bridge into a sink on a host
-//! Unix socket, next to the same transfer from the host straight into the socket; and small
-//! request/response round trips (a new connection each, and on one open connection) through
-//! the bridge and straight.
+//! Unix socket, next to the same transfer from the host straight into the socket (and into
+//! the same server over the host's TCP loopback); and small request/response round trips (a
+//! new connection each, and on one open connection) through the bridge and straight.
 
-use crate::stats::{Summary, fmt_ms};
+use crate::stats::Summary;
 use anyhow::{Context, Result, bail};
 use errand_sandbox::ns::{NamespaceBackend, NetMode, NsOptions};
 use errand_sandbox::{BoxSpec, Bridge, SandboxBackend, SandboxBox, Stream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 const PORT: u16 = 3128;
@@ -93,10 +94,13 @@ pub struct BridgeResult {
     /// MB/s of each transfer.
     bridge_mbps: Vec<f64>,
     direct_mbps: Vec<f64>,
+    host_tcp_mbps: Vec<f64>,
     connect_bridge: Summary,
     connect_direct: Summary,
+    connect_tcp: Summary,
     ping_bridge: Summary,
     ping_direct: Summary,
+    ping_tcp: Summary,
     enforced: String,
     python: String,
 }
@@ -115,7 +119,22 @@ async fn server(listener: UnixListener, stop: CancellationToken) {
     }
 }
 
-async fn serve(mut s: UnixStream) {
+/// The same server on the host's TCP loopback, for comparison.
+async fn tcp_server(listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let s = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+        };
+        let _ = s.set_nodelay(true);
+        tokio::spawn(serve(s));
+    }
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     let mut mode = [0u8; 1];
     if s.read_exact(&mut mode).await.is_err() {
         return;
@@ -243,6 +262,9 @@ pub async fn run(bin: &Path, plan: &Plan) -> Result<BridgeResult> {
     let listener = UnixListener::bind(&sock).context("binding the sink's Unix socket")?;
     let stop = CancellationToken::new();
     let srv = tokio::spawn(server(listener, stop.clone()));
+    let tcp_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let tcp_port = tcp_listener.local_addr()?.port();
+    let tcp_srv = tokio::spawn(tcp_server(tcp_listener, stop.clone()));
 
     let backend = NamespaceBackend::new(NsOptions {
         exe: Some(bin.to_path_buf()),
@@ -275,6 +297,14 @@ pub async fn run(bin: &Path, plan: &Plan) -> Result<BridgeResult> {
                 n.to_string(),
             ]
         };
+        let host_tcp = |what: &str, n: u64| {
+            vec![
+                "tcp".to_string(),
+                tcp_port.to_string(),
+                what.to_string(),
+                n.to_string(),
+            ]
+        };
         let unix = |what: &str, n: u64| {
             vec![
                 "unix".to_string(),
@@ -284,7 +314,8 @@ pub async fn run(bin: &Path, plan: &Plan) -> Result<BridgeResult> {
             ]
         };
         let want = plan.transfer_mib * MIB;
-        let (mut bridge_mbps, mut direct_mbps) = (Vec::new(), Vec::new());
+        let (mut bridge_mbps, mut direct_mbps, mut host_tcp_mbps) =
+            (Vec::new(), Vec::new(), Vec::new());
         // Ways take turns, so that a change of load hits both.
         for i in 0..plan.transfers {
             eprintln!("bench:   transfer {}/{}", i + 1, plan.transfers);
@@ -292,21 +323,28 @@ pub async fn run(bin: &Path, plan: &Plan) -> Result<BridgeResult> {
             bridge_mbps.push(parse_bulk(&out, want)?);
             let out = on_host(&python, &unix("bulk", plan.transfer_mib)).await?;
             direct_mbps.push(parse_bulk(&out, want)?);
+            let out = on_host(&python, &host_tcp("bulk", plan.transfer_mib)).await?;
+            host_tcp_mbps.push(parse_bulk(&out, want)?);
         }
         let n = plan.round_trips as u64;
         eprintln!("bench:   round trips");
         let connect_bridge = parse_lat(&in_box(b.as_ref(), &python, &tcp("connect", n)).await?)?;
         let connect_direct = parse_lat(&on_host(&python, &unix("connect", n)).await?)?;
+        let connect_tcp = parse_lat(&on_host(&python, &host_tcp("connect", n)).await?)?;
         let ping_bridge = parse_lat(&in_box(b.as_ref(), &python, &tcp("ping", n)).await?)?;
         let ping_direct = parse_lat(&on_host(&python, &unix("ping", n)).await?)?;
+        let ping_tcp = parse_lat(&on_host(&python, &host_tcp("ping", n)).await?)?;
         anyhow::Ok(BridgeResult {
             plan_mib: plan.transfer_mib,
             bridge_mbps,
             direct_mbps,
+            host_tcp_mbps,
             connect_bridge,
             connect_direct,
+            connect_tcp,
             ping_bridge,
             ping_direct,
+            ping_tcp,
             enforced,
             python: python.clone(),
         })
@@ -315,6 +353,7 @@ pub async fn run(bin: &Path, plan: &Plan) -> Result<BridgeResult> {
     let _ = tokio::time::timeout(Duration::from_secs(30), b.destroy()).await;
     stop.cancel();
     let _ = srv.await;
+    let _ = tcp_srv.await;
     result
 }
 
@@ -323,12 +362,18 @@ fn mbps(v: &[f64]) -> String {
     format!("{:.0} ({:.0}–{:.0})", s.median(), s.min(), s.max())
 }
 
+/// Microseconds from a summary in ms.
+fn us(v: f64) -> String {
+    format!("{:.0}", v * 1e3)
+}
+
 pub fn report(r: &BridgeResult) -> String {
     let mut s = format!(
         "### Bridge: a box's loopback relayed to a host Unix socket\n\n\
          An `allowlist` box with a bridge on 127.0.0.1:{PORT} to a sink on a host Unix socket. \
          The client is the same Python (`{}`) in the box (TCP to the bridge) and on the host \
-         (the Unix socket itself); it times itself.\n\n\
+         (the Unix socket itself, or the same server on the host's TCP loopback); it times \
+         itself.\n\n\
          Box: {}\n\n\
          | transfer of {} MiB (1 MiB writes) | MB/s, median (min–max) of {} |\n| --- | ---: |\n",
         r.python,
@@ -336,16 +381,21 @@ pub fn report(r: &BridgeResult) -> String {
         r.plan_mib,
         r.bridge_mbps.len()
     );
+    for (label, v, bold) in [
+        ("box → bridge → Unix socket sink", &r.bridge_mbps, true),
+        ("host → Unix socket sink directly", &r.direct_mbps, false),
+        (
+            "host → TCP loopback → the same sink",
+            &r.host_tcp_mbps,
+            false,
+        ),
+    ] {
+        let v = mbps(v);
+        let v = if bold { format!("**{v}**") } else { v };
+        s += &format!("| {label} | {v} |\n");
+    }
     s += &format!(
-        "| box → bridge → Unix socket sink | **{}** |\n",
-        mbps(&r.bridge_mbps)
-    );
-    s += &format!(
-        "| host → Unix socket sink directly | {} |\n\n",
-        mbps(&r.direct_mbps)
-    );
-    s += &format!(
-        "| 64-byte request, 64-byte answer ({} round trips) | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: |\n",
+        "\n| 64-byte request, 64-byte answer ({} round trips) | p50 µs | p99 µs | max µs |\n| --- | ---: | ---: | ---: |\n",
         r.connect_bridge.values().len()
     );
     for (label, v) in [
@@ -354,24 +404,28 @@ pub fn report(r: &BridgeResult) -> String {
             &r.connect_bridge,
         ),
         ("new connection each: host → Unix socket", &r.connect_direct),
+        ("new connection each: host → TCP loopback", &r.connect_tcp),
         (
             "one open connection: box → bridge → Unix socket",
             &r.ping_bridge,
         ),
         ("one open connection: host → Unix socket", &r.ping_direct),
+        ("one open connection: host → TCP loopback", &r.ping_tcp),
     ] {
         s += &format!(
             "| {label} | {} | {} | {} |\n",
-            fmt_ms(v.pct(50.0)),
-            fmt_ms(v.pct(99.0)),
-            fmt_ms(v.max())
+            us(v.pct(50.0)),
+            us(v.pct(99.0)),
+            us(v.max())
         );
     }
     s += &format!(
-        "\nAdded by the bridge at p50: {} ms per new connection, {} ms per round trip on an \
-         open connection.\n",
-        fmt_ms(r.connect_bridge.pct(50.0) - r.connect_direct.pct(50.0)),
-        fmt_ms(r.ping_bridge.pct(50.0) - r.ping_direct.pct(50.0)),
+        "\nAdded by the bridge (against the Unix socket directly): p50 {} µs, p99 {} µs per new \
+         connection; p50 {} µs, p99 {} µs per round trip on an open connection.\n",
+        us(r.connect_bridge.pct(50.0) - r.connect_direct.pct(50.0)),
+        us(r.connect_bridge.pct(99.0) - r.connect_direct.pct(99.0)),
+        us(r.ping_bridge.pct(50.0) - r.ping_direct.pct(50.0)),
+        us(r.ping_bridge.pct(99.0) - r.ping_direct.pct(99.0)),
     );
     s
 }

@@ -416,6 +416,12 @@ out("raw", tryit(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.I
 out("raw6", tryit(lambda: socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6).close()))
 out("packet", tryit(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0x0300).close()))
 out("vsock", tryit(lambda: socket.socket(40, socket.SOCK_STREAM).close()))
+out("sctp", tryit(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132).close()))
+out("seqpacket", tryit(lambda: socket.socket(socket.AF_INET6, socket.SOCK_SEQPACKET, 0).close()))
+out("dccp", tryit(lambda: socket.socket(socket.AF_INET, 6, 33).close()))
+out("tcp_flags", tryit(lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, socket.IPPROTO_TCP).close()))
+out("udp", tryit(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP).close()))
+out("ping", tryit(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP).close()))
 out("bridge", conn(socket.AF_INET, ("127.0.0.1", {PORT})))
 out("sock_visible", os.path.exists("{sock}"))
 out("dir_visible", os.path.exists("{dir}"))
@@ -439,6 +445,11 @@ out("netdev", sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").read
         ("raw6", EPERM),
         ("packet", EPERM),
         ("vsock", EPERM),
+        ("sctp", EPERM),
+        ("seqpacket", EPERM),
+        ("dccp", EPERM),
+        ("tcp_flags", OK),
+        ("udp", OK),
         ("bridge", OK),
         ("sock_visible", "False"),
         ("dir_visible", "False"),
@@ -448,6 +459,14 @@ out("netdev", sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").read
     for (k, v) in want {
         assert_eq!(kv.get(k).map(String::as_str), Some(v), "{k}\n{}", r.dump());
     }
+    // Ping sockets pass the filter; the namespace's ping_group_range decides (EACCES by
+    // default in a new network namespace).
+    assert_ne!(
+        kv.get("ping").map(String::as_str),
+        Some(EPERM),
+        "{}",
+        r.dump()
+    );
     assert!(
         matches!(host.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the host's loopback server got a connection from the box"
