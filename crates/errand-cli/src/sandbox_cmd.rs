@@ -12,7 +12,7 @@ use std::time::Duration;
 #[derive(Subcommand)]
 pub enum SandboxCommand {
     /// Run one command in a fresh box; exits with the command's exit code.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Say what this host can enforce, then start a box to prove it.
     Check,
 }
@@ -96,7 +96,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
 
 pub async fn run(cmd: SandboxCommand) -> Result<ExitCode> {
     let result = match cmd {
-        SandboxCommand::Run(a) => run_one(a).await,
+        SandboxCommand::Run(a) => run_one(*a).await,
         SandboxCommand::Check => check().await,
     };
     // This process is about to exit: its idle cgroups must not outlive it.
