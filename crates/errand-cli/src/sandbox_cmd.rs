@@ -200,18 +200,15 @@ async fn start_proxy(
         eprintln!("errand: warning: --net allowlist without --allow: every request will be denied");
     }
     eprintln!("errand: egress proxy: {}", policy.summary());
-    let resolver: std::sync::Arc<dyn errand_proxy::Resolve> =
-        match std::env::var(errand_proxy::TEST_RESOLVE_ENV) {
-            Ok(spec) if !spec.trim().is_empty() => {
-                std::sync::Arc::new(errand_proxy::MapResolver::from_spec(&spec).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{} is not a valid resolver map: {e}",
-                        errand_proxy::TEST_RESOLVE_ENV
-                    )
-                })?)
-            }
-            _ => std::sync::Arc::new(errand_proxy::SystemResolver::default()),
-        };
+    let spec = std::env::var(errand_proxy::TEST_RESOLVE_ENV)
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let resolver = errand_proxy::resolver(spec.as_deref()).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a valid resolver map: {e}",
+            errand_proxy::TEST_RESOLVE_ENV
+        )
+    })?;
     let on_event = std::sync::Arc::new(|r: errand_proxy::NetRecord| {
         eprintln!(
             "errand: net {} {}{}:{}{} — {} B up, {} B down{}",

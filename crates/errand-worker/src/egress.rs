@@ -8,8 +8,7 @@
 use crate::WorkerClient;
 use errand_core::{EventKind, NetworkConfig};
 use errand_proxy::{
-    MapResolver, NetRecord, Policy, Presets, Proxy, ProxyConfig, ProxyHandle, Resolve,
-    SystemResolver, TEST_RESOLVE_ENV,
+    NetRecord, Policy, Presets, Proxy, ProxyConfig, ProxyHandle, Resolve, TEST_RESOLVE_ENV,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -88,17 +87,11 @@ impl DenialFeed {
 /// The resolver the proxy uses: the system's, or the test-only map in `ERRAND_TEST_RESOLVE`
 /// (`name=127.0.0.1,other=10.0.0.1`; never set it in production).
 fn resolver() -> Result<Arc<dyn Resolve>, String> {
-    match std::env::var(TEST_RESOLVE_ENV) {
-        Ok(spec) if !spec.trim().is_empty() => {
-            tracing::warn!(
-                "{TEST_RESOLVE_ENV} is set: the egress proxy resolves names from it (test only)"
-            );
-            let map = MapResolver::from_spec(&spec)
-                .map_err(|e| format!("{TEST_RESOLVE_ENV} is not a valid resolver map: {e}"))?;
-            Ok(Arc::new(map))
-        }
-        _ => Ok(Arc::new(SystemResolver::default())),
-    }
+    let spec = std::env::var(TEST_RESOLVE_ENV)
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    errand_proxy::resolver(spec.as_deref())
+        .map_err(|e| format!("{TEST_RESOLVE_ENV} is not a valid resolver map: {e}"))
 }
 
 /// Builds the phase's policy from the environment's `allow`/`deny` (presets resolved on this
