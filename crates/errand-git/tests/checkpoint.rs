@@ -358,11 +358,22 @@ async fn in_a_copy_on_write_workspace_snapshots_look_only_at_the_upper_layer() {
     o.write("newdir/deeper/b.txt", "b\n");
     o.write("build.log", "ignored\n");
     o.write("target/x.log", "ignored\n");
+    o.write("src/extra.txt", "new next to tracked files\n");
+    o.write("src/also.log", "ignored next to tracked files\n");
+    std::os::unix::fs::symlink("lib.txt", o.ws.join("src/link")).unwrap();
+    std::os::unix::fs::symlink("lib.txt", o.upper.join("src/link")).unwrap();
     assert!(
         same(&mut fast, &mut full, "new files, ignored ones")
             .await
             .changed
     );
+    let c = fast.commit("new files").await.unwrap();
+    let files = git(&s.mirror, &["ls-tree", "-r", "--name-only", &c]);
+    assert!(
+        files.contains("src/extra.txt") && files.contains("src/link"),
+        "{files}"
+    );
+    assert!(!files.contains(".log"), "{files}");
     o.delete("src/gone.txt");
     assert!(same(&mut fast, &mut full, "a deletion").await.changed);
     o.write("src/lib.txt", "one\ntwo\n");
