@@ -181,7 +181,6 @@ impl Checkpointer {
             .env("GIT_OBJECT_DIRECTORY", &self.objects)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_LITERAL_PATHSPECS", "1")
             .args([
                 "-c",
                 "core.bare=false",
@@ -271,14 +270,16 @@ impl Checkpointer {
             if bytes > MAX_PATHSPEC_BYTES {
                 return Ok(None);
             }
-            let mut args = vec!["ls-files", "-z", "--others", "--exclude-standard", "--"];
+            let mut owned = Vec::with_capacity(ch.new_dirs.len());
             for d in &ch.new_dirs {
                 match std::str::from_utf8(d) {
-                    Ok(d) => args.push(d),
+                    Ok(d) => owned.push(format!(":(literal){d}")),
                     // Arguments must be text here; such names are rare enough to add all.
                     Err(_) => return Ok(None),
                 }
             }
+            let mut args = vec!["ls-files", "-z", "--others", "--exclude-standard", "--"];
+            args.extend(owned.iter().map(String::as_str));
             let listed = match self.git_io(&args, None).await {
                 Ok(l) => l,
                 Err(_) => return Ok(None),

@@ -57,6 +57,7 @@ async fn setup() -> Setup {
     write(&up, "README.md", "# upstream\n");
     write(&up, "src/lib.txt", "one\ntwo\n");
     write(&up, "src/gone.txt", "to be deleted\n");
+    write(&up, "docs/guide.txt", "read me\n");
     write(&up, ".gitignore", "*.log\n");
     git(&up, &["add", "."]);
     git(&up, &["commit", "--quiet", "-m", "first"]);
@@ -374,6 +375,23 @@ async fn in_a_copy_on_write_workspace_snapshots_look_only_at_the_upper_layer() {
         "{files}"
     );
     assert!(!files.contains(".log"), "{files}");
+    // New files did not make it look at everything either.
+    write(
+        &o.ws,
+        "docs/guide.txt",
+        "changed behind the overlay's back\n",
+    );
+    assert!(!fast.snapshot().await.unwrap().changed);
+    write(
+        &o.upper,
+        "docs/guide.txt",
+        "changed behind the overlay's back\n",
+    );
+    assert!(
+        same(&mut fast, &mut full, "recorded in the upper layer")
+            .await
+            .changed
+    );
     o.delete("src/gone.txt");
     assert!(same(&mut fast, &mut full, "a deletion").await.changed);
     o.write("src/lib.txt", "one\ntwo\n");
@@ -403,6 +421,6 @@ async fn in_a_copy_on_write_workspace_snapshots_look_only_at_the_upper_layer() {
     let files = git(&s.mirror, &["ls-tree", "-r", "--name-only", &c]);
     assert_eq!(
         files.lines().collect::<Vec<_>>(),
-        vec![".gitignore", "README.md/inside.txt"]
+        vec![".gitignore", "README.md/inside.txt", "docs/guide.txt"]
     );
 }
