@@ -12,16 +12,18 @@
 //!
 //! In a copy-on-write workspace ([`Checkpointer::with_overlay`]) a snapshot does not look at
 //! every file: whatever the agent changed, added or deleted is in the overlay's upper
-//! directory, so only those paths go to `git update-index` (new ones after `git check-ignore`,
-//! new directories through `git ls-files --others --exclude-standard`), and the cost follows
-//! the size of the change, not of the repository. Anything unusual (a file that became a
-//! directory, an embedded repository, a huge new directory list) falls back to
+//! directory, so only those paths go to `git update-index` (new ones once `git check-ignore`
+//! said they are not ignored; its answers are kept until a `.gitignore` changes), and when
+//! none of them changed since the last snapshot (same size, times, mode and inode) git does
+//! not run at all. The cost follows the size of the change, not of the repository. Anything
+//! unusual (a file that became a directory, an embedded repository) falls back to
 //! `git add --all`.
 
 use crate::{AGENT_EMAIL, AGENT_NAME, GitError, Result, base_command, copy_index, run_ok};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The hidden ref holding an attempt's latest checkpoint in the mirror.
@@ -57,12 +59,36 @@ pub struct Checkpointer {
     /// New files (not in the lower layer) added to the index so far: updated again at each
     /// snapshot, so that one deleted later leaves the index too.
     added: BTreeSet<Vec<u8>>,
+    /// Whether a new path is ignored, as `git check-ignore` said; dropped when a `.gitignore`
+    /// changes.
+    ignored: HashMap<Vec<u8>, bool>,
+    /// The changed paths and their metadata at the last index update.
+    last: Option<BTreeMap<Vec<u8>, Option<Stamp>>>,
     /// The tree of the index as the last `write-tree` left it (`None`: not written yet).
     index_tree: Option<String>,
 }
 
-/// Past this many bytes of new directory names, a snapshot adds everything instead.
-const MAX_PATHSPEC_BYTES: usize = 256 * 1024;
+/// What tells that a file changed: ctime (which nothing can set back), mtime, size, mode and
+/// inode.
+type Stamp = (i64, i64, i64, i64, u64, u32, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    std::fs::symlink_metadata(path).ok().map(|m| {
+        (
+            m.ctime(),
+            m.ctime_nsec(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.size(),
+            m.mode(),
+            m.ino(),
+        )
+    })
+}
+
+fn is_gitignore(p: &[u8]) -> bool {
+    p == b".gitignore" || p.ends_with(b"/.gitignore")
+}
 
 /// What [`Checkpointer::snapshot`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +130,8 @@ impl Checkpointer {
             pending: None,
             overlay: None,
             added: BTreeSet::new(),
+            ignored: HashMap::new(),
+            last: None,
             index_tree: None,
         };
         let seeded = match seed_index {
@@ -226,9 +254,68 @@ impl Checkpointer {
         ))
     }
 
+    /// Asks `git check-ignore` about the paths the cache does not know.
+    async fn learn_ignored(&mut self, paths: &[Vec<u8>]) -> Result<Option<()>> {
+        let unknown: Vec<Vec<u8>> = paths
+            .iter()
+            .filter(|p| !self.ignored.contains_key(*p))
+            .cloned()
+            .collect();
+        if unknown.is_empty() {
+            return Ok(Some(()));
+        }
+        // Exit 0: some are ignored; 1: none is; anything else is an error.
+        let (code, out, _) = self
+            .git_status(&["check-ignore", "-z", "--stdin"], Some(nul(&unknown)))
+            .await?;
+        if !matches!(code, Some(0) | Some(1)) {
+            return Ok(None);
+        }
+        let ignored: HashSet<&[u8]> = out.split(|b| *b == 0).collect();
+        for p in unknown {
+            let yes = ignored.contains(p.as_slice());
+            self.ignored.insert(p, yes);
+        }
+        Ok(Some(()))
+    }
+
+    /// The new files that are not ignored: `new` entries (and everything under those that
+    /// are directories git would look into), with ignored ones and ignored directories
+    /// left out. `None`: an embedded repository (left to `git add`).
+    async fn new_files(&mut self, new: Vec<(Vec<u8>, bool)>) -> Result<Option<Vec<Vec<u8>>>> {
+        let mut files = Vec::new();
+        let mut frontier = new;
+        while !frontier.is_empty() {
+            let paths: Vec<Vec<u8>> = frontier.iter().map(|(p, _)| p.clone()).collect();
+            if self.learn_ignored(&paths).await?.is_none() {
+                return Ok(None);
+            }
+            let mut dirs = Vec::new();
+            for (p, is_dir) in frontier {
+                if self.ignored.get(&p).copied().unwrap_or(false) {
+                    continue;
+                }
+                if is_dir {
+                    dirs.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+            let ws = self.workspace.clone();
+            let listed = tokio::task::spawn_blocking(move || list_dirs(&ws, &dirs))
+                .await
+                .map_err(|e| GitError::Io(std::io::Error::other(e.to_string())))??;
+            match listed {
+                Some(next) => frontier = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(files))
+    }
+
     /// Brings the index up to date with the paths the overlay shows as changed. `Ok(None)`
     /// when this can't be done that way (the caller adds everything instead); else whether
-    /// the index may have changed.
+    /// the index changed.
     async fn add_changed(&mut self) -> Result<Option<bool>> {
         let Some((upper, lower)) = self.overlay.clone() else {
             return Ok(None);
@@ -240,85 +327,67 @@ impl Checkpointer {
         let Some(ch) = found else {
             return Ok(None);
         };
-        let nul = |paths: &[Vec<u8>]| {
-            let mut v = Vec::with_capacity(paths.iter().map(|p| p.len() + 1).sum());
-            for p in paths {
-                v.extend_from_slice(p);
-                v.push(0);
-            }
-            v
-        };
-        let mut fresh: Vec<Vec<u8>> = Vec::new();
-        if !ch.new_files.is_empty() {
-            // Exit 0: some are ignored; 1: none is; anything else is an error.
-            let (code, out, _) = self
-                .git_status(&["check-ignore", "-z", "--stdin"], Some(nul(&ch.new_files)))
-                .await?;
-            if !matches!(code, Some(0) | Some(1)) {
+        // Twice at most: again from scratch when a `.gitignore` changed, since the answers
+        // kept from earlier snapshots may be wrong now.
+        let had_answers = !self.ignored.is_empty();
+        let mut pass = 0;
+        let (files, stamps) = loop {
+            pass += 1;
+            let Some(files) = self.new_files(ch.new.clone()).await? else {
                 return Ok(None);
-            }
-            let ignored: HashSet<&[u8]> = out.split(|b| *b == 0).collect();
-            fresh.extend(
-                ch.new_files
-                    .iter()
-                    .filter(|p| !ignored.contains(p.as_slice()))
-                    .cloned(),
-            );
-        }
-        if !ch.new_dirs.is_empty() {
-            let bytes: usize = ch.new_dirs.iter().map(|p| p.len() + 1).sum();
-            if bytes > MAX_PATHSPEC_BYTES {
-                return Ok(None);
-            }
-            let mut owned = Vec::with_capacity(ch.new_dirs.len());
-            for d in &ch.new_dirs {
-                match std::str::from_utf8(d) {
-                    Ok(d) => owned.push(format!(":(literal){d}")),
-                    // Arguments must be text here; such names are rare enough to add all.
-                    Err(_) => return Ok(None),
-                }
-            }
-            let mut args = vec!["ls-files", "-z", "--others", "--exclude-standard", "--"];
-            args.extend(owned.iter().map(String::as_str));
-            let listed = match self.git_io(&args, None).await {
-                Ok(l) => l,
-                Err(_) => return Ok(None),
             };
-            for p in listed.split(|b| *b == 0).filter(|p| !p.is_empty()) {
-                // An embedded repository is listed as `dir/`: `git add` knows what to do.
-                if p.ends_with(b"/") {
-                    return Ok(None);
-                }
-                fresh.push(p.to_vec());
+            let mut stamps: BTreeMap<Vec<u8>, Option<Stamp>> = BTreeMap::new();
+            for p in ch.update.iter().chain(files.iter()) {
+                stamps.insert(
+                    p.clone(),
+                    stamp(&self.workspace.join(std::ffi::OsStr::from_bytes(p))),
+                );
             }
-        }
-        let mut input: BTreeSet<Vec<u8>> = ch.update.into_iter().collect();
-        input.extend(self.added.iter().cloned());
-        input.extend(fresh.iter().cloned());
-        if input.is_empty() {
+            let ignore_changed = stamps
+                .iter()
+                .filter(|(p, _)| is_gitignore(p))
+                .any(|(p, st)| {
+                    self.last
+                        .as_ref()
+                        .is_none_or(|last| last.get(p) != Some(st))
+                })
+                || self.last.as_ref().is_some_and(|last| {
+                    last.keys()
+                        .filter(|p| is_gitignore(p))
+                        .any(|p| !stamps.contains_key(p))
+                });
+            if ignore_changed && pass == 1 && had_answers {
+                self.ignored.clear();
+                continue;
+            }
+            break (files, stamps);
+        };
+        if self.last.as_ref() == Some(&stamps) && self.index_tree.is_some() {
             return Ok(Some(false));
         }
-        let list: Vec<Vec<u8>> = input.into_iter().collect();
-        let updated = self
-            .git_io(
-                &[
-                    "update-index",
-                    "-z",
-                    "--add",
-                    "--remove",
-                    "--replace",
-                    "--stdin",
-                ],
-                Some(nul(&list)),
-            )
-            .await;
-        if updated.is_err() {
-            return Ok(None);
+        let mut input: BTreeSet<Vec<u8>> = stamps.keys().cloned().collect();
+        input.extend(self.added.iter().cloned());
+        if !input.is_empty() {
+            let list: Vec<Vec<u8>> = input.into_iter().collect();
+            let updated = self
+                .git_io(
+                    &[
+                        "update-index",
+                        "-z",
+                        "--add",
+                        "--remove",
+                        "--replace",
+                        "--stdin",
+                    ],
+                    Some(nul(&list)),
+                )
+                .await;
+            if updated.is_err() {
+                return Ok(None);
+            }
         }
-        self.added.extend(fresh);
-        let ws = self.workspace.clone();
-        self.added
-            .retain(|p| std::fs::symlink_metadata(ws.join(std::ffi::OsStr::from_bytes(p))).is_ok());
+        self.added = files.into_iter().collect();
+        self.last = Some(stamps);
         Ok(Some(true))
     }
 
@@ -330,6 +399,10 @@ impl Checkpointer {
             Some(_) => self.add_changed().await.unwrap_or(None),
             None => None,
         };
+        if fast.is_none() {
+            // Whatever the fast way knew is stale once everything was added.
+            self.last = None;
+        }
         let tree = match (fast, &self.index_tree) {
             // Nothing to update: the index is as the last write-tree left it.
             (Some(false), Some(t)) => t.clone(),
@@ -379,11 +452,41 @@ impl Checkpointer {
 struct Changes {
     /// Files of the lower layer (tracked) that changed or are gone.
     update: Vec<Vec<u8>>,
-    /// Files that are not in the lower layer, in directories that are.
-    new_files: Vec<Vec<u8>>,
-    /// Directories that are not in the lower layer (looked into by git, which skips ignored
-    /// ones).
-    new_dirs: Vec<Vec<u8>>,
+    /// Files and directories (`true`) that are not in the lower layer, in directories that
+    /// are.
+    new: Vec<(Vec<u8>, bool)>,
+}
+
+/// NUL-terminated paths, for `--stdin -z`.
+fn nul(paths: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(paths.iter().map(|p| p.len() + 1).sum());
+    for p in paths {
+        v.extend_from_slice(p);
+        v.push(0);
+    }
+    v
+}
+
+/// The entries of new directories of the workspace (`true` for a directory). `None` when
+/// one holds a `.git` (an embedded repository).
+fn list_dirs(ws: &Path, dirs: &[Vec<u8>]) -> std::io::Result<Option<Vec<(Vec<u8>, bool)>>> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let rel = Path::new(std::ffi::OsStr::from_bytes(d));
+        let rd = match std::fs::read_dir(ws.join(rel)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in rd {
+            let e = e?;
+            if e.file_name() == ".git" {
+                return Ok(None);
+            }
+            out.push((bytes_of(&rel.join(e.file_name())), e.file_type()?.is_dir()));
+        }
+    }
+    Ok(Some(out))
 }
 
 fn bytes_of(p: &Path) -> Vec<u8> {
@@ -453,7 +556,7 @@ fn overlay_changes(upper: &Path, lower: &Path, merged: &Path) -> std::io::Result
                     Some(m) if m.is_dir() => dirs.push(path),
                     // A file that became a directory.
                     Some(_) => return Ok(None),
-                    None => ch.new_dirs.push(bytes_of(&path)),
+                    None => ch.new.push((bytes_of(&path), true)),
                 }
                 continue;
             }
@@ -466,7 +569,7 @@ fn overlay_changes(upper: &Path, lower: &Path, merged: &Path) -> std::io::Result
             }
             let new_here = in_lower.as_ref().is_none_or(|m| m.is_dir());
             if new_here && in_ws.is_some_and(|m| !m.is_dir()) {
-                ch.new_files.push(bytes_of(&path));
+                ch.new.push((bytes_of(&path), false));
             }
         }
     }

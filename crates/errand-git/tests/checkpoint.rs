@@ -392,6 +392,15 @@ async fn in_a_copy_on_write_workspace_snapshots_look_only_at_the_upper_layer() {
             .await
             .changed
     );
+    // A changed .gitignore changes what is ignored: `*.log` files are in now, `target/` is not.
+    o.write(".gitignore", "target/\n");
+    o.write("newdir/deeper/.gitignore", "*.tmp\n");
+    o.write("newdir/deeper/c.tmp", "ignored by the nested one\n");
+    assert!(
+        same(&mut fast, &mut full, "a .gitignore changed")
+            .await
+            .changed
+    );
     o.delete("src/gone.txt");
     assert!(same(&mut fast, &mut full, "a deletion").await.changed);
     o.write("src/lib.txt", "one\ntwo\n");
@@ -421,6 +430,11 @@ async fn in_a_copy_on_write_workspace_snapshots_look_only_at_the_upper_layer() {
     let files = git(&s.mirror, &["ls-tree", "-r", "--name-only", &c]);
     assert_eq!(
         files.lines().collect::<Vec<_>>(),
-        vec![".gitignore", "README.md/inside.txt", "docs/guide.txt"]
+        vec![
+            ".gitignore",
+            "README.md/inside.txt",
+            "build.log",
+            "docs/guide.txt"
+        ]
     );
 }
