@@ -236,7 +236,7 @@ async fn one_variant(
                 let mut h = std::fs::OpenOptions::new().append(true).open(ws.join(f))?;
                 writeln!(h, "// turn {turn}")?;
             }
-            if rng.next() % 5 == 0 {
+            if rng.next().is_multiple_of(5) {
                 std::fs::write(ws.join(format!("src/new_{turn}.rs")), "fn added() {}\n")?;
             }
         }

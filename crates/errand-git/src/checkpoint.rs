@@ -282,7 +282,7 @@ impl Checkpointer {
     /// The new files that are not ignored: `new` entries (and everything under those that
     /// are directories git would look into), with ignored ones and ignored directories
     /// left out. `None`: an embedded repository (left to `git add`).
-    async fn new_files(&mut self, new: Vec<(Vec<u8>, bool)>) -> Result<Option<Vec<Vec<u8>>>> {
+    async fn new_files(&mut self, new: Vec<NewPath>) -> Result<Option<Vec<Vec<u8>>>> {
         let mut files = Vec::new();
         let mut frontier = new;
         while !frontier.is_empty() {
@@ -454,8 +454,11 @@ struct Changes {
     update: Vec<Vec<u8>>,
     /// Files and directories (`true`) that are not in the lower layer, in directories that
     /// are.
-    new: Vec<(Vec<u8>, bool)>,
+    new: Vec<NewPath>,
 }
+
+/// A path that is not in the lower layer, and whether it is a directory.
+type NewPath = (Vec<u8>, bool);
 
 /// NUL-terminated paths, for `--stdin -z`.
 fn nul(paths: &[Vec<u8>]) -> Vec<u8> {
@@ -469,7 +472,7 @@ fn nul(paths: &[Vec<u8>]) -> Vec<u8> {
 
 /// The entries of new directories of the workspace (`true` for a directory). `None` when
 /// one holds a `.git` (an embedded repository).
-fn list_dirs(ws: &Path, dirs: &[Vec<u8>]) -> std::io::Result<Option<Vec<(Vec<u8>, bool)>>> {
+fn list_dirs(ws: &Path, dirs: &[Vec<u8>]) -> std::io::Result<Option<Vec<NewPath>>> {
     let mut out = Vec::new();
     for d in dirs {
         let rel = Path::new(std::ffi::OsStr::from_bytes(d));
