@@ -429,20 +429,6 @@ impl Worker {
             ),
         )
         .await?;
-        // A run after a crash resumes from its checkpoint; every run takes checkpoints.
-        let resume = checkpoint::setup(
-            &self.mirrors,
-            c,
-            &mirror,
-            dir,
-            &ws,
-            &start_commit,
-            seed_index.as_deref(),
-        )
-        .await;
-        for n in resume.notices {
-            self.notice(aid, n).await?;
-        }
         // Without configured checks, the commands named in AGENTS.md are the checks. They are
         // read now, before the agent runs, so that an agent can't rewrite its own checks.
         let (check_specs, checks_from_agents_md) = if task.environment.checks.is_empty() {
@@ -458,6 +444,21 @@ impl Worker {
         } else {
             (task.environment.checks.clone(), false)
         };
+        // A run after a crash resumes from its checkpoint (after AGENTS.md was read, so the
+        // agent's own edits to it don't choose the checks); every run takes checkpoints.
+        let resume = checkpoint::setup(
+            &self.mirrors,
+            c,
+            &mirror,
+            dir,
+            &ws,
+            &start_commit,
+            seed_index.as_deref(),
+        )
+        .await;
+        for n in resume.notices {
+            self.notice(aid, n).await?;
+        }
         let spec = BoxSpec {
             workspace: ws.clone(),
             scratch: dir.join("scratch"),
