@@ -57,6 +57,7 @@ async fn setup() -> Setup {
     write(&up, "README.md", "# upstream\n");
     write(&up, "src/lib.txt", "one\ntwo\n");
     write(&up, "src/gone.txt", "to be deleted\n");
+    write(&up, "docs/guide.txt", "read me\n");
     write(&up, ".gitignore", "*.log\n");
     git(&up, &["add", "."]);
     git(&up, &["commit", "--quiet", "-m", "first"]);
@@ -358,8 +359,45 @@ async fn in_a_copy_on_write_workspace_snapshots_look_only_at_the_upper_layer() {
     o.write("newdir/deeper/b.txt", "b\n");
     o.write("build.log", "ignored\n");
     o.write("target/x.log", "ignored\n");
+    o.write("src/extra.txt", "new next to tracked files\n");
+    o.write("src/also.log", "ignored next to tracked files\n");
+    std::os::unix::fs::symlink("lib.txt", o.ws.join("src/link")).unwrap();
+    std::os::unix::fs::symlink("lib.txt", o.upper.join("src/link")).unwrap();
     assert!(
         same(&mut fast, &mut full, "new files, ignored ones")
+            .await
+            .changed
+    );
+    let c = fast.commit("new files").await.unwrap();
+    let files = git(&s.mirror, &["ls-tree", "-r", "--name-only", &c]);
+    assert!(
+        files.contains("src/extra.txt") && files.contains("src/link"),
+        "{files}"
+    );
+    assert!(!files.contains(".log"), "{files}");
+    // New files did not make it look at everything either.
+    write(
+        &o.ws,
+        "docs/guide.txt",
+        "changed behind the overlay's back\n",
+    );
+    assert!(!fast.snapshot().await.unwrap().changed);
+    write(
+        &o.upper,
+        "docs/guide.txt",
+        "changed behind the overlay's back\n",
+    );
+    assert!(
+        same(&mut fast, &mut full, "recorded in the upper layer")
+            .await
+            .changed
+    );
+    // A changed .gitignore changes what is ignored: `*.log` files are in now, `target/` is not.
+    o.write(".gitignore", "target/\n");
+    o.write("newdir/deeper/.gitignore", "*.tmp\n");
+    o.write("newdir/deeper/c.tmp", "ignored by the nested one\n");
+    assert!(
+        same(&mut fast, &mut full, "a .gitignore changed")
             .await
             .changed
     );
@@ -392,6 +430,11 @@ async fn in_a_copy_on_write_workspace_snapshots_look_only_at_the_upper_layer() {
     let files = git(&s.mirror, &["ls-tree", "-r", "--name-only", &c]);
     assert_eq!(
         files.lines().collect::<Vec<_>>(),
-        vec![".gitignore", "README.md/inside.txt"]
+        vec![
+            ".gitignore",
+            "README.md/inside.txt",
+            "build.log",
+            "docs/guide.txt"
+        ]
     );
 }

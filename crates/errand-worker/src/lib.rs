@@ -566,7 +566,23 @@ impl Worker {
             ),
         )
         .await?;
-        // A run after a crash resumes from its checkpoint; every run takes checkpoints.
+        // Without configured checks, the commands named in AGENTS.md are the checks. They are
+        // read now, before the agent runs, so that an agent can't rewrite its own checks.
+        let (check_specs, checks_from_agents_md) = if task.environment.checks.is_empty() {
+            let root = ws.clone();
+            let text = tokio::task::spawn_blocking(move || checks::read_agents_md(&root))
+                .await
+                .unwrap_or(None);
+            let found = text
+                .as_deref()
+                .map(agents_md::checks_from_agents_md)
+                .unwrap_or_default();
+            (found, text.is_some())
+        } else {
+            (task.environment.checks.clone(), false)
+        };
+        // A run after a crash resumes from its checkpoint (after AGENTS.md was read, so the
+        // agent's own edits to it don't choose the checks); every run takes checkpoints.
         let mut resume = checkpoint::setup(
             &self.mirrors,
             c,
@@ -587,21 +603,6 @@ impl Worker {
         for n in std::mem::take(&mut resume.notices) {
             self.notice(aid, n).await?;
         }
-        // Without configured checks, the commands named in AGENTS.md are the checks. They are
-        // read now, before the agent runs, so that an agent can't rewrite its own checks.
-        let (check_specs, checks_from_agents_md) = if task.environment.checks.is_empty() {
-            let root = ws.clone();
-            let text = tokio::task::spawn_blocking(move || checks::read_agents_md(&root))
-                .await
-                .unwrap_or(None);
-            let found = text
-                .as_deref()
-                .map(agents_md::checks_from_agents_md)
-                .unwrap_or_default();
-            (found, text.is_some())
-        } else {
-            (task.environment.checks.clone(), false)
-        };
         let redactor = self.redaction.redactor(aid);
         let resolved = redact::attempt_redactor(&task.environment.secrets, redact::env_var);
         for name in resolved.ignored() {
