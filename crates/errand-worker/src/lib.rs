@@ -22,7 +22,7 @@ pub mod testcounts;
 
 pub use client::{LocalClient, WorkerClient};
 
-use errand_agent::{AgentConfig, AgentError, AgentRun, EndReason, EventSink};
+use errand_agent::{AgentConfig, AgentError, AgentRun, EndReason};
 use errand_core::{EventKind, Status, Usage};
 use errand_git::MirrorCache;
 use errand_sandbox::{BoxSpec, SandboxBackend, SandboxBox};
@@ -121,40 +121,6 @@ impl From<AgentError> for RunError {
             AgentError::Sink(m) if m.contains("lease") => RunError::LeaseLost,
             other => RunError::Failed(other.to_string()),
         }
-    }
-}
-
-/// Sends the agent's events to the queue, fenced by this worker's lease.
-struct AttemptSink {
-    client: Arc<dyn WorkerClient>,
-    attempt: String,
-    worker: String,
-    /// What the box used through the model gateway so far, added to the running totals.
-    gateway_used: Option<Arc<std::sync::Mutex<Usage>>>,
-    /// The egress proxy's denials not yet shown to the agent (network mode `allowlist`).
-    denials: Option<egress::DenialFeed>,
-}
-
-#[async_trait::async_trait]
-impl EventSink for AttemptSink {
-    async fn emit(&self, events: Vec<EventKind>) -> Result<(), AgentError> {
-        self.client
-            .append_events(&self.attempt, &self.worker, events)
-            .await
-            .map(|_| ())
-            .map_err(|e| AgentError::Sink(e.to_string()))
-    }
-    async fn usage(&self, mut usage: Usage, turns: u64) -> Result<(), AgentError> {
-        if let Some(g) = &self.gateway_used {
-            usage.add(&g.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        self.client
-            .update_usage(&self.attempt, &self.worker, usage, turns)
-            .await
-            .map_err(|e| AgentError::Sink(e.to_string()))
-    }
-    fn tool_notes(&self) -> Option<String> {
-        self.denials.as_ref().and_then(|d| d.take_note())
     }
 }
 

@@ -23,7 +23,8 @@
 //! agent's commit: the commit excludes them, and the agent's box gets them in
 //! `.git/info/exclude` so that `git status` does not show them either.
 
-use crate::{AttemptSink, LEASE_WALL_TIME, RunError, RunState, Worker};
+use crate::checkpoint::CheckpointSink;
+use crate::{LEASE_WALL_TIME, RunError, RunState, Worker};
 use errand_agent::tools::StreamedCommand;
 use errand_core::{EnvironmentSnapshot, NetworkConfig, NetworkMode, SetupInfo};
 use errand_sandbox::ns::NetMode;
@@ -1087,13 +1088,15 @@ impl Worker {
             .sandbox_box
             .as_deref()
             .ok_or(RunError::Failed("setup box missing".into()))?;
-        let sink = AttemptSink {
-            client: self.client.clone(),
-            attempt: aid.to_string(),
-            worker: self.config.name.clone(),
-            gateway_used: None,
-            denials: None,
-        };
+        // The setup phase's commands only emit events: no checkpoints, no usage.
+        let sink = CheckpointSink::new(
+            self.client.clone(),
+            aid,
+            &self.config.name,
+            None,
+            Default::default(),
+            0,
+        );
         let r = StreamedCommand {
             sandbox: b,
             sink: &sink,
