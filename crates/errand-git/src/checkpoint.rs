@@ -19,7 +19,10 @@
 //! unusual (a file that became a directory, an embedded repository) falls back to
 //! `git add --all`.
 
-use crate::{AGENT_EMAIL, AGENT_NAME, GitError, Result, base_command, copy_index, run_ok};
+use crate::{
+    AGENT_EMAIL, AGENT_NAME, GitError, Result, base_command, copy_index, run_ok,
+    scratch_git_command,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -202,28 +205,16 @@ impl Checkpointer {
     ) -> Result<(Option<i32>, Vec<u8>, String)> {
         let name_cfg = format!("user.name={AGENT_NAME}");
         let email_cfg = format!("user.email={AGENT_EMAIL}");
-        let mut c = base_command(Some(&self.workspace));
-        c.env("GIT_DIR", &self.git_dir)
-            .env("GIT_WORK_TREE", &self.workspace)
-            .env("GIT_INDEX_FILE", self.index())
-            .env("GIT_OBJECT_DIRECTORY", &self.objects)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        let mut c = scratch_git_command(
+            Some(&self.workspace),
+            &self.git_dir,
+            &self.workspace,
+            &self.index(),
+        );
+        c.env("GIT_OBJECT_DIRECTORY", &self.objects)
             .args([
                 "-c",
-                "core.bare=false",
-                "-c",
-                "core.hooksPath=/dev/null",
-                "-c",
-                "core.fsmonitor=false",
-                "-c",
-                "core.checkStat=minimal",
-                "-c",
-                "core.trustctime=false",
-                "-c",
                 "index.skipHash=true",
-                "-c",
-                "core.autocrlf=false",
                 "-c",
                 "commit.gpgsign=false",
                 "-c",

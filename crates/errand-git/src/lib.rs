@@ -95,6 +95,39 @@ pub(crate) fn base_command(cwd: Option<&Path>) -> Command {
     c
 }
 
+/// A git command on `workspace` through a git directory and index of Errand's own
+/// (`git_dir`, `index`), trusting nothing the workspace or the host could configure: no
+/// system or global configuration, no hooks, no fsmonitor, no line-ending conversion, and
+/// stat data compared the cheap way. Callers add their own `-c` options, then the subcommand.
+pub(crate) fn scratch_git_command(
+    cwd: Option<&Path>,
+    git_dir: &Path,
+    workspace: &Path,
+    index: &Path,
+) -> Command {
+    let mut c = base_command(cwd);
+    c.env("GIT_DIR", git_dir)
+        .env("GIT_WORK_TREE", workspace)
+        .env("GIT_INDEX_FILE", index)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args([
+            "-c",
+            "core.bare=false",
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "core.checkStat=minimal",
+            "-c",
+            "core.trustctime=false",
+            "-c",
+            "core.autocrlf=false",
+        ]);
+    c
+}
+
 async fn run(cwd: Option<&Path>, args: &[&str]) -> Result<Out> {
     let out = base_command(cwd).args(args).output().await?;
     Ok(Out {
@@ -844,33 +877,16 @@ pub async fn commit_workspace_with(
     let name_cfg = format!("user.name={AGENT_NAME}");
     let email_cfg = format!("user.email={AGENT_EMAIL}");
     let git = |args: Vec<String>| {
-        let mut c = base_command(None);
-        c.env("GIT_DIR", scratch_git)
-            .env("GIT_WORK_TREE", workspace)
-            .env("GIT_INDEX_FILE", &index)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .args([
-                "-c",
-                "core.bare=false",
-                "-c",
-                "core.hooksPath=/dev/null",
-                "-c",
-                "core.fsmonitor=false",
-                "-c",
-                "core.checkStat=minimal",
-                "-c",
-                "core.trustctime=false",
-                "-c",
-                "core.autocrlf=false",
-                "-c",
-                "commit.gpgsign=false",
-                "-c",
-                &name_cfg,
-                "-c",
-                &email_cfg,
-            ])
-            .args(&args);
+        let mut c = scratch_git_command(None, scratch_git, workspace, &index);
+        c.args([
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            &name_cfg,
+            "-c",
+            &email_cfg,
+        ])
+        .args(&args);
         async move {
             let shown = args.join(" ");
             let out = c.output().await?;

@@ -5,7 +5,7 @@
 //! `.git` runs or redirects anything on the host. Git never follows a symlink into a directory
 //! while it walks, so every path listed is a real path inside the workspace.
 
-use crate::{GitError, Result, base_command, copy_index, run_ok};
+use crate::{GitError, Result, copy_index, run_ok, scratch_git_command};
 use std::path::Path;
 
 /// One entry of a commit's tree.
@@ -116,31 +116,14 @@ async fn scan_in(
         _ => false,
     };
     let git = |args: &[&str]| {
-        let mut c = base_command(None);
-        c.env("GIT_DIR", scratch_git)
-            .env("GIT_WORK_TREE", workspace)
-            .env("GIT_INDEX_FILE", &index)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .args([
-                "-c",
-                "core.bare=false",
-                "-c",
-                "core.hooksPath=/dev/null",
-                "-c",
-                "core.fsmonitor=false",
-                "-c",
-                "core.untrackedCache=false",
-                "-c",
-                "core.excludesFile=/dev/null",
-                "-c",
-                "core.checkStat=minimal",
-                "-c",
-                "core.trustctime=false",
-                "-c",
-                "core.autocrlf=false",
-            ])
-            .args(args);
+        let mut c = scratch_git_command(None, scratch_git, workspace, &index);
+        c.args([
+            "-c",
+            "core.untrackedCache=false",
+            "-c",
+            "core.excludesFile=/dev/null",
+        ])
+        .args(args);
         let shown = args.join(" ");
         async move {
             let out = c.output().await?;
