@@ -81,6 +81,39 @@ else:
     print("lat=" + ",".join(map(str, lat)))
 "#;
 
+/// A download client for the egress path: straight to the server (`-` as the proxy port), or
+/// through the egress proxy on the box's loopback with `CONNECT`. Speaks the proxy bench's
+/// transfer protocol (mode byte 0 = send me, then the length).
+const DL_CLIENT: &str = r#"
+import socket, struct, sys, time
+proxy, target, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+host, port = target.rsplit(":", 1)
+t = time.perf_counter()
+if proxy == "-":
+    s = socket.create_connection((host, int(port)))
+else:
+    s = socket.create_connection(("127.0.0.1", int(proxy)))
+    s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        d = s.recv(1)
+        if not d:
+            raise SystemExit("the proxy closed the connection")
+        head += d
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise SystemExit("CONNECT refused: %r" % head)
+s.sendall(b"\x00" + struct.pack("<Q", n))
+buf = bytearray(1 << 20)
+view = memoryview(buf)
+got = 0
+while True:
+    k = s.recv_into(view)
+    if not k:
+        break
+    got += k
+print("bytes=%d secs=%.6f" % (got, time.perf_counter() - t))
+"#;
+
 pub struct Plan {
     /// GiB-sized transfers per way.
     pub transfers: usize,
@@ -103,6 +136,8 @@ pub struct BridgeResult {
     ping_tcp: Summary,
     enforced: String,
     python: String,
+    /// MB/s of each download through the egress path, by way.
+    egress: Vec<(&'static str, Vec<f64>)>,
 }
 
 /// The sink/echo server on a host Unix socket.
@@ -194,8 +229,17 @@ fn parse_lat(out: &str) -> Result<Summary> {
 
 /// Runs the client in the box; returns its stdout.
 async fn in_box(b: &dyn SandboxBox, python: &str, args: &[String]) -> Result<String> {
+    in_box_run(b, python, CLIENT, args).await
+}
+
+async fn in_box_run(
+    b: &dyn SandboxBox,
+    python: &str,
+    script: &str,
+    args: &[String],
+) -> Result<String> {
     let ns = b.as_ns().context("not a namespace box")?;
-    let mut argv = vec![python.to_string(), "-c".into(), CLIENT.into()];
+    let mut argv = vec![python.to_string(), "-c".into(), script.into()];
     argv.extend(args.iter().cloned());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<errand_sandbox::OutputChunk>(64);
     let collect = tokio::spawn(async move {
@@ -224,8 +268,12 @@ async fn in_box(b: &dyn SandboxBox, python: &str, args: &[String]) -> Result<Str
 
 /// Runs the client on the host; returns its stdout.
 async fn on_host(python: &str, args: &[String]) -> Result<String> {
+    on_host_run(python, CLIENT, args).await
+}
+
+async fn on_host_run(python: &str, script: &str, args: &[String]) -> Result<String> {
     let mut c = tokio::process::Command::new(python);
-    c.arg("-c").arg(CLIENT).args(args).kill_on_drop(true);
+    c.arg("-c").arg(script).args(args).kill_on_drop(true);
     let o = tokio::time::timeout(CLIENT_TIMEOUT, c.output())
         .await
         .context("the host client did not finish in time")?
@@ -283,6 +331,7 @@ pub async fn run(bin: &Path, plan: &Plan) -> Result<BridgeResult> {
         bridges: vec![Bridge {
             port: PORT,
             socket: sock.clone(),
+            handoff: false,
         }],
         ..Default::default()
     };
@@ -347,14 +396,141 @@ pub async fn run(bin: &Path, plan: &Plan) -> Result<BridgeResult> {
             ping_tcp,
             enforced,
             python: python.clone(),
+            egress: Vec::new(),
         })
     }
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(30), b.destroy()).await;
+    let result = match result {
+        Ok(mut r) => {
+            r.egress = egress_path(&backend, &root, &python, plan).await?;
+            Ok(r)
+        }
+        Err(e) => Err(e),
+    };
     stop.cancel();
     let _ = srv.await;
     let _ = tcp_srv.await;
     result
+}
+
+/// Downloads from a host server into a box: from an `open` box straight to the server, and
+/// from `allowlist` boxes through the egress proxy's `CONNECT` tunnel, with the bridge handing
+/// the box's connection to the proxy (as the worker does) or relaying its bytes (as before).
+async fn egress_path(
+    backend: &NamespaceBackend,
+    root: &Path,
+    python: &str,
+    plan: &Plan,
+) -> Result<Vec<(&'static str, Vec<f64>)>> {
+    use errand_proxy::{MapResolver, Policy, Proxy, ProxyConfig};
+    use std::sync::Arc;
+    eprintln!("bench:   downloads through the egress proxy");
+    let server = TcpListener::bind("127.0.0.1:0").await?;
+    let sport = server.local_addr()?.port();
+    let srv = tokio::spawn(crate::proxy::transfer_server(server));
+    let policy = Policy::parse(&["src.test:*".into(), "127.0.0.1".into()], &[])?;
+    let resolver = MapResolver::from_spec("src.test=127.0.0.1")?;
+    let cfg = ProxyConfig::new(Arc::new(policy), Arc::new(resolver), Arc::new(|_| {}));
+    let (hand_sock, relay_sock) = (root.join("egress-h.sock"), root.join("egress-r.sock"));
+    let hand_proxy = Proxy::serve_unix(&hand_sock, cfg.clone())?;
+    let relay_proxy = Proxy::serve_unix(&relay_sock, cfg)?;
+    let mk = |name: &str, net: NetMode, bridge: Option<(&Path, bool)>| {
+        let ws = root.join(format!("ws-{name}"));
+        let spec = BoxSpec {
+            workspace: ws.clone(),
+            scratch: root.join(format!("scratch-{name}")),
+            net: Some(net),
+            env: vec![],
+            bridges: bridge
+                .map(|(sock, handoff)| {
+                    vec![Bridge {
+                        port: PORT,
+                        socket: sock.to_path_buf(),
+                        handoff,
+                    }]
+                })
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        (ws, spec)
+    };
+    let mut boxes = Vec::new();
+    for (name, net, bridge) in [
+        ("open", NetMode::Open, None),
+        (
+            "hand",
+            NetMode::Allowlist,
+            Some((hand_sock.as_path(), true)),
+        ),
+        (
+            "relay",
+            NetMode::Allowlist,
+            Some((relay_sock.as_path(), false)),
+        ),
+    ] {
+        let (ws, spec) = mk(name, net, bridge);
+        std::fs::create_dir_all(&ws)?;
+        boxes.push(
+            backend
+                .create(spec)
+                .await
+                .with_context(|| format!("starting the {name} box"))?,
+        );
+    }
+    let bytes = plan.transfer_mib * MIB;
+    let target_direct = format!("127.0.0.1:{sport}");
+    let target_proxy = format!("src.test:{sport}");
+    let mut ways: Vec<(&'static str, Vec<f64>)> = vec![
+        ("host → server (no box)", Vec::new()),
+        ("`open` box → server", Vec::new()),
+        (
+            "**`allowlist` box → bridge, handed over → errand proxy → server**",
+            Vec::new(),
+        ),
+        (
+            "`allowlist` box → bridge relay → Unix socket → errand proxy → server",
+            Vec::new(),
+        ),
+    ];
+    let result = async {
+        for i in 0..plan.transfers {
+            eprintln!("bench:     download {}/{}", i + 1, plan.transfers);
+            let args = |proxy: &str, target: &str| {
+                vec![proxy.to_string(), target.to_string(), bytes.to_string()]
+            };
+            let out = on_host_run(python, DL_CLIENT, &args("-", &target_direct)).await?;
+            ways[0].1.push(parse_bulk(&out, bytes)?);
+            let out = in_box_run(
+                boxes[0].as_ref(),
+                python,
+                DL_CLIENT,
+                &args("-", &target_direct),
+            )
+            .await?;
+            ways[1].1.push(parse_bulk(&out, bytes)?);
+            let port = PORT.to_string();
+            for (w, b) in [(2, 1), (3, 2)] {
+                let out = in_box_run(
+                    boxes[b].as_ref(),
+                    python,
+                    DL_CLIENT,
+                    &args(&port, &target_proxy),
+                )
+                .await?;
+                ways[w].1.push(parse_bulk(&out, bytes)?);
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    for b in boxes {
+        let _ = tokio::time::timeout(Duration::from_secs(30), b.destroy()).await;
+    }
+    hand_proxy.shutdown().await;
+    relay_proxy.shutdown().await;
+    srv.abort();
+    result.map(|_| ways)
 }
 
 fn mbps(v: &[f64]) -> String {
@@ -427,5 +603,20 @@ pub fn report(r: &BridgeResult) -> String {
         us(r.ping_bridge.pct(50.0) - r.ping_direct.pct(50.0)),
         us(r.ping_bridge.pct(99.0) - r.ping_direct.pct(99.0)),
     );
+    if let Some((_, open)) = r.egress.get(1) {
+        let open = Summary::from_ms(open).median();
+        s += &format!(
+            "\n**Downloads into a box through the egress proxy** ({} MiB each, the proxy bench's \
+             transfer server on the host's loopback, Python's `recv_into` with a 1 MiB buffer as \
+             the client; MB/s, median (min–max) of {}; ratio of the medians to the `open` box):\n\n\
+             | way | MB/s | of the `open` box |\n| --- | ---: | ---: |\n",
+            r.plan_mib,
+            r.egress[0].1.len()
+        );
+        for (label, v) in &r.egress {
+            let m = Summary::from_ms(v).median();
+            s += &format!("| {label} | {} | {:.0} % |\n", mbps(v), m / open * 100.0);
+        }
+    }
     s
 }

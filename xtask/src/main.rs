@@ -537,6 +537,7 @@ async fn bench(o: Options, prep: Prepared) -> Result<String> {
             bytes: o.proxy_mib as u64 * 1024 * 1024,
             runs: 5,
             requests: o.proxy_requests,
+            baselines: true,
         };
         let r = proxy::run(&plan).await?;
         eprintln!("bench:   took {:.1} s", t.elapsed().as_secs_f64());

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,25 +30,71 @@ pub struct Plan {
     pub runs: usize,
     /// Timed requests per way.
     pub requests: usize,
+    /// Also measure other relays (tinyproxy, Squid, socat where installed, and a bare splice
+    /// relay) on the same transfers.
+    pub baselines: bool,
+}
+
+/// How a transfer reaches the transfer server.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Way {
+    /// Straight to the server.
+    Direct,
+    /// Through `errand_proxy::Proxy`'s CONNECT tunnel.
+    Errand,
+    /// Through tinyproxy's CONNECT tunnel (Debian package `tinyproxy-bin`), when installed.
+    Tinyproxy,
+    /// Through Squid's CONNECT tunnel (Debian package `squid`), when installed.
+    Squid,
+    /// Through `socat TCP-LISTEN,fork TCP:server` (no HTTP at all), when installed.
+    Socat,
+    /// Through the bench's own relay: one thread per direction, blocking `splice(2)` through
+    /// a pipe, no HTTP, no policy, no event loop: about the least CPU any relay can use.
+    BareSplice,
+}
+
+impl Way {
+    pub fn label(self) -> &'static str {
+        match self {
+            Way::Direct => "direct",
+            Way::Errand => "**errand proxy, CONNECT tunnel**",
+            Way::Tinyproxy => "tinyproxy 1.11, CONNECT tunnel",
+            Way::Squid => "Squid, CONNECT tunnel",
+            Way::Socat => "socat TCP relay (no HTTP)",
+            Way::BareSplice => "bare splice relay (no HTTP; the floor)",
+        }
+    }
+}
+
+pub struct WayRuns {
+    pub way: Way,
+    pub runs: Vec<Duration>,
+    /// CPU time of the client and server threads.
+    pub endpoints_cpu: Duration,
+    /// CPU time of the relay: the proxy's threads, or the external process.
+    pub relay_cpu: Duration,
 }
 
 pub struct Transfer {
     pub upload: bool,
-    pub direct: Vec<Duration>,
-    pub proxied: Vec<Duration>,
-    /// CPU time of the direct transfers (client and server threads).
-    pub direct_cpu: Duration,
-    /// CPU time of the proxied transfers: client and server threads, and the proxy's.
-    pub proxied_cpu: Duration,
-    pub proxy_cpu: Duration,
+    /// `Way::Direct` first.
+    pub ways: Vec<WayRuns>,
 }
 
-/// CPU time used so far by this process's threads, by whether their name starts with
-/// `bench-proxy` (the proxy's runtime) or not. Read per thread through its CPU-time clock.
-fn cpu_split() -> (Duration, Duration) {
-    let (mut proxy, mut other) = (Duration::ZERO, Duration::ZERO);
+/// CPU time used so far by this process's threads: the proxy's runtime (`bench-proxy*`),
+/// the bare relay's threads (`bench-relay*`), and the others (client, servers). Read per
+/// thread through its CPU-time clock.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    proxy: Duration,
+    relay: Duration,
+    other: Duration,
+}
+
+fn cpu_split() -> Cpu {
+    let mut cpu = Cpu::default();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return (proxy, other);
+        return cpu;
     };
     for t in tasks.flatten() {
         let Some(tid) = t
@@ -70,12 +117,255 @@ fn cpu_split() -> (Duration, Duration) {
         }
         let d = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
         if comm.starts_with("bench-proxy") {
-            proxy += d;
+            cpu.proxy += d;
+        } else if comm.starts_with("bench-relay") {
+            cpu.relay += d;
         } else {
-            other += d;
+            cpu.other += d;
         }
     }
-    (proxy, other)
+    cpu
+}
+
+/// CPU time of a process and its waited-for children, from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return Duration::ZERO;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14-17 of the line: 12-15 after the name.
+    let ticks: u64 = (12..16)
+        .filter_map(|i| f.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// A relay beside the proxy for comparison: another proxy or plain relay as an external
+/// process, or the bench's own bare splice relay.
+struct Relay {
+    way: Way,
+    addr: SocketAddr,
+    child: Option<std::process::Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// CPU time of the bare relay's threads that have ended (each adds its own when it ends).
+static BARE_RELAY_NS: AtomicU64 = AtomicU64::new(0);
+
+impl Relay {
+    fn cpu(&self, now: &Cpu) -> Duration {
+        match &self.child {
+            Some(c) => process_cpu(c.id()),
+            None => now.relay + Duration::from_nanos(BARE_RELAY_NS.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn find_tool(name: &str) -> Option<std::path::PathBuf> {
+    ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts an external relay if its tool is installed and starts; otherwise says why not.
+async fn external(way: Way, server_port: u16) -> Result<Relay, String> {
+    external_inner(way, server_port)
+        .await
+        .map_err(|e| format!("{}: not measured ({e:#})", way.label()))
+}
+
+async fn external_inner(way: Way, server_port: u16) -> Result<Relay> {
+    use std::process::{Command, Stdio};
+    let tool = match way {
+        Way::Tinyproxy => "tinyproxy",
+        Way::Squid => "squid",
+        Way::Socat => "socat",
+        _ => bail!("not an external relay: {way:?}"),
+    };
+    let Some(bin) = find_tool(tool) else {
+        bail!("{tool} is not installed");
+    };
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let d = dir.path().display().to_string();
+    let mut cmd = Command::new(&bin);
+    match way {
+        Way::Tinyproxy => {
+            let conf = dir.path().join("tinyproxy.conf");
+            // No ConnectPort line: CONNECT to any port, as the bench's server port needs.
+            std::fs::write(
+                &conf,
+                format!(
+                    "Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 100\n\
+                     Allow 127.0.0.1\nLogLevel Critical\nPidFile \"{d}/tinyproxy.pid\"\n"
+                ),
+            )?;
+            cmd.arg("-d").arg("-c").arg(&conf);
+        }
+        Way::Squid => {
+            let conf = dir.path().join("squid.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "http_port 127.0.0.1:{port}\nhttp_access allow all\ncache deny all\n\
+                     cache_mem 8 MB\naccess_log none\ncache_store_log none\n\
+                     cache_log {d}/cache.log\npid_filename {d}/squid.pid\ncoredump_dir {d}\n\
+                     logfile_rotate 0\nshutdown_lifetime 0 seconds\npinger_enable off\n"
+                ),
+            )?;
+            cmd.arg("-N").arg("-f").arg(&conf);
+        }
+        _ => {
+            cmd.arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+                .arg(format!("TCP:127.0.0.1:{server_port}"));
+        }
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let relay = Relay {
+        way,
+        addr: ([127, 0, 0, 1], port).into(),
+        child: Some(child),
+        _dir: Some(dir),
+    };
+    let mut relay = relay;
+    let limit = Duration::from_secs(20);
+    let end = Instant::now() + limit;
+    loop {
+        if TcpStream::connect(relay.addr).await.is_ok() {
+            return Ok(relay);
+        }
+        if let Some(Ok(Some(status))) = relay.child.as_mut().map(|c| c.try_wait()) {
+            bail!(
+                "{tool} exited at start ({status}){}",
+                if way == Way::Squid {
+                    "; Squid cannot switch to its own user inside the bench's private user \
+                     namespace"
+                } else {
+                    ""
+                }
+            );
+        }
+        ensure!(
+            Instant::now() < end,
+            "{tool} did not listen on {} within {limit:?}",
+            relay.addr
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The bench's own relay: blocking `splice(2)` both ways, a thread per direction.
+fn bare_splice(server: SocketAddr) -> Result<Relay> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    std::thread::Builder::new()
+        .name("bench-relay-accept".into())
+        .spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                let Ok(u) = std::net::TcpStream::connect(server) else {
+                    continue;
+                };
+                let _ = (c.set_nodelay(true), u.set_nodelay(true));
+                let (Ok(c2), Ok(u2)) = (c.try_clone(), u.try_clone()) else {
+                    continue;
+                };
+                let _ = std::thread::Builder::new()
+                    .name("bench-relay".into())
+                    .spawn(move || splice_one_way(&c, &u));
+                let _ = std::thread::Builder::new()
+                    .name("bench-relay".into())
+                    .spawn(move || splice_one_way(&u2, &c2));
+            }
+        })?;
+    Ok(Relay {
+        way: Way::BareSplice,
+        addr,
+        child: None,
+        _dir: None,
+    })
+}
+
+fn splice_one_way(from: &std::net::TcpStream, to: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors; they are closed below.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return;
+    }
+    // SAFETY: plain calls on descriptors owned here (the pipe) or by the streams.
+    unsafe {
+        libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 1 << 20);
+        loop {
+            let n = libc::splice(
+                from.as_raw_fd(),
+                std::ptr::null_mut(),
+                fds[1],
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::SPLICE_F_MOVE,
+            );
+            if n <= 0 {
+                break;
+            }
+            let mut left = n;
+            while left > 0 {
+                let m = libc::splice(
+                    fds[0],
+                    std::ptr::null_mut(),
+                    to.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    left as usize,
+                    libc::SPLICE_F_MOVE,
+                );
+                if m <= 0 {
+                    break;
+                }
+                left -= m;
+            }
+            if left > 0 {
+                break;
+            }
+        }
+        libc::shutdown(to.as_raw_fd(), libc::SHUT_WR);
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) == 0 {
+            let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            BARE_RELAY_NS.fetch_add(ns, Ordering::Relaxed);
+        }
+    }
 }
 
 pub struct Latency {
@@ -90,6 +380,8 @@ pub struct ProxyResult {
     pub latency: Vec<Latency>,
     pub records: usize,
     pub requests: usize,
+    /// Baselines that could not be measured, and why.
+    pub skipped: Vec<String>,
 }
 
 const CHUNK: usize = 256 * 1024;
@@ -106,7 +398,7 @@ fn runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime> {
 
 /// The transfer server: reads `u8 mode` (0 = send, 1 = receive) and a `u64` length, then
 /// sends that many bytes and closes, or reads them and answers one byte.
-async fn transfer_server(l: TcpListener) {
+pub(crate) async fn transfer_server(l: TcpListener) {
     let buf = Arc::new(vec![0x5au8; CHUNK]);
     while let Ok((mut io, _)) = l.accept().await {
         let _ = io.set_nodelay(true);
@@ -173,7 +465,7 @@ async fn tunnel(proxy: SocketAddr, target: &str) -> Result<TcpStream> {
         ensure!(head.len() < 8192, "CONNECT response head too long");
     }
     ensure!(
-        head.starts_with(b"HTTP/1.1 200"),
+        head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"),
         "CONNECT {target} refused: {}",
         String::from_utf8_lossy(&head)
     );
@@ -291,55 +583,88 @@ async fn measure(
     let direct_t: SocketAddr = ([127, 0, 0, 1], tport).into();
     let direct_h: SocketAddr = ([127, 0, 0, 1], hport).into();
 
-    // Throughput.
+    // Throughput: every way in turn within each run, so that load changes hit all alike.
+    let (mut relays, mut skipped) = (Vec::new(), Vec::new());
+    for way in [Way::Tinyproxy, Way::Squid, Way::Socat] {
+        if plan.baselines {
+            match external(way, tport).await {
+                Ok(r) => relays.push(r),
+                Err(why) => {
+                    eprintln!("bench:   {why}");
+                    skipped.push(why);
+                }
+            }
+        }
+    }
+    if plan.baselines {
+        relays.push(bare_splice(direct_t)?);
+    }
+    let mut ways = vec![Way::Direct, Way::Errand];
+    ways.extend(relays.iter().map(|r| r.way));
+    let connect = |way: Way| {
+        let relay = relays.iter().find(|r| r.way == way).map(|r| r.addr);
+        async move {
+            let s = match (way, relay) {
+                (Way::Direct, _) => connect_nodelay(direct_t).await?,
+                (Way::Errand, _) => tunnel(proxy, &format!("src.test:{tport}")).await?,
+                (Way::Tinyproxy | Way::Squid, Some(a)) => {
+                    tunnel(a, &format!("127.0.0.1:{tport}")).await?
+                }
+                (_, Some(a)) => connect_nodelay(a).await?,
+                (w, None) => bail!("no relay for {w:?}"),
+            };
+            Ok::<_, anyhow::Error>(s)
+        }
+    };
     let mut transfers = Vec::new();
     for upload in [false, true] {
         let mut t = Transfer {
             upload,
-            direct: Vec::new(),
-            proxied: Vec::new(),
-            direct_cpu: Duration::ZERO,
-            proxied_cpu: Duration::ZERO,
-            proxy_cpu: Duration::ZERO,
+            ways: ways
+                .iter()
+                .map(|&way| WayRuns {
+                    way,
+                    runs: Vec::new(),
+                    endpoints_cpu: Duration::ZERO,
+                    relay_cpu: Duration::ZERO,
+                })
+                .collect(),
         };
         let warm = (plan.bytes / 16).max(1 << 20);
-        let s = TcpStream::connect(direct_t).await?;
-        s.set_nodelay(true)?;
-        transfer(s, warm, upload).await?;
-        transfer(
-            tunnel(proxy, &format!("src.test:{tport}")).await?,
-            warm,
-            upload,
-        )
-        .await?;
+        for &way in &ways {
+            transfer(connect(way).await?, warm, upload).await?;
+        }
         for run in 0..plan.runs {
-            let (p0, o0) = cpu_split();
-            let s = TcpStream::connect(direct_t).await?;
-            s.set_nodelay(true)?;
-            let d = transfer(s, plan.bytes, upload).await?;
-            let (p1, o1) = cpu_split();
-            let s = tunnel(proxy, &format!("src.test:{tport}")).await?;
-            let p = transfer(s, plan.bytes, upload).await?;
-            let (p2, o2) = cpu_split();
-            t.direct_cpu += (o1 + p1).saturating_sub(o0 + p0);
-            t.proxied_cpu += o2.saturating_sub(o1);
-            t.proxy_cpu += p2.saturating_sub(p1);
+            let mut line = Vec::new();
+            for w in t.ways.iter_mut() {
+                let relay = relays.iter().find(|r| r.way == w.way);
+                let c0 = cpu_split();
+                let r0 = relay.map(|r| r.cpu(&c0));
+                let s = connect(w.way).await?;
+                let d = transfer(s, plan.bytes, upload).await?;
+                // Relay threads and processes of the transfer end (and are reaped) shortly
+                // after its last byte; their CPU is read after that.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let c1 = cpu_split();
+                let r1 = relay.map(|r| r.cpu(&c1));
+                w.endpoints_cpu += c1.other.saturating_sub(c0.other);
+                w.relay_cpu += match (r0, r1) {
+                    (Some(a), Some(b)) => b.saturating_sub(a),
+                    _ => c1.proxy.saturating_sub(c0.proxy),
+                };
+                w.runs.push(d);
+                line.push(format!("{:?} {:.0}", w.way, mib_s(plan.bytes, d)));
+            }
             eprintln!(
-                "bench:   {} run {}: direct {:.0} MiB/s, through the tunnel {:.0} MiB/s \
-                 (CPU: direct {:.0} ms, proxied {:.0} ms + proxy {:.0} ms)",
+                "bench:   {} run {} (MiB/s): {}",
                 if upload { "upload" } else { "download" },
                 run + 1,
-                mib_s(plan.bytes, d),
-                mib_s(plan.bytes, p),
-                ((o1 + p1).saturating_sub(o0 + p0)).as_secs_f64() * 1e3,
-                o2.saturating_sub(o1).as_secs_f64() * 1e3,
-                p2.saturating_sub(p1).as_secs_f64() * 1e3,
+                line.join(", ")
             );
-            t.direct.push(d);
-            t.proxied.push(p);
         }
         transfers.push(t);
     }
+    drop(relays);
 
     // Latency: a kept connection, plain HTTP (absolute form through the proxy).
     let warmup = (plan.requests / 20).max(5);
@@ -402,6 +727,7 @@ async fn measure(
         latency,
         records: records.load(Ordering::Relaxed),
         requests: plan.requests,
+        skipped,
     })
 }
 
@@ -430,42 +756,60 @@ pub fn report(r: &ProxyResult) -> String {
          request goes through the full check (name, resolution, address guard) and produces a \
          record ({} records in all). Direct and proxied samples alternate.\n\n\
          **Throughput**: {} per transfer over one TCP connection (256 KiB reads and writes), \
-         {} runs per way after a warm-up transfer each: the median, and the best run (noise from \
-         other work only ever slows a run down). CPU: the time the threads used per GiB moved, \
-         read from each thread's CPU clock (loopback TCP's receive work is charged to the \
-         sending thread).\n\n",
+         {} runs per way after a warm-up transfer each, every way in turn within a run: the \
+         median, and the best run (noise from other work only ever slows a run down). Beside \
+         the errand proxy, as baselines on the same server and client: tinyproxy and Squid \
+         (CONNECT tunnels, Debian's packages, minimal loopback configurations), socat (a plain \
+         TCP relay, `fork`, default buffer) and the bench's bare relay (a thread per direction, \
+         blocking `splice(2)`, no HTTP: about the least CPU a user-space relay can spend). \
+         CPU: the time used per GiB moved, read from each thread's CPU clock for the bench's \
+         threads and from `/proc/PID/stat` for the external relays (loopback TCP's receive \
+         work is charged to the sending side).\n\n",
         fmt_int(r.records as f64),
         fmt_bytes(r.bytes),
-        r.transfers.first().map_or(0, |t| t.direct.len()),
+        r.transfers
+            .first()
+            .map_or(0, |t| t.ways.first().map_or(0, |w| w.runs.len())),
     );
-    s += "| direction | direct, median (MiB/s) | tunnel, median (MiB/s) | ratio | direct, best (MiB/s) | tunnel, best (MiB/s) | ratio | goal ≥ 80 % (median) | CPU per GiB, direct (ms) | CPU per GiB through the tunnel: client + server, proxy (ms) |\n";
-    s += "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|\n";
+    s += "| direction | way | median (MiB/s) | of direct | best (MiB/s) | of direct | CPU per GiB: client + server, relay (ms) | goal ≥ 80 % (median) |\n";
+    s += "|---|---|---:|---:|---:|---:|---:|---|\n";
     let mib = r.bytes as f64 / (1024.0 * 1024.0);
     for t in &r.transfers {
-        let (d, p) = (Summary::new(&t.direct), Summary::new(&t.proxied));
+        let Some(direct) = t.ways.iter().find(|w| w.way == Way::Direct) else {
+            continue;
+        };
+        let d = Summary::new(&direct.runs);
         // Durations in ms: the median run, and the fastest.
-        let (dm, pm) = (mib / (d.median() / 1e3), mib / (p.median() / 1e3));
-        let (db, pb) = (mib / (d.min() / 1e3), mib / (p.min() / 1e3));
-        let gib = (r.bytes as f64 * t.direct.len() as f64) / (1u64 << 30) as f64;
-        let per_gib = |d: Duration| d.as_secs_f64() * 1e3 / gib;
-        s += &format!(
-            "| {} | {} | {} | {:.0} % | {} | {} | {:.0} % | {} | {:.0} | {:.0} + {:.0} |\n",
-            if t.upload {
-                "upload (client → server)"
-            } else {
-                "download (server → client)"
-            },
-            fmt_int(dm),
-            fmt_int(pm),
-            pm / dm * 100.0,
-            fmt_int(db),
-            fmt_int(pb),
-            pb / db * 100.0,
-            if pm / dm >= 0.8 { "met" } else { "**not met**" },
-            per_gib(t.direct_cpu),
-            per_gib(t.proxied_cpu),
-            per_gib(t.proxy_cpu),
-        );
+        let (dm, db) = (mib / (d.median() / 1e3), mib / (d.min() / 1e3));
+        for w in &t.ways {
+            let p = Summary::new(&w.runs);
+            let (pm, pb) = (mib / (p.median() / 1e3), mib / (p.min() / 1e3));
+            let gib = (r.bytes as f64 * w.runs.len() as f64) / (1u64 << 30) as f64;
+            let per_gib = |d: Duration| d.as_secs_f64() * 1e3 / gib;
+            let goal = match w.way {
+                Way::Errand if pm / dm >= 0.8 => "met",
+                Way::Errand => "**not met**",
+                _ => "",
+            };
+            s += &format!(
+                "| {} | {} | {} | {:.0} % | {} | {:.0} % | {:.0} + {:.0} | {} |\n",
+                if t.upload { "upload" } else { "download" },
+                w.way.label(),
+                fmt_int(pm),
+                pm / dm * 100.0,
+                fmt_int(pb),
+                pb / db * 100.0,
+                per_gib(w.endpoints_cpu),
+                per_gib(w.relay_cpu),
+                goal,
+            );
+        }
+    }
+    for why in &r.skipped {
+        s += &format!("\n- {why}");
+    }
+    if !r.skipped.is_empty() {
+        s += "\n";
     }
     s += &format!(
         "\n**Latency**: {} timed requests per way (after {} warm-up ones), a ~100-byte response \

@@ -159,6 +159,7 @@ async fn run_one(a: RunArgs) -> Result<ExitCode> {
                 spec.bridges.push(errand_sandbox::Bridge {
                     port: PROXY_PORT,
                     socket: scratch.join("egress.sock"),
+                    handoff: true,
                 });
                 spec.env = errand_sandbox::proxy_env(PROXY_PORT);
                 Some(p)

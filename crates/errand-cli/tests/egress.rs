@@ -264,6 +264,7 @@ async fn allowlist_box(ws: &Path, scratch: &Path, socket: &Path) -> Box<dyn Sand
             bridges: vec![Bridge {
                 port: PORT,
                 socket: socket.to_path_buf(),
+                handoff: true,
             }],
             env,
             ..Default::default()

@@ -51,6 +51,7 @@ fn bridge(port: u16, socket: &Path) -> Vec<Bridge> {
     vec![Bridge {
         port,
         socket: socket.to_path_buf(),
+        handoff: false,
     }]
 }
 

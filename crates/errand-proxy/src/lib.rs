@@ -24,5 +24,5 @@ pub mod resolve;
 
 pub use policy::{Decision, Policy, PolicyError};
 pub use presets::{Discovery, PresetError, Presets};
-pub use proxy::{NetRecord, Proxy, ProxyConfig, ProxyError, ProxyHandle};
+pub use proxy::{MAX_CLIENT_CONNECTIONS, NetRecord, Proxy, ProxyConfig, ProxyError, ProxyHandle};
 pub use resolve::{MapResolver, MapSpecError, Resolve, SystemResolver, TEST_RESOLVE_ENV, resolver};

@@ -35,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 /// The largest request head (request line and headers) accepted, in bytes.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most client connections (and so tunnels) one proxy serves at once; further ones are reset
+/// at once, so that a box cannot exhaust the worker's descriptors.
+pub const MAX_CLIENT_CONNECTIONS: usize = 256;
 
 /// The buffer size of each direction of a tunnel.
 const TUNNEL_BUF: usize = 64 * 1024;
@@ -227,6 +230,8 @@ struct Shared {
     cfg: ProxyConfig,
     cancel: CancellationToken,
     tracker: Tracker,
+    /// Room for client connections (see [`MAX_CLIENT_CONNECTIONS`]).
+    clients: Arc<tokio::sync::Semaphore>,
 }
 
 /// Counts live connections and tasks, so that shutdown can wait for them.
@@ -295,6 +300,7 @@ fn start(listener: Listener, cfg: ProxyConfig) -> ProxyHandle {
         cfg,
         cancel: CancellationToken::new(),
         tracker: Tracker::default(),
+        clients: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS)),
     });
     let (addr, path) = match &listener {
         Listener::Tcp(l) => (l.local_addr().ok(), None),
@@ -322,9 +328,37 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 let guard = shared.tracker.guard();
                 let s = shared.clone();
                 tokio::spawn(async move {
+                    let conn = match conn {
+                        Accepted::Tcp(io) => handoff::Conn::Tcp(io),
+                        Accepted::Unix(io) => {
+                            let taken = tokio::select! {
+                                _ = s.cancel.cancelled() => return,
+                                r = handoff::take(io) => r,
+                            };
+                            match taken {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    tracing::debug!(
+                                        "egress proxy: a connection on the socket: {e}"
+                                    );
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    // A box must not exhaust the worker's descriptors.
+                    let Ok(permit) = s.clients.clone().try_acquire_owned() else {
+                        tracing::warn!(
+                            "egress proxy: {MAX_CLIENT_CONNECTIONS} client connections already open; resetting a new one"
+                        );
+                        if let handoff::Conn::Tcp(t) = conn {
+                            let _ = t.set_zero_linger();
+                        }
+                        return;
+                    };
                     match conn {
-                        Accepted::Tcp(io) => serve_conn(io, s, guard).await,
-                        Accepted::Unix(io) => serve_conn(io, s, guard).await,
+                        handoff::Conn::Tcp(io) => serve_conn(io, s, guard, permit).await,
+                        handoff::Conn::Unix(io) => serve_conn(io, s, guard, permit).await,
                     }
                 });
             }
@@ -465,6 +499,8 @@ struct Conn {
     shared: Arc<Shared>,
     activity: Activity,
     upstream: Mutex<Option<Upstream>>,
+    /// The connection's place among [`MAX_CLIENT_CONNECTIONS`]; a tunnel takes it over.
+    permit: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 struct Upstream {
@@ -474,8 +510,12 @@ struct Upstream {
     sender: client_http1::SendRequest<ProxyBody>,
 }
 
-async fn serve_conn<IO>(io: IO, shared: Arc<Shared>, _guard: TrackGuard)
-where
+async fn serve_conn<IO>(
+    io: IO,
+    shared: Arc<Shared>,
+    _guard: TrackGuard,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
@@ -483,6 +523,7 @@ where
         shared: shared.clone(),
         activity: activity.clone(),
         upstream: Mutex::new(None),
+        permit: Mutex::new(Some(permit)),
     });
     let io = TokioIo::new(Tracked {
         inner: io,
@@ -830,8 +871,11 @@ async fn tunnel(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let guard = shared.tracker.guard();
     let activity = conn.activity.clone();
+    // The client's connection becomes the tunnel: its place in the limit goes along.
+    let permit = conn.permit.lock().unwrap_or_else(|p| p.into_inner()).take();
     tokio::spawn(async move {
         let _guard = guard;
+        let _permit = permit;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -907,6 +951,145 @@ async fn pipe_tunnel(
     tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, TUNNEL_BUF, TUNNEL_BUF)
         .await
         .map(|_| ())
+}
+
+/// Connections handed over by a box's bridge (`errand_sandbox::Bridge::handoff`): the bridge
+/// sends one message of the byte 0 with the box's accepted TCP socket attached, and the proxy
+/// serves that socket itself, so a tunnel's bytes cross one relay (this proxy's splice) rather
+/// than a relay in the bridge and another here. Any other first byte is an HTTP client on the
+/// Unix socket itself, served as before.
+mod handoff {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::time::Duration;
+    use tokio::io::Interest;
+    use tokio::net::{TcpStream, UnixStream};
+
+    /// The byte a bridge sends with a handed-over connection.
+    const HANDOFF_BYTE: u8 = 0;
+    /// How long a new connection on the socket may stay silent before its first byte.
+    const FIRST_BYTE_WAIT: Duration = Duration::from_secs(30);
+
+    pub(super) enum Conn {
+        Tcp(TcpStream),
+        Unix(UnixStream),
+    }
+
+    /// Reads what a new connection on the Unix socket is: a handed-over TCP connection, or
+    /// an HTTP client (its first byte is left unread).
+    pub(super) async fn take(unix: UnixStream) -> io::Result<Conn> {
+        let first = tokio::time::timeout(FIRST_BYTE_WAIT, peek_byte(&unix))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "sent nothing"))??;
+        match first {
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed at once",
+            )),
+            Some(b) if b != HANDOFF_BYTE => Ok(Conn::Unix(unix)),
+            Some(_) => {
+                let fd = loop {
+                    unix.readable().await?;
+                    match unix.try_io(Interest::READABLE, || recv_fd(unix.as_raw_fd())) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => break r?,
+                    }
+                };
+                let tcp = tcp_stream(fd)?;
+                let _ = tcp.set_nodelay(true);
+                Ok(Conn::Tcp(tcp))
+            }
+        }
+    }
+
+    async fn peek_byte(unix: &UnixStream) -> io::Result<Option<u8>> {
+        loop {
+            unix.readable().await?;
+            let mut b = [0u8; 1];
+            let r = unix.try_io(Interest::READABLE, || {
+                // SAFETY: a one-byte buffer we own, on a descriptor `unix` owns.
+                let n = unsafe {
+                    libc::recv(
+                        unix.as_raw_fd(),
+                        b.as_mut_ptr().cast(),
+                        1,
+                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match r {
+                Ok(0) => return Ok(None),
+                Ok(_) => return Ok(Some(b[0])),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Receives the handoff byte and exactly one descriptor with it.
+    fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        use std::io::IoSliceMut;
+        let mut byte = [0u8; 1];
+        let mut space = nix::cmsg_space!([RawFd; 4]);
+        let mut iov = [IoSliceMut::new(&mut byte)];
+        let msg = recvmsg::<()>(
+            sock,
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        )
+        .map_err(io::Error::from)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors for us.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) || fds.len() != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a handoff must carry one connection; it carried {}",
+                    fds.len()
+                ),
+            ));
+        }
+        fds.pop()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no connection"))
+    }
+
+    /// The handed-over descriptor as a tokio TCP stream, if it is a connected TCP socket.
+    fn tcp_stream(fd: OwnedFd) -> io::Result<TcpStream> {
+        use nix::sys::socket::{SockType, getsockopt, sockopt};
+        let not_tcp = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the handed-over descriptor is not a TCP connection",
+            )
+        };
+        let kind = getsockopt(&fd, sockopt::SockType).map_err(|_| not_tcp())?;
+        if kind != SockType::Stream {
+            return Err(not_tcp());
+        }
+        let std = std::net::TcpStream::from(fd);
+        match std.peer_addr() {
+            Ok(_) => {}
+            Err(_) => return Err(not_tcp()),
+        }
+        std.set_nonblocking(true)?;
+        TcpStream::from_std(std)
+    }
 }
 
 /// Zero-copy tunnels: `splice(2)` from one socket into a pipe and from the pipe into the other.

@@ -1022,3 +1022,159 @@ async fn bytes_sent_along_with_the_connect_head_reach_the_upstream() {
     assert_eq!((r.bytes_up, r.bytes_down), (11, 11));
     h.shutdown().await;
 }
+
+/// Sends `byte` over a new connection to the proxy's socket, with `fds` attached, as a box's
+/// bridge does with `handoff` on; returns that connection.
+fn hand_over(sock: &Path, byte: u8, fds: &[std::os::fd::RawFd]) -> std::os::unix::net::UnixStream {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let u = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    let iov = [std::io::IoSlice::new(std::slice::from_ref(&byte))];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+    let n = sendmsg::<()>(u.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).unwrap();
+    assert_eq!(n, 1);
+    u
+}
+
+/// Reads until the peer closes; `true` when it did within [`WAIT`].
+async fn closes<R: AsyncRead + Unpin>(r: &mut R) -> bool {
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_handed_over_tcp_connection_is_served_directly_and_bad_handoffs_are_dropped() {
+    use std::os::fd::AsRawFd;
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("proxy.sock");
+    let rec = Records::default();
+    let h = Proxy::serve_unix(
+        &sock,
+        config(
+            &["echo.test:*", "127.0.0.1"],
+            &[],
+            "echo.test=127.0.0.1",
+            &rec,
+        ),
+    )
+    .unwrap();
+
+    // What a bridge does: accept a client's TCP connection, hand it over, close its copies.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (accepted, _) = l.accept().await.unwrap();
+    let accepted = accepted.into_std().unwrap();
+    let bridge_side = hand_over(&sock, 0, &[accepted.as_raw_fd()]);
+    drop(accepted);
+    drop(bridge_side);
+
+    // The client now talks to the proxy itself: a tunnel with exact byte counts.
+    let head = connect_over(&mut client, &format!("echo.test:{echo}")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let data = binary(4 << 20);
+    let (mut r, mut w) = client.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, r.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap();
+    assert!(got == data, "the echo differs ({} bytes back)", got.len());
+    let r0 = &rec.wait(1).await[0];
+    assert_eq!((r0.bytes_up, r0.bytes_down), (4 << 20, 4 << 20));
+    assert_eq!(r0.method.as_deref(), Some("CONNECT"));
+
+    // A handoff without a descriptor, or with one that is not a TCP connection, is dropped.
+    let mut no_fd = tokio::net::UnixStream::from_std({
+        let u = hand_over(&sock, 0, &[]);
+        u.set_nonblocking(true).unwrap();
+        u
+    })
+    .unwrap();
+    assert!(
+        closes(&mut no_fd).await,
+        "a handoff without a connection stays open"
+    );
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let passed = hand_over(&sock, 0, &[theirs.as_raw_fd()]);
+    drop(theirs);
+    mine.set_nonblocking(true).unwrap();
+    let mut mine = tokio::net::UnixStream::from_std(mine).unwrap();
+    assert!(
+        closes(&mut mine).await,
+        "a Unix socket passed as a connection was kept"
+    );
+    drop(passed);
+
+    // Plain clients on the socket are still served.
+    let mut c = UnixStream::connect(&sock).await.unwrap();
+    let head = connect_over(&mut c, &format!("echo.test:{echo}")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(c);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_connections_beyond_the_limit_are_reset() {
+    let echo = echo_server().await;
+    let rec = Records::default();
+    let (h, proxy) = tcp_proxy(config(
+        &["echo.test:*", "127.0.0.1"],
+        &[],
+        "echo.test=127.0.0.1",
+        &rec,
+    ))
+    .await;
+    let target = format!("echo.test:{echo}");
+    let mut open = Vec::new();
+    for _ in 0..errand_proxy::MAX_CLIENT_CONNECTIONS {
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        let head = connect_over(&mut c, &target).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        open.push(c);
+    }
+    // One more: accepted by the kernel, then reset by the proxy without an answer.
+    let mut extra = TcpStream::connect(proxy).await.unwrap();
+    let _ = extra
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await;
+    assert!(
+        closes(&mut extra).await,
+        "the connection over the limit was served"
+    );
+    // Room again once one closes (the proxy sees the close shortly after).
+    drop(open.pop());
+    let mut served = false;
+    for _ in 0..100 {
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        c.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut b = [0u8; 12];
+        if let Ok(Ok(12)) = tokio::time::timeout(WAIT, c.read_exact(&mut b)).await {
+            assert_eq!(&b, b"HTTP/1.1 200");
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "no room after a connection closed");
+    drop(open);
+    h.shutdown().await;
+}

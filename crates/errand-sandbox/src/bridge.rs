@@ -8,7 +8,7 @@
 
 use crate::{Bridge, NetMode, Result, SandboxError};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -109,12 +109,13 @@ impl Default for Relays {
 }
 
 impl Relays {
-    /// Relays every connection accepted on `listener` to the Unix socket `socket`, until
-    /// closed. Must be called within a tokio runtime.
-    pub(crate) fn serve(&self, listener: TcpListener, port: u16, socket: PathBuf) {
+    /// Relays every connection accepted on `listener` to the bridge's Unix socket (or hands
+    /// it over, see [`Bridge::handoff`]), until closed. Must be called within a tokio runtime.
+    pub(crate) fn serve(&self, listener: TcpListener, bridge: &Bridge) {
         let cancel = self.cancel.clone();
         let limit = self.limit.clone();
-        let socket: Arc<Path> = socket.into();
+        let (port, handoff) = (bridge.port, bridge.handoff);
+        let socket: Arc<Path> = bridge.socket.clone().into();
         let warned = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
             loop {
@@ -145,7 +146,7 @@ impl Relays {
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
-                        _ = relay(tcp, port, &socket, &warned) => {}
+                        _ = relay(tcp, port, &socket, handoff, &warned) => {}
                     }
                     drop(permit);
                 });
@@ -172,7 +173,7 @@ fn reset(tcp: TcpStream) {
     drop(tcp);
 }
 
-async fn relay(tcp: TcpStream, port: u16, socket: &Path, warned: &AtomicBool) {
+async fn relay(tcp: TcpStream, port: u16, socket: &Path, handoff: bool, warned: &AtomicBool) {
     let mut unix = match connect(socket).await {
         Ok(u) => {
             warned.store(false, Ordering::Relaxed);
@@ -194,9 +195,46 @@ async fn relay(tcp: TcpStream, port: u16, socket: &Path, warned: &AtomicBool) {
         }
     };
     let _ = tcp.set_nodelay(true);
+    if handoff {
+        // The server now owns the connection; ours is closed when `tcp` drops here.
+        if let Err(e) = hand_over(&unix, &tcp).await {
+            tracing::debug!(port, "bridge: handing a connection over: {e}");
+            reset(tcp);
+        }
+        return;
+    }
     let mut tcp = tcp;
     if let Err(e) = tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut unix, BUF, BUF).await {
         tracing::debug!(port, "bridge: relayed connection ended: {e}");
+    }
+}
+
+/// Sends `tcp` itself to the server over `unix`: one message of [`crate::HANDOFF_BYTE`] with
+/// the socket attached.
+async fn hand_over(unix: &UnixStream, tcp: &TcpStream) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let fds = [tcp.as_raw_fd()];
+    let byte = [crate::HANDOFF_BYTE];
+    let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
+    loop {
+        tokio::time::timeout_at(deadline, unix.writable())
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let sent = unix.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [IoSlice::new(&byte)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(unix.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(1) => return Ok(()),
+            Ok(_) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -236,6 +274,7 @@ mod tests {
 
     fn b(port: u16, socket: &str) -> Bridge {
         Bridge {
+            handoff: false,
             port,
             socket: socket.into(),
         }

@@ -82,12 +82,23 @@ pub struct BoxSpec {
 /// has IPv6) accepts connections; the host relays each one to a new connection to the Unix
 /// socket `socket`. The socket's path is not visible in the box. While nothing listens on the
 /// socket, connections are reset at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Bridge {
     pub port: u16,
     /// An absolute path on the host (at most 107 bytes); it need not exist yet.
     pub socket: PathBuf,
+    /// Hand each accepted connection itself to the server instead of relaying its bytes: the
+    /// host connects to `socket`, sends one message of the single byte [`HANDOFF_BYTE`] with
+    /// the accepted TCP socket attached (`SCM_RIGHTS`), and closes its own copy. The server
+    /// then talks to the box's client directly, so the bytes cross one relay (the server's)
+    /// instead of two. Only for servers that accept handed-over connections (the egress
+    /// proxy, `errand_proxy::Proxy::serve_unix`).
+    pub handoff: bool,
 }
+
+/// The one byte a bridge sends with a handed-over connection (see [`Bridge::handoff`]). No
+/// HTTP request starts with it.
+pub const HANDOFF_BYTE: u8 = 0;
 
 /// One command to run in the box.
 #[derive(Debug, Clone)]

@@ -60,7 +60,7 @@ impl SandboxBackend for Unisolated {
                         b.port
                     ))
                 })?;
-            relays.serve(listener, b.port, b.socket.clone());
+            relays.serve(listener, b);
         }
         let home = spec.scratch.join("home");
         let tmp = spec.scratch.join("tmp");
@@ -362,6 +362,7 @@ mod tests {
                 bridges: vec![crate::Bridge {
                     port,
                     socket: sock.clone(),
+                    handoff: false,
                 }],
                 ..Default::default()
             })
@@ -381,7 +382,11 @@ mod tests {
             .create(BoxSpec {
                 workspace: dir.path().to_path_buf(),
                 scratch: dir.path().join(".scratch2"),
-                bridges: vec![crate::Bridge { port, socket: sock }],
+                bridges: vec![crate::Bridge {
+                    port,
+                    socket: sock,
+                    handoff: false,
+                }],
                 ..Default::default()
             })
             .await;

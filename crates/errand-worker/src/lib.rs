@@ -660,7 +660,11 @@ impl Worker {
                 .iter()
                 .map(|g| {
                     let (port, socket) = g.bridge();
-                    errand_sandbox::Bridge { port, socket }
+                    errand_sandbox::Bridge {
+                        port,
+                        socket,
+                        handoff: false,
+                    }
                 })
                 .collect(),
             workspace_readonly: planning,

@@ -239,6 +239,8 @@ impl Worker {
                 out.bridges.push(errand_sandbox::Bridge {
                     port: crate::egress::PROXY_PORT,
                     socket: proxy.socket.clone(),
+                    // The proxy takes the box's connections itself: one relay, not two.
+                    handoff: true,
                 });
                 out.proxy_feed = Some(proxy.feed());
                 state.proxies.push(proxy);

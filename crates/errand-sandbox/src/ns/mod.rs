@@ -1000,7 +1000,7 @@ fn serve_bridges(
             .map_err(io_err("setting a bridge's socket non-blocking"))?;
         let listener = tokio::net::TcpListener::from_std(std_listener)
             .map_err(io_err("watching a bridge's socket"))?;
-        relays.serve(listener, *port, b.socket.clone());
+        relays.serve(listener, b);
     }
     Ok(())
 }
