@@ -516,9 +516,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     println!("{}", d.summary());
                 }
                 if let Some(url) = v["superseded_pr"].as_str() {
-                    println!(
-                        "the earlier result's pull request stays open: {url} (close it on the forge if it is no longer wanted)"
-                    );
+                    println!("{}", superseded_line(&v, url));
                 }
             }
             Ok(if d.as_ref().is_some_and(|d| d.error.is_some()) {
@@ -542,6 +540,28 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Models { command, json } => models(&client, command, json).await,
         Command::Demo { data_dir } => demo::run(&cli.server, data_dir).await,
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd).await,
+    }
+}
+
+/// What `errand pick` did with the earlier result's pull request (`url`).
+fn superseded_line(v: &serde_json::Value, url: &str) -> String {
+    let error = v["superseded_close_error"].as_str();
+    match (v["superseded_outcome"].as_str(), error) {
+        (Some("closed"), None) => format!("closed the superseded pull request {url}"),
+        (Some("closed"), Some(e)) => format!("closed the superseded pull request {url}; {e}"),
+        (Some("already_closed"), _) => {
+            format!("the superseded pull request {url} was closed already")
+        }
+        (Some("merged"), _) => {
+            format!("the superseded pull request {url} was merged already; left as it is")
+        }
+        (Some(_), e) => format!(
+            "the superseded pull request {url} stays open: {}; close it on the forge if it is no longer wanted",
+            e.unwrap_or("not closed")
+        ),
+        (None, _) => format!(
+            "the earlier result's pull request stays open: {url} (close it on the forge if it is no longer wanted)"
+        ),
     }
 }
 

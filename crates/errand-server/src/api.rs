@@ -706,8 +706,11 @@ struct PickRequest {
 
 /// Makes an ended attempt the task's result (`errand pick`). When the environment pushes and
 /// every attempt has ended, the picked attempt is delivered now: its branch pushed and its
-/// pull request opened or updated (an earlier result's pull request stays open; the answer's
-/// `superseded` names it).
+/// pull request opened or updated. Then the earlier result's pull request (the one Errand
+/// opened for it) is closed with a comment that points at the new one; its branch stays. The
+/// answer's `superseded_pr` names it and `superseded_closed` / `superseded_close_error` say
+/// what happened; a failure to close does not fail the pick. The outcome is also kept in the
+/// earlier attempt's `delivery.superseded`, with a notice in its log.
 async fn pick(
     State(s): Shared,
     Path(id): Path<String>,
@@ -729,6 +732,8 @@ async fn pick(
     let task = s.store.pick_attempt(&task.id, &attempt.id, &by).await?;
     let mut delivery = None;
     let mut superseded = None;
+    let mut closing: Option<errand_core::Superseded> = None;
+    let mut superseded_attempt = None;
     if task.environment.push && task.attempts.iter().all(|a| a.status.is_terminal()) {
         let picked = task
             .attempts
@@ -740,10 +745,13 @@ async fn pick(
             || picked.delivery.as_ref().is_none_or(|d| d.error.is_some());
         if changed {
             let pr = task.environment.pr;
-            delivery = Some(deliver_attempt(&s, &task, &picked, pr).await?);
-            superseded = before
-                .filter(|b| b.id != picked.id)
-                .and_then(|b| b.delivery.and_then(|d| d.pr_url));
+            let d = deliver_attempt(&s, &task, &picked, pr).await?;
+            if let Some(old) = before.filter(|b| b.id != picked.id) {
+                superseded = old.delivery.as_ref().and_then(|d| d.pr_url.clone());
+                superseded_attempt = Some(old.number);
+                closing = close_superseded(&s, &task, &old, &picked, &d, &by).await;
+            }
+            delivery = Some(d);
         }
     }
     let task = s.store.get_task(&task.id).await?;
@@ -753,8 +761,73 @@ async fn pick(
             "task": task,
             "delivery": delivery,
             "superseded_pr": superseded,
+            "superseded_attempt": superseded_attempt,
+            "superseded_closed": closing.as_ref().map(|c| c.closed),
+            "superseded_outcome": closing.as_ref().map(|c| c.outcome.clone()),
+            "superseded_comment_url": closing.as_ref().and_then(|c| c.comment_url.clone()),
+            "superseded_close_error": closing.as_ref().and_then(|c| c.error.clone()),
         }),
     ))
+}
+
+/// Closes the pull request of `old`, the result `picked` replaced, and records the outcome in
+/// `old`'s delivery (`superseded`) with a notice in its log. `None` when `old` has no pull
+/// request of its own to close.
+async fn close_superseded(
+    s: &AppState,
+    task: &Task,
+    old: &errand_core::Attempt,
+    picked: &errand_core::Attempt,
+    new: &errand_core::Delivery,
+    by: &str,
+) -> Option<errand_core::Superseded> {
+    let mut sup = errand_worker::deliver::close_superseded(task, old, picked, new, by).await?;
+    if !s.redactor.is_empty() {
+        sup.error = sup.error.map(|e| s.redactor.redact_string(e));
+    }
+    let mut d = old.delivery.clone()?;
+    let url = d.pr_url.clone().unwrap_or_default();
+    let message = match (sup.outcome.as_str(), &sup.error) {
+        ("closed", None) => format!(
+            "closed the pull request {url}: superseded by attempt {} (picked by {by})",
+            picked.number
+        ),
+        ("closed", Some(e)) => format!(
+            "closed the pull request {url}: superseded by attempt {} (picked by {by}); {e}",
+            picked.number
+        ),
+        ("already_closed", _) => format!(
+            "superseded by attempt {} (picked by {by}); the pull request {url} was closed already",
+            picked.number
+        ),
+        ("merged", _) => format!(
+            "superseded by attempt {} (picked by {by}); the pull request {url} was merged already and is left as it is",
+            picked.number
+        ),
+        (_, e) => format!(
+            "superseded by attempt {} (picked by {by}); the pull request {url} stays open: {}",
+            picked.number,
+            e.as_deref().unwrap_or("not closed")
+        ),
+    };
+    d.superseded = Some(sup.clone());
+    // The pick and the new delivery are stored already: a failure to record this is logged
+    // and the answer still says what happened on the forge.
+    if let Err(e) = s.store.set_delivery(&old.id, &d).await {
+        tracing::warn!(attempt = %old.id, error = %e, "recording the superseded pull request failed");
+    }
+    if let Err(e) = s
+        .store
+        .append_events(
+            &old.id,
+            None,
+            vec![errand_core::EventKind::Notice { message }],
+        )
+        .await
+    {
+        tracing::warn!(attempt = %old.id, error = %e, "logging the superseded pull request failed");
+    }
+    Some(sup)
 }
 
 /// An attempt of `task` by number (`2`, `"2"`) or by id or unique id prefix.
