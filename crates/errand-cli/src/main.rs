@@ -515,8 +515,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 if let Some(d) = &d {
                     println!("{}", d.summary());
                 }
-                if let Some(url) = v["superseded_pr"].as_str() {
-                    println!("{}", superseded_line(&v, url));
+                match v["superseded_all"].as_array() {
+                    Some(all) if !all.is_empty() => {
+                        for c in all {
+                            println!("{}", superseded_line(c));
+                        }
+                    }
+                    _ => {
+                        if let Some(url) = v["superseded_pr"].as_str() {
+                            println!(
+                                "the earlier result's pull request stays open: {url} (close it on the forge if it is no longer wanted)"
+                            );
+                        }
+                    }
                 }
             }
             Ok(if d.as_ref().is_some_and(|d| d.error.is_some()) {
@@ -543,10 +554,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// What `errand pick` did with the earlier result's pull request (`url`).
-fn superseded_line(v: &serde_json::Value, url: &str) -> String {
-    let error = v["superseded_close_error"].as_str();
-    match (v["superseded_outcome"].as_str(), error) {
+/// What `errand pick` did with a superseded result's pull request (one entry of the answer's
+/// `superseded_all`).
+fn superseded_line(c: &serde_json::Value) -> String {
+    let url = c["pr_url"].as_str().unwrap_or("?");
+    let error = c["error"].as_str();
+    match (c["outcome"].as_str(), error) {
         (Some("closed"), None) => format!("closed the superseded pull request {url}"),
         (Some("closed"), Some(e)) => format!("closed the superseded pull request {url}; {e}"),
         (Some("already_closed"), _) => {
@@ -555,12 +568,9 @@ fn superseded_line(v: &serde_json::Value, url: &str) -> String {
         (Some("merged"), _) => {
             format!("the superseded pull request {url} was merged already; left as it is")
         }
-        (Some(_), e) => format!(
-            "the superseded pull request {url} stays open: {}; close it on the forge if it is no longer wanted",
+        (_, e) => format!(
+            "the superseded pull request {url} stays open: {}; pick again to retry, or close it on the forge",
             e.unwrap_or("not closed")
-        ),
-        (None, _) => format!(
-            "the earlier result's pull request stays open: {url} (close it on the forge if it is no longer wanted)"
         ),
     }
 }

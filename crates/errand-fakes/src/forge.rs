@@ -690,9 +690,7 @@ fn comment(st: &State, n: u64, req: &Value) -> Response {
                 }),
             ),
             ForgeVendor::GitLab => respond(400, &[], &json!({"error": "body is missing"})),
-            ForgeVendor::Gitea => {
-                respond(422, &[], &vendor.error_body(422, "[Body]: Required"))
-            }
+            ForgeVendor::Gitea => respond(422, &[], &vendor.error_body(422, "[Body]: Required")),
         };
     };
     let mut comments = st.comments.lock().unwrap_or_else(|e| e.into_inner());

@@ -710,7 +710,8 @@ struct PickRequest {
 /// opened for it) is closed with a comment that points at the new one; its branch stays. The
 /// answer's `superseded_pr` names it and `superseded_closed` / `superseded_close_error` say
 /// what happened; a failure to close does not fail the pick. The outcome is also kept in the
-/// earlier attempt's `delivery.superseded`, with a notice in its log.
+/// earlier attempt's `delivery.superseded`, with a notice in its log, and a later pick tries
+/// again to close the pull requests an earlier one left open (`superseded_all` lists them).
 async fn pick(
     State(s): Shared,
     Path(id): Path<String>,
@@ -732,8 +733,8 @@ async fn pick(
     let task = s.store.pick_attempt(&task.id, &attempt.id, &by).await?;
     let mut delivery = None;
     let mut superseded = None;
-    let mut closing: Option<errand_core::Superseded> = None;
     let mut superseded_attempt = None;
+    let mut closings: Vec<(i64, Option<String>, errand_core::Superseded)> = Vec::new();
     if task.environment.push && task.attempts.iter().all(|a| a.status.is_terminal()) {
         let picked = task
             .attempts
@@ -745,16 +746,59 @@ async fn pick(
             || picked.delivery.as_ref().is_none_or(|d| d.error.is_some());
         if changed {
             let pr = task.environment.pr;
-            let d = deliver_attempt(&s, &task, &picked, pr).await?;
-            if let Some(old) = before.filter(|b| b.id != picked.id) {
-                superseded = old.delivery.as_ref().and_then(|d| d.pr_url.clone());
-                superseded_attempt = Some(old.number);
-                closing = close_superseded(&s, &task, &old, &picked, &d, &by).await;
+            delivery = Some(deliver_attempt(&s, &task, &picked, pr).await?);
+        }
+        let earlier = before.filter(|b| b.id != picked.id);
+        if changed && let Some(old) = &earlier {
+            superseded = old.delivery.as_ref().and_then(|d| d.pr_url.clone());
+            superseded_attempt = Some(old.number);
+        }
+        // The pull requests this pick replaces: the earlier result's (when this pick delivered
+        // another attempt), and any that an earlier pick could not close (tried again).
+        if let Some(new) = delivery.as_ref().or(picked.delivery.as_ref()) {
+            let olds = task.attempts.iter().filter(|a| {
+                a.id != picked.id
+                    && ((changed && earlier.as_ref().is_some_and(|e| e.id == a.id))
+                        || a.delivery
+                            .as_ref()
+                            .and_then(|d| d.superseded.as_ref())
+                            .is_some_and(|sup| !sup.closed && sup.outcome == "left_open"))
+            });
+            for old in olds {
+                if let Some(sup) = close_superseded(&s, &task, old, &picked, new, &by).await {
+                    let url = old.delivery.as_ref().and_then(|d| d.pr_url.clone());
+                    closings.push((old.number, url, sup));
+                }
             }
-            delivery = Some(d);
         }
     }
     let task = s.store.get_task(&task.id).await?;
+    // The earlier result's outcome first. A pick that delivered nothing new but closed a pull
+    // request an earlier pick could not reports that one.
+    closings.sort_by_key(|(n, _, _)| Some(*n) != superseded_attempt);
+    if superseded_attempt.is_none()
+        && let Some((n, url, _)) = closings.first()
+    {
+        superseded_attempt = Some(*n);
+        superseded = url.clone();
+    }
+    let first = closings
+        .iter()
+        .find(|(n, _, _)| Some(*n) == superseded_attempt)
+        .map(|(_, _, c)| c);
+    let all: Vec<serde_json::Value> = closings
+        .iter()
+        .map(|(n, url, c)| {
+            json!({
+                "attempt": n,
+                "pr_url": url,
+                "closed": c.closed,
+                "outcome": c.outcome,
+                "comment_url": c.comment_url,
+                "error": c.error,
+            })
+        })
+        .collect();
     Ok(json_out(
         &s,
         json!({
@@ -762,10 +806,11 @@ async fn pick(
             "delivery": delivery,
             "superseded_pr": superseded,
             "superseded_attempt": superseded_attempt,
-            "superseded_closed": closing.as_ref().map(|c| c.closed),
-            "superseded_outcome": closing.as_ref().map(|c| c.outcome.clone()),
-            "superseded_comment_url": closing.as_ref().and_then(|c| c.comment_url.clone()),
-            "superseded_close_error": closing.as_ref().and_then(|c| c.error.clone()),
+            "superseded_closed": first.map(|c| c.closed),
+            "superseded_outcome": first.map(|c| c.outcome.clone()),
+            "superseded_comment_url": first.and_then(|c| c.comment_url.clone()),
+            "superseded_close_error": first.and_then(|c| c.error.clone()),
+            "superseded_all": all,
         }),
     ))
 }
