@@ -515,10 +515,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 if let Some(d) = &d {
                     println!("{}", d.summary());
                 }
-                if let Some(url) = v["superseded_pr"].as_str() {
-                    println!(
-                        "the earlier result's pull request stays open: {url} (close it on the forge if it is no longer wanted)"
-                    );
+                match v["superseded_all"].as_array() {
+                    Some(all) if !all.is_empty() => {
+                        for c in all {
+                            println!("{}", superseded_line(c));
+                        }
+                    }
+                    _ => {
+                        if let Some(url) = v["superseded_pr"].as_str() {
+                            println!(
+                                "the earlier result's pull request stays open: {url} (close it on the forge if it is no longer wanted)"
+                            );
+                        }
+                    }
                 }
             }
             Ok(if d.as_ref().is_some_and(|d| d.error.is_some()) {
@@ -542,6 +551,27 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Models { command, json } => models(&client, command, json).await,
         Command::Demo { data_dir } => demo::run(&cli.server, data_dir).await,
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd).await,
+    }
+}
+
+/// What `errand pick` did with a superseded result's pull request (one entry of the answer's
+/// `superseded_all`).
+fn superseded_line(c: &serde_json::Value) -> String {
+    let url = c["pr_url"].as_str().unwrap_or("?");
+    let error = c["error"].as_str();
+    match (c["outcome"].as_str(), error) {
+        (Some("closed"), None) => format!("closed the superseded pull request {url}"),
+        (Some("closed"), Some(e)) => format!("closed the superseded pull request {url}; {e}"),
+        (Some("already_closed"), _) => {
+            format!("the superseded pull request {url} was closed already")
+        }
+        (Some("merged"), _) => {
+            format!("the superseded pull request {url} was merged already; left as it is")
+        }
+        (_, e) => format!(
+            "the superseded pull request {url} stays open: {}; pick again to retry, or close it on the forge",
+            e.unwrap_or("not closed")
+        ),
     }
 }
 

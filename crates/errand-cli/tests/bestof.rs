@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use errand_fakes::forge::{FakeForge, ForgeVendor};
+use errand_fakes::forge::{FakeForge, Fault, ForgeVendor};
 use errand_fakes::git_http::GitHttpServer;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -385,9 +385,34 @@ async fn cancelling_a_best_of_three_task_cancels_every_attempt() {
     );
 }
 
-#[test]
-fn only_the_result_is_delivered_and_a_pick_delivers_the_picked_attempt() {
-    const TOKEN: &str = "ghp_bestofSecretToken0123456789";
+/// A best-of-2 task with push and draft pull requests on, ended and delivered: attempt 1 (the
+/// smaller fix) is the result, pushed over real git HTTP, its pull request opened on a fake
+/// forge of `vendor`.
+struct Delivered {
+    _tmp: tempfile::TempDir,
+    repo: std::path::PathBuf,
+    bare: std::path::PathBuf,
+    _git: GitHttpServer,
+    forge: FakeForge,
+    server: Server,
+    id: String,
+    short: String,
+    br1: String,
+    br2: String,
+}
+
+fn remote_branches(bare: &Path) -> String {
+    git(
+        bare,
+        &[
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/errand",
+        ],
+    )
+}
+
+fn best_of_two_delivered(vendor: ForgeVendor, token: &str) -> Delivered {
     let tmp = tempfile::tempdir().unwrap();
     let repo = make_repo(tmp.path());
     let remotes = tmp.path().join("remotes");
@@ -400,8 +425,13 @@ fn only_the_result_is_delivered_and_a_pick_delivers_the_picked_attempt() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let git_server = GitHttpServer::start(&remotes, Some(("x-access-token", TOKEN)));
-    let forge = FakeForge::start(ForgeVendor::GitHub, "acme/shop", TOKEN);
+    let user = match vendor {
+        ForgeVendor::GitHub => "x-access-token",
+        ForgeVendor::GitLab => "oauth2",
+        ForgeVendor::Gitea => "errand",
+    };
+    let git_server = GitHttpServer::start(&remotes, Some((user, token)));
+    let forge = FakeForge::start(vendor, "acme/shop", token);
     let (a, b) = (
         scripted(tmp.path(), "a.json", small_fix()),
         scripted(tmp.path(), "b.json", bigger_fix()),
@@ -420,17 +450,18 @@ push = true
 pr = "draft"
 remote = "{}"
 [environments.shop.forge]
-kind = "github"
+kind = "{}"
 api_url = "{}"
-token_env = "GH_TOKEN"
+token_env = "FORGE_TOKEN"
 "#,
             repo.display(),
             git_server.url("acme/shop.git"),
+            vendor.kind(),
             forge.api_url
         ),
     )
     .unwrap();
-    let server = Server::start_with_env(&data, &["--workers", "2"], &[("GH_TOKEN", TOKEN)]);
+    let server = Server::start_with_env(&data, &["--workers", "2"], &[("FORGE_TOKEN", token)]);
     let out = ok(server.cli(&[
         "run",
         "Upper-case two",
@@ -447,69 +478,320 @@ token_env = "GH_TOKEN"
     let id = ls["tasks"][0]["id"].as_str().unwrap().to_string();
     let t = show_json(&server, &id);
     let (a1, a2) = (attempt(&t, 1), attempt(&t, 2));
-    let (br1, br2) = (
-        a1["branch"].as_str().unwrap().to_string(),
-        a2["branch"].as_str().unwrap().to_string(),
-    );
+    Delivered {
+        short: t["short_id"].as_str().unwrap().to_string(),
+        br1: a1["branch"].as_str().unwrap().to_string(),
+        br2: a2["branch"].as_str().unwrap().to_string(),
+        _tmp: tmp,
+        repo,
+        bare,
+        _git: git_server,
+        forge,
+        server,
+        id,
+    }
+}
+
+/// The requests the fake forge got after the first `skip`, as `METHOD PATH`, with their bodies.
+fn forge_requests(forge: &FakeForge, skip: usize) -> Vec<(String, Value)> {
+    forge
+        .requests()
+        .into_iter()
+        .skip(skip)
+        .map(|r| (format!("{} {}", r.method, r.path), r.body))
+        .collect()
+}
+
+#[test]
+fn only_the_result_is_delivered_and_a_pick_delivers_the_picked_attempt_and_closes_the_old_pr() {
+    const TOKEN: &str = "ghp_bestofSecretToken0123456789";
+    let d = best_of_two_delivered(ForgeVendor::GitHub, TOKEN);
+    let (server, forge, bare, id) = (&d.server, &d.forge, &d.bare, &d.id);
+    let (br1, br2) = (&d.br1, &d.br2);
+    let t = show_json(server, id);
+    let (a1, a2) = (attempt(&t, 1), attempt(&t, 2));
     assert_eq!(t["selected_attempt"], 1);
     // Only the result went out: its branch and one pull request.
     assert_eq!(a1["delivery"]["push"], "created", "{a1}");
     assert!(a2["delivery"].is_null(), "{a2}");
-    let remote_branches = |bare: &Path| {
-        git(
-            bare,
-            &[
-                "for-each-ref",
-                "--format=%(refname:short)",
-                "refs/heads/errand",
-            ],
-        )
-    };
-    let branches = remote_branches(&bare);
+    let branches = remote_branches(bare);
     assert!(
-        branches.contains(&br1) && !branches.contains(&br2),
+        branches.contains(br1.as_str()) && !branches.contains(br2.as_str()),
         "{branches}"
     );
     let pulls = forge.pulls();
     assert_eq!(pulls.len(), 1);
-    assert_eq!(pulls[0].head, br1);
+    assert_eq!(&pulls[0].head, br1);
     assert!(pulls[0].draft);
     assert!(
         pulls[0].body.contains("Best of 2: attempt 1") && pulls[0].body.contains("ranked 1 of 2"),
         "{}",
         pulls[0].body
     );
+    let pr1 = "https://github.example/acme/shop/pull/1";
+    let pr2 = "https://github.example/acme/shop/pull/2";
+    assert_eq!(a1["delivery"]["pr_url"], pr1);
 
-    // Picking attempt 2 pushes its branch and opens its pull request.
-    let out = ok(server.cli(&["pick", &id, "2"]));
+    // Picking attempt 2 pushes its branch, opens its pull request, and closes attempt 1's
+    // with a comment that points at the new one.
+    let seen = forge.requests().len();
+    let out = ok(server.cli(&["pick", id, "2"]));
     assert!(out.contains("attempt 2 is the result"), "{out}");
     assert!(out.contains("pull request created"), "{out}");
-    assert!(out.contains("stays open: "), "{out}");
-    let branches = remote_branches(&bare);
-    assert!(branches.contains(&br2), "{branches}");
-    let t = show_json(&server, &id);
+    assert!(
+        out.contains(&format!("closed the superseded pull request {pr1}")),
+        "{out}"
+    );
+    let branches = remote_branches(bare);
+    assert!(branches.contains(br2.as_str()), "{branches}");
+    assert!(
+        branches.contains(br1.as_str()),
+        "the superseded branch stays: {branches}"
+    );
+    let t = show_json(server, id);
+    let by = t["picked"]["by"].as_str().unwrap().to_string();
     let a2 = attempt(&t, 2);
     assert_eq!(a2["delivery"]["push"], "created", "{a2}");
+    assert_eq!(a2["delivery"]["pr_url"], pr2, "{a2}");
     assert_eq!(
-        git(&bare, &["rev-parse", &format!("refs/heads/{br2}")]).trim(),
+        git(bare, &["rev-parse", &format!("refs/heads/{br2}")]).trim(),
         a2["head_commit"].as_str().unwrap()
     );
+    let comment = format!(
+        "Superseded by #2 (attempt 2 of task {}, picked by {by}).\n\n{pr2}",
+        d.short
+    );
+    let reqs = forge_requests(forge, seen);
+    let names: Vec<&str> = reqs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "POST /repos/acme/shop/pulls",
+            "GET /repos/acme/shop/pulls/1",
+            "PATCH /repos/acme/shop/pulls/1",
+            "POST /repos/acme/shop/issues/1/comments",
+        ],
+        "opened the new one first, then closed the old one"
+    );
+    assert_eq!(reqs[0].1["head"], br2.as_str());
+    assert_eq!(reqs[2].1, json!({"state": "closed"}));
+    assert_eq!(reqs[3].1, json!({"body": comment}));
     let pulls = forge.pulls();
     assert_eq!(pulls.len(), 2);
-    let pr2 = pulls.iter().find(|p| p.head == br2).unwrap();
+    assert!(!pulls[0].open && &pulls[0].head == br1, "{pulls:?}");
+    let new_pr = pulls.iter().find(|p| &p.head == br2).unwrap();
+    assert!(new_pr.open);
     assert!(
-        pr2.body.contains("Best of 2: attempt 2") && pr2.body.contains("picked by"),
+        new_pr.body.contains("Best of 2: attempt 2") && new_pr.body.contains("picked by"),
         "{}",
-        pr2.body
+        new_pr.body
+    );
+    assert_eq!(forge.comments().len(), 1);
+    // Recorded on the superseded attempt, for show and its log.
+    let a1 = attempt(&t, 1);
+    let sup = &a1["delivery"]["superseded"];
+    assert_eq!(sup["closed"], true, "{a1}");
+    assert_eq!(sup["outcome"], "closed");
+    assert_eq!(sup["by_attempt"], 2);
+    assert_eq!(sup["by_pr_url"], pr2);
+    assert_eq!(sup["picked_by"], by.as_str());
+    assert_eq!(
+        sup["comment_url"],
+        "https://github.example/acme/shop/pull/1#issuecomment-5001"
+    );
+    assert!(sup["error"].is_null());
+    assert_eq!(a1["delivery"]["pr_url"], pr1, "the old URL stays on record");
+    let show = ok(server.cli(&["show", id]));
+    assert!(
+        show.contains(&format!(
+            "superseded by attempt 2 (picked by {by}): pull request closed"
+        )),
+        "{show}"
+    );
+    let logs = ok(server.cli(&["logs", id, "--attempt", "1"]));
+    assert!(
+        logs.contains(&format!("closed the pull request {pr1}")),
+        "{logs}"
     );
     assert_eq!(
-        git(&bare, &["rev-parse", "refs/heads/main"]).trim(),
-        git(&repo, &["rev-parse", "main"]).trim(),
+        git(bare, &["rev-parse", "refs/heads/main"]).trim(),
+        git(&d.repo, &["rev-parse", "main"]).trim(),
         "main untouched"
     );
+
     // Picking it again changes nothing more.
-    let out = ok(server.cli(&["pick", &id, "2"]));
+    let seen = forge.requests().len();
+    let out = ok(server.cli(&["pick", id, "2"]));
     assert!(!out.contains("pull request"), "{out}");
-    assert_eq!(forge.pulls().len(), 2);
-    assert!(!ok(server.cli(&["show", &id, "--json"])).contains(TOKEN));
+    assert_eq!(forge.requests().len(), seen);
+
+    // Picking attempt 1 back: a new pull request for it, and attempt 2's is closed; --json
+    // passes the outcome through.
+    let v: Value = serde_json::from_str(&ok(server.cli(&["pick", id, "1", "--json"]))).unwrap();
+    let pr3 = "https://github.example/acme/shop/pull/3";
+    assert_eq!(v["delivery"]["pr_url"], pr3, "{v}");
+    assert_eq!(v["superseded_pr"], pr2, "{v}");
+    assert_eq!(v["superseded_attempt"], 2);
+    assert_eq!(v["superseded_closed"], true);
+    assert_eq!(v["superseded_outcome"], "closed");
+    assert_eq!(
+        v["superseded_comment_url"],
+        "https://github.example/acme/shop/pull/2#issuecomment-5002"
+    );
+    assert!(v["superseded_close_error"].is_null(), "{v}");
+    let pulls = forge.pulls();
+    assert_eq!(pulls.len(), 3);
+    assert!(!pulls[1].open && pulls[2].open && &pulls[2].head == br1);
+    let c = forge.comments();
+    assert_eq!(c[1].number, 2);
+    assert!(
+        c[1].body
+            .starts_with(&format!("Superseded by #3 (attempt 1 of task {}", d.short)),
+        "{}",
+        c[1].body
+    );
+    // Attempt 1 is the result again: its record no longer says it was superseded.
+    let t = show_json(server, id);
+    assert!(attempt(&t, 1)["delivery"]["superseded"].is_null());
+    assert_eq!(attempt(&t, 2)["delivery"]["superseded"]["by_attempt"], 1);
+    assert!(!ok(server.cli(&["show", id, "--json"])).contains(TOKEN));
+}
+
+#[test]
+fn a_pick_stands_when_the_old_merge_request_cannot_be_closed_and_a_later_pick_retries() {
+    const TOKEN: &str = "glpat-bestofSecretToken0123456789";
+    let d = best_of_two_delivered(ForgeVendor::GitLab, TOKEN);
+    let (server, forge, id) = (&d.server, &d.forge, &d.id);
+    let mr1 = "https://gitlab.example/acme/shop/-/merge_requests/1";
+    let mr2 = "https://gitlab.example/acme/shop/-/merge_requests/2";
+    assert_eq!(
+        attempt(&show_json(server, id), 1)["delivery"]["pr_url"],
+        mr1
+    );
+
+    // 1. The new merge request cannot be opened: the old one is not touched.
+    forge.inject(Fault::new(ForgeVendor::GitLab, 500, "500 Internal Server Error").on("POST"));
+    let seen = forge.requests().len();
+    let o = server.cli(&["pick", id, "2"]);
+    let out = stdout(&o);
+    assert!(!o.status.success(), "the delivery failed: {out}");
+    assert!(out.contains("attempt 2 is the result"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "the superseded pull request {mr1} stays open: not closed: attempt 2's pull request was not opened"
+        )),
+        "{out}"
+    );
+    let names: Vec<String> = forge_requests(forge, seen)
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(names, ["POST /projects/acme%2Fshop/merge_requests"]);
+    assert!(forge.pulls()[0].open);
+
+    // 2. Picked again: delivered now, but the token may open merge requests and not close
+    //    them. The pick and the new delivery stand; the failure is reported.
+    forge.inject(Fault::new(ForgeVendor::GitLab, 403, "403 Forbidden").on("PUT"));
+    let seen = forge.requests().len();
+    let out = ok(server.cli(&["pick", id, "2"]));
+    assert!(
+        out.contains(&format!("pull request created: {mr2}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "the superseded pull request {mr1} stays open: closing it failed:"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("may not close merge requests"), "{out}");
+    assert!(out.contains("HTTP 403"), "{out}");
+    assert!(
+        out.contains("FORGE_TOKEN"),
+        "names the token variable: {out}"
+    );
+    assert!(!out.contains(TOKEN));
+    let reqs = forge_requests(forge, seen);
+    let names: Vec<&str> = reqs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "POST /projects/acme%2Fshop/merge_requests",
+            "GET /projects/acme%2Fshop/merge_requests/1",
+            "PUT /projects/acme%2Fshop/merge_requests/1",
+        ],
+        "no note after the refused close"
+    );
+    assert_eq!(reqs[0].1["source_branch"], d.br2.as_str());
+    assert_eq!(reqs[2].1, json!({"state_event": "close"}));
+    let pulls = forge.pulls();
+    assert_eq!(pulls.len(), 2);
+    assert!(pulls[0].open && pulls[1].open, "{pulls:?}");
+    assert!(forge.comments().is_empty());
+    let t = show_json(server, id);
+    assert_eq!(t["selected_attempt"], 2);
+    assert_eq!(t["picked"]["attempt"], 2);
+    let a2 = attempt(&t, 2);
+    assert_eq!(a2["delivery"]["pr_url"], mr2);
+    assert!(a2["delivery"]["error"].is_null(), "{a2}");
+    let sup = &attempt(&t, 1)["delivery"]["superseded"];
+    assert_eq!(sup["closed"], false, "{sup}");
+    assert_eq!(sup["outcome"], "left_open");
+    assert!(sup["error"].as_str().unwrap().contains("HTTP 403"), "{sup}");
+    let show = ok(server.cli(&["show", id]));
+    assert!(
+        show.contains("superseded by attempt 2")
+            && show.contains("pull request left open (closing it failed:"),
+        "{show}"
+    );
+    let logs = ok(server.cli(&["logs", id, "--attempt", "1"]));
+    assert!(
+        logs.contains(&format!("the pull request {mr1} stays open")),
+        "{logs}"
+    );
+
+    // 3. Picking the same attempt again retries the close (the token was fixed); nothing is
+    //    delivered again.
+    let seen = forge.requests().len();
+    let v: Value = serde_json::from_str(&ok(server.cli(&["pick", id, "2", "--json"]))).unwrap();
+    assert!(v["delivery"].is_null(), "{v}");
+    assert_eq!(v["superseded_pr"], mr1, "{v}");
+    assert_eq!(v["superseded_attempt"], 1);
+    assert_eq!(v["superseded_closed"], true);
+    assert_eq!(v["superseded_outcome"], "closed");
+    assert!(v["superseded_close_error"].is_null(), "{v}");
+    let reqs = forge_requests(forge, seen);
+    let names: Vec<&str> = reqs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "GET /projects/acme%2Fshop/merge_requests/1",
+            "PUT /projects/acme%2Fshop/merge_requests/1",
+            "POST /projects/acme%2Fshop/merge_requests/1/notes",
+        ]
+    );
+    let by = show_json(server, id)["picked"]["by"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        reqs[2].1,
+        json!({"body": format!(
+            "Superseded by !2 (attempt 2 of task {}, picked by {by}).\n\n{mr2}",
+            d.short
+        )})
+    );
+    assert!(!forge.pulls()[0].open && forge.pulls()[1].open);
+    let t = show_json(server, id);
+    assert_eq!(attempt(&t, 1)["delivery"]["superseded"]["closed"], true);
+    // Nothing left to retry.
+    let seen = forge.requests().len();
+    let out = ok(server.cli(&["pick", id, "2"]));
+    assert!(!out.contains("superseded"), "{out}");
+    assert_eq!(forge.requests().len(), seen);
+    let branches = remote_branches(&d.bare);
+    assert!(
+        branches.contains(d.br1.as_str()) && branches.contains(d.br2.as_str()),
+        "{branches}"
+    );
 }

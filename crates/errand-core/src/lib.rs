@@ -27,8 +27,8 @@ pub use status::Status;
 pub use task::GatewayUpstream;
 pub use task::{
     Attempt, AttemptReview, CheckResult, Delivery, DiffStats, EnvironmentSnapshot, FileStat,
-    Finding, NewAttempt, NewReview, NewTask, Pick, Review, SetupInfo, Severity, Task, TaskRequest,
-    TestCounts, Verdict,
+    Finding, NewAttempt, NewReview, NewTask, Pick, Review, SetupInfo, Severity, Superseded, Task,
+    TaskRequest, TestCounts, Verdict,
 };
 
 /// Milliseconds since the Unix epoch, the timestamp unit used across Errand.

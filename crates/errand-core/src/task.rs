@@ -148,6 +148,54 @@ pub struct Delivery {
     /// Whether trying again later can succeed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retryable: bool,
+    /// Best-of-N: another attempt was picked as the task's result after this one was
+    /// delivered, and what became of this attempt's pull request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<Superseded>,
+}
+
+/// How a delivered result was replaced by `errand pick`: the attempt picked, and whether this
+/// attempt's pull request was closed (its branch is left in place).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Superseded {
+    /// The number of the attempt that is the result now.
+    pub by_attempt: i64,
+    /// That attempt's pull request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_pr_url: Option<String>,
+    /// Who picked it.
+    pub picked_by: String,
+    pub at_ms: i64,
+    /// Whether this attempt's pull request is closed now (closed by Errand, or found closed).
+    pub closed: bool,
+    /// `closed`, `already_closed`, `merged` or `left_open`.
+    pub outcome: String,
+    /// The closing comment, when one was posted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_url: Option<String>,
+    /// Why the pull request was not closed, or why the comment was not posted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Superseded {
+    /// One line: `superseded by attempt 2 (picked by alice): pull request closed`.
+    pub fn summary(&self) -> String {
+        let what = match self.outcome.as_str() {
+            "closed" => "pull request closed".to_string(),
+            "already_closed" => "pull request was closed already".to_string(),
+            "merged" => "pull request was merged already, left as it is".to_string(),
+            _ => "pull request left open".to_string(),
+        };
+        let mut s = format!(
+            "superseded by attempt {} (picked by {}): {what}",
+            self.by_attempt, self.picked_by
+        );
+        if let Some(e) = &self.error {
+            s.push_str(&format!(" ({e})"));
+        }
+        s
+    }
 }
 
 impl Delivery {
@@ -174,6 +222,10 @@ impl Delivery {
                     ""
                 }
             ));
+        }
+        if let Some(sup) = &self.superseded {
+            s.push_str("; ");
+            s.push_str(&sup.summary());
         }
         s
     }
@@ -593,6 +645,38 @@ mod tests {
         assert_eq!(
             failed.summary(),
             "not pushed to r; push failed: rejected (retry with errand pr)"
+        );
+        let mut replaced = Delivery {
+            superseded: Some(Superseded {
+                by_attempt: 2,
+                by_pr_url: Some("https://git.example.com/acme/shop/pull/4".into()),
+                picked_by: "alice".into(),
+                at_ms: 1,
+                closed: true,
+                outcome: "closed".into(),
+                comment_url: None,
+                error: None,
+            }),
+            ..d
+        };
+        assert!(
+            replaced.summary().ends_with(
+                "pull request updated: https://git.example.com/acme/shop/pull/3; superseded by attempt 2 (picked by alice): pull request closed"
+            ),
+            "{}",
+            replaced.summary()
+        );
+        if let Some(sup) = &mut replaced.superseded {
+            sup.closed = false;
+            sup.outcome = "left_open".into();
+            sup.error = Some("closing it failed: github: permission denied".into());
+        }
+        assert!(
+            replaced.summary().ends_with(
+                "superseded by attempt 2 (picked by alice): pull request left open (closing it failed: github: permission denied)"
+            ),
+            "{}",
+            replaced.summary()
         );
     }
 }

@@ -11,6 +11,13 @@
 //! | GitHub | `/` | `POST /repos/{o}/{r}/pulls` → 201 | `GET …/pulls?head=o:b&state=open` | `PATCH …/pulls/{n}` → 200 | 422 `Validation Failed`, "A pull request already exists for o:b." |
 //! | GitLab | `/api/v4` | `POST /projects/{id}/merge_requests` → 201 | `GET …?source_branch=b&state=opened` | `PUT …/merge_requests/{iid}` → 200 | 409 `["Another open merge request already exists for this source branch: !n"]` |
 //! | Gitea | `/api/v1` | `POST /repos/{o}/{r}/pulls` → 201 | `GET …/pulls?state=open&limit&page` | `PATCH …/pulls/{n}` → 201 | 409 "pull request already exists for these targets …" |
+//!
+//! Closing and commenting: `GET …/pulls/{n}` (GitLab `…/merge_requests/{iid}`) → 200 with
+//! `state` (and `merged`); the update above with `{"state":"closed"}` (GitLab
+//! `{"state_event":"close"}`); comments with `POST /repos/{o}/{r}/issues/{n}/comments` (GitHub,
+//! Gitea) or `POST /projects/{id}/merge_requests/{iid}/notes` (GitLab) → 201. Changing the state
+//! of a merged pull request is refused as the vendor does (GitHub 422, Gitea 412; GitLab ignores
+//! it).
 
 use crate::Recorded;
 use crate::server::{Running, percent_decode, query_pairs, serve};
@@ -83,6 +90,17 @@ pub struct FakePull {
     pub base: String,
     pub draft: bool,
     pub open: bool,
+    /// Merged (and so not open).
+    pub merged: bool,
+}
+
+/// A comment (GitLab: a note) on a pull request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeComment {
+    pub id: u64,
+    /// The pull request's number (GitLab: the merge request's iid).
+    pub number: u64,
+    pub body: String,
 }
 
 /// An answer given instead of the normal one, once, to the first request that matches.
@@ -123,6 +141,7 @@ struct State {
     repo: String,
     token: String,
     pulls: Mutex<Vec<FakePull>>,
+    comments: Mutex<Vec<FakeComment>>,
     faults: Mutex<Vec<Fault>>,
     requests: Mutex<Vec<Recorded>>,
 }
@@ -145,6 +164,7 @@ impl FakeForge {
             repo: repo.to_string(),
             token: token.to_string(),
             pulls: Mutex::new(Vec::new()),
+            comments: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
         });
@@ -192,8 +212,27 @@ impl FakeForge {
             base: base.to_string(),
             draft,
             open: true,
+            merged: false,
         });
         number
+    }
+
+    /// Marks pull request `number` merged, as if someone had merged it.
+    pub fn merge_pull(&self, number: u64) {
+        let mut pulls = self.state.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pulls.iter_mut().find(|p| p.number == number) {
+            p.open = false;
+            p.merged = true;
+        }
+    }
+
+    /// The comments (GitLab: notes) posted so far, in order.
+    pub fn comments(&self) -> Vec<FakeComment> {
+        self.state
+            .comments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The pull requests, by number.
@@ -269,6 +308,8 @@ fn render(st: &State, p: &FakePull) -> Value {
             "title": p.title,
             "body": p.body,
             "draft": p.draft,
+            "merged": p.merged,
+            "merged_at": if p.merged { json!("2026-01-02T03:04:05Z") } else { Value::Null },
             "user": {"login": "errand-bot"},
             "head": {"ref": p.head, "label": format!("{owner}:{}", p.head), "sha": sha},
             "base": {"ref": p.base, "label": format!("{owner}:{}", p.base)},
@@ -279,7 +320,7 @@ fn render(st: &State, p: &FakePull) -> Value {
             "project_id": 7,
             "title": p.title,
             "description": p.body,
-            "state": if p.open { "opened" } else { "closed" },
+            "state": if p.merged { "merged" } else if p.open { "opened" } else { "closed" },
             "draft": p.draft,
             "work_in_progress": p.draft,
             "source_branch": p.head,
@@ -294,6 +335,7 @@ fn render(st: &State, p: &FakePull) -> Value {
             "body": p.body,
             "state": if p.open { "open" } else { "closed" },
             "draft": p.draft,
+            "merged": p.merged,
             "html_url": format!("{web}/{repo}/pulls/{}", p.number),
             "head": {"ref": p.head, "label": p.head, "sha": sha},
             "base": {"ref": p.base, "label": p.base},
@@ -305,6 +347,8 @@ fn render(st: &State, p: &FakePull) -> Value {
 enum Route {
     Pulls,
     Pull(u64),
+    /// GitHub and Gitea `issues/{n}/comments`, GitLab `merge_requests/{iid}/notes`.
+    Comments(u64),
     OtherRepo,
     Unknown,
 }
@@ -322,10 +366,18 @@ fn route(st: &State, path: &str) -> Route {
         ForgeVendor::GitLab => "merge_requests",
         _ => "pulls",
     };
+    let (comments_parent, comments) = match st.vendor {
+        ForgeVendor::GitLab => ("merge_requests", "notes"),
+        _ => ("issues", "comments"),
+    };
     let r = match rest {
         [c] if *c == collection => Route::Pulls,
         [c, n] if *c == collection => match n.parse() {
             Ok(n) => Route::Pull(n),
+            Err(_) => return Route::Unknown,
+        },
+        [p, n, c] if *p == comments_parent && *c == comments => match n.parse() {
+            Ok(n) => Route::Comments(n),
             Err(_) => return Route::Unknown,
         },
         _ => return Route::Unknown,
@@ -408,6 +460,7 @@ fn handle(st: &State, method: Method, uri: Uri, headers: HeaderMap, body: Bytes)
         {
             update(st, n, &json)
         }
+        (Route::Comments(n), "POST") => comment(st, n, &json),
         (Route::OtherRepo | Route::Unknown, _) => not_found(),
         _ => respond(405, &[], &vendor.error_body(405, "Method Not Allowed")),
     }
@@ -531,6 +584,7 @@ fn create(st: &State, req: &Value) -> Response {
         base,
         draft,
         open: true,
+        merged: false,
     };
     pulls.push(pull.clone());
     respond(201, &[], &render(st, &pull))
@@ -551,6 +605,35 @@ fn update(st: &State, n: u64, req: &Value) -> Response {
         };
         return respond(404, &[], &vendor.error_body(404, msg));
     };
+    let state_change = field(req, "state").is_some() || field(req, "state_event").is_some();
+    if p.merged && state_change {
+        match vendor {
+            ForgeVendor::GitHub => {
+                return respond(
+                    422,
+                    &[],
+                    &json!({
+                        "message": "Validation Failed",
+                        "errors": [{"resource": "PullRequest", "code": "custom", "message": "state cannot be changed. The pull request has been merged."}],
+                        "documentation_url": "https://docs.github.com/rest/pulls/pulls#update-a-pull-request",
+                        "status": "422",
+                    }),
+                );
+            }
+            ForgeVendor::Gitea => {
+                return respond(
+                    412,
+                    &[],
+                    &vendor.error_body(
+                        412,
+                        "cannot change state of this pull request, it was already merged",
+                    ),
+                );
+            }
+            // GitLab ignores a state event the merge request cannot take.
+            ForgeVendor::GitLab => {}
+        }
+    }
     if let Some(t) = field(req, "title") {
         p.title = t.to_string();
         if vendor != ForgeVendor::GitHub {
@@ -560,11 +643,13 @@ fn update(st: &State, n: u64, req: &Value) -> Response {
     if let Some(b) = field(req, body_f) {
         p.body = b.to_string();
     }
-    if let Some(s) = field(req, "state") {
-        p.open = s == "open";
-    }
-    if let Some(e) = field(req, "state_event") {
-        p.open = e != "close";
+    if !p.merged {
+        if let Some(s) = field(req, "state") {
+            p.open = s == "open";
+        }
+        if let Some(e) = field(req, "state_event") {
+            p.open = e != "close";
+        }
     }
     let p = p.clone();
     // Gitea answers an edit with 201 Created.
@@ -574,6 +659,82 @@ fn update(st: &State, n: u64, req: &Value) -> Response {
         200
     };
     respond(status, &[], &render(st, &p))
+}
+
+fn comment(st: &State, n: u64, req: &Value) -> Response {
+    let vendor = st.vendor;
+    let exists = st
+        .pulls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|p| p.number == n);
+    if !exists {
+        let msg = match vendor {
+            ForgeVendor::GitHub => "Not Found",
+            ForgeVendor::GitLab => "404 Not found",
+            ForgeVendor::Gitea => "The target couldn't be found.",
+        };
+        return respond(404, &[], &vendor.error_body(404, msg));
+    }
+    let Some(body) = field(req, "body").filter(|b| !b.is_empty()) else {
+        return match vendor {
+            ForgeVendor::GitHub => respond(
+                422,
+                &[],
+                &json!({
+                    "message": "Validation Failed",
+                    "errors": [{"resource": "IssueComment", "field": "body", "code": "missing_field"}],
+                    "documentation_url": "https://docs.github.com/rest/issues/comments#create-an-issue-comment",
+                    "status": "422",
+                }),
+            ),
+            ForgeVendor::GitLab => respond(400, &[], &json!({"error": "body is missing"})),
+            ForgeVendor::Gitea => respond(422, &[], &vendor.error_body(422, "[Body]: Required")),
+        };
+    };
+    let mut comments = st.comments.lock().unwrap_or_else(|e| e.into_inner());
+    let id = 5000 + comments.len() as u64 + 1;
+    comments.push(FakeComment {
+        id,
+        number: n,
+        body: body.to_string(),
+    });
+    let web = vendor.web_root();
+    let repo = &st.repo;
+    let answer = match vendor {
+        ForgeVendor::GitHub => json!({
+            "id": id,
+            "url": format!("https://api.github.example/repos/{repo}/issues/comments/{id}"),
+            "html_url": format!("{web}/{repo}/pull/{n}#issuecomment-{id}"),
+            "issue_url": format!("https://api.github.example/repos/{repo}/issues/{n}"),
+            "body": body,
+            "user": {"login": "errand-bot"},
+            "created_at": "2026-01-02T03:04:05Z",
+        }),
+        ForgeVendor::GitLab => json!({
+            "id": id,
+            "type": Value::Null,
+            "body": body,
+            "author": {"username": "errand-bot"},
+            "created_at": "2026-01-02T03:04:05.000Z",
+            "system": false,
+            "noteable_id": 1000 + n,
+            "noteable_type": "MergeRequest",
+            "noteable_iid": n,
+            "project_id": 7,
+        }),
+        ForgeVendor::Gitea => json!({
+            "id": id,
+            "html_url": format!("{web}/{repo}/pulls/{n}#issuecomment-{id}"),
+            "pull_request_url": format!("{web}/{repo}/pulls/{n}"),
+            "issue_url": "",
+            "body": body,
+            "user": {"login": "errand-bot"},
+            "created_at": "2026-01-02T03:04:05Z",
+        }),
+    };
+    respond(201, &[], &answer)
 }
 
 fn list(st: &State, query: Option<&str>) -> Response {

@@ -5,7 +5,9 @@
 use errand_fakes::Recorded;
 use errand_fakes::forge::{FakeForge, Fault, ForgeVendor};
 use errand_git::Secret;
-use errand_git::forge::{ForgeClient, ForgeConfig, ForgeErrorKind, ForgeKind, PrAction, PrRequest};
+use errand_git::forge::{
+    CloseOutcome, ForgeClient, ForgeConfig, ForgeErrorKind, ForgeKind, PrAction, PrRequest,
+};
 use serde_json::json;
 use std::time::Duration;
 
@@ -850,4 +852,220 @@ async fn refuses_heads_outside_errand_and_bad_settings_without_a_request() {
         e.to_string().contains("ERRAND_TEST_SURELY_UNSET_TOKEN"),
         "{e}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Closing a superseded pull request
+// ---------------------------------------------------------------------------
+
+const COMMENT: &str = "Superseded by #2 (attempt 2 of task 1a2b3c4d, picked by alice).\n\nhttps://forge.example/pull/2";
+
+/// Opens the pull request from BRANCH through the client, closes it with COMMENT and checks
+/// the exact requests (after the create), their bodies and the fake's state.
+async fn closes_and_comments(
+    v: ForgeVendor,
+    expect: [&str; 3],
+    close_body: serde_json::Value,
+    comment_url: &str,
+) {
+    let (fake, client) = start(v);
+    let opened = client
+        .create_or_update_pr(&pr("Body v1", false))
+        .await
+        .unwrap();
+    let got = client
+        .close_pr(opened.number, BRANCH, COMMENT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.outcome, CloseOutcome::Closed);
+    assert_eq!(got.number, opened.number);
+    assert_eq!(got.url, opened.url);
+    assert_eq!(got.comment_url.as_deref(), Some(comment_url));
+    assert!(got.comment_error.is_none());
+
+    let reqs = fake.requests();
+    assert_eq!(lines(&fake)[1..], expect);
+    for r in &reqs {
+        assert_headers(v, r);
+    }
+    assert_eq!(reqs[2].body, close_body);
+    assert_eq!(reqs[3].body, json!({ "body": COMMENT }));
+    let pulls = fake.pulls();
+    assert_eq!(pulls.len(), 1);
+    assert!(!pulls[0].open && !pulls[0].merged, "{pulls:?}");
+    let comments = fake.comments();
+    assert_eq!(comments.len(), 1);
+    assert_eq!(
+        (comments[0].number, comments[0].body.as_str()),
+        (opened.number, COMMENT)
+    );
+
+    // Closing again finds it closed: one read, no second close or comment.
+    let again = client
+        .close_pr(opened.number, BRANCH, COMMENT)
+        .await
+        .unwrap();
+    assert_eq!(again.outcome, CloseOutcome::AlreadyClosed);
+    assert_eq!(again.comment_url, None);
+    assert_eq!(fake.requests().len(), 5);
+    assert_eq!(fake.requests()[4].method, "GET");
+    assert_eq!(fake.comments().len(), 1);
+}
+
+#[tokio::test]
+async fn github_closes_a_pull_request_with_a_comment() {
+    closes_and_comments(
+        ForgeVendor::GitHub,
+        [
+            "GET /repos/acme/shop/pulls/1",
+            "PATCH /repos/acme/shop/pulls/1",
+            "POST /repos/acme/shop/issues/1/comments",
+        ],
+        json!({"state": "closed"}),
+        "https://github.example/acme/shop/pull/1#issuecomment-5001",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn gitlab_closes_a_merge_request_with_a_note() {
+    closes_and_comments(
+        ForgeVendor::GitLab,
+        [
+            "GET /projects/acme%2Fweb%2Fshop/merge_requests/1",
+            "PUT /projects/acme%2Fweb%2Fshop/merge_requests/1",
+            "POST /projects/acme%2Fweb%2Fshop/merge_requests/1/notes",
+        ],
+        json!({"state_event": "close"}),
+        "https://gitlab.example/acme/web/shop/-/merge_requests/1#note_5001",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn gitea_closes_a_pull_request_with_a_comment() {
+    closes_and_comments(
+        ForgeVendor::Gitea,
+        [
+            "GET /repos/tea/shop/pulls/1",
+            "PATCH /repos/tea/shop/pulls/1",
+            "POST /repos/tea/shop/issues/1/comments",
+        ],
+        json!({"state": "closed"}),
+        "https://gitea.example/tea/shop/pulls/1#issuecomment-5001",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_merged_pull_request_is_left_as_it_is() {
+    for v in [ForgeVendor::GitHub, ForgeVendor::GitLab, ForgeVendor::Gitea] {
+        let (fake, client) = start(v);
+        let n = fake.add_pull(BRANCH, "main", "Fix the empty cart", false);
+        fake.merge_pull(n);
+        let got = client.close_pr(n, BRANCH, COMMENT).await.unwrap();
+        assert_eq!(got.outcome, CloseOutcome::Merged, "{v:?}");
+        assert_eq!(fake.requests().len(), 1, "{v:?}: only the read");
+        assert!(fake.comments().is_empty());
+        assert!(fake.pulls()[0].merged);
+    }
+}
+
+#[tokio::test]
+async fn only_a_pull_request_from_the_expected_branch_is_closed() {
+    for v in [ForgeVendor::GitHub, ForgeVendor::GitLab, ForgeVendor::Gitea] {
+        let (fake, client) = start(v);
+        let n = fake.add_pull("errand/other-branch", "main", "Someone else's", false);
+        let e = client.close_pr(n, BRANCH, COMMENT).await.err().unwrap();
+        assert_eq!(e.kind, ForgeErrorKind::Config, "{v:?}");
+        assert!(e.to_string().contains("errand/other-branch"), "{e}");
+        assert!(
+            e.to_string().contains("only the pull requests it opened"),
+            "{e}"
+        );
+        assert_eq!(fake.requests().len(), 1, "{v:?}: only the read");
+        assert!(fake.pulls()[0].open);
+        assert!(fake.comments().is_empty());
+    }
+    // A head outside errand/ or an empty comment: no request at all.
+    let (fake, client) = start(ForgeVendor::GitHub);
+    let n = fake.add_pull("main-feature", "main", "x", false);
+    let e = client
+        .close_pr(n, "main-feature", COMMENT)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.kind, ForgeErrorKind::Config);
+    let e = client.close_pr(n, BRANCH, "  ").await.err().unwrap();
+    assert_eq!(e.kind, ForgeErrorKind::Config);
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_close_is_an_error_and_posts_no_comment() {
+    for (v, method) in [
+        (ForgeVendor::GitHub, "PATCH"),
+        (ForgeVendor::GitLab, "PUT"),
+        (ForgeVendor::Gitea, "PATCH"),
+    ] {
+        let (fake, client) = start(v);
+        let n = fake.add_pull(BRANCH, "main", "Fix the empty cart", false);
+        fake.inject(
+            Fault::new(v, 403, "Resource not accessible by personal access token").on(method),
+        );
+        let e = client.close_pr(n, BRANCH, COMMENT).await.err().unwrap();
+        assert_eq!(
+            (e.kind, e.status),
+            (ForgeErrorKind::Forbidden, Some(403)),
+            "{v:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("may not close"), "{msg}");
+        assert!(msg.contains("Resource not accessible"), "{msg}");
+        assert!(msg.contains(ENV), "{msg}");
+        assert!(!msg.contains(TOKEN));
+        assert!(fake.pulls()[0].open, "{v:?}");
+        assert!(fake.comments().is_empty());
+        assert_eq!(fake.requests().len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_comment_does_not_undo_the_close() {
+    let (fake, client) = start(ForgeVendor::GitHub);
+    let n = fake.add_pull(BRANCH, "main", "Fix the empty cart", false);
+    fake.inject(Fault::new(ForgeVendor::GitHub, 502, "Bad Gateway").on("POST"));
+    let got = client.close_pr(n, BRANCH, COMMENT).await.unwrap();
+    assert_eq!(got.outcome, CloseOutcome::Closed);
+    assert_eq!(got.comment_url, None);
+    let e = got.comment_error.expect("the comment's error");
+    assert_eq!((e.kind, e.status), (ForgeErrorKind::Server, Some(502)));
+    assert!(!fake.pulls()[0].open);
+    assert_eq!(
+        lines(&fake),
+        [
+            "GET /repos/acme/shop/pulls/1",
+            "PATCH /repos/acme/shop/pulls/1",
+            "POST /repos/acme/shop/issues/1/comments",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn closing_a_missing_pull_request_names_it() {
+    for (v, name) in [
+        (ForgeVendor::GitHub, "pull request #42"),
+        (ForgeVendor::GitLab, "pull request !42"),
+        (ForgeVendor::Gitea, "pull request #42"),
+    ] {
+        let (fake, client) = start(v);
+        let e = client.close_pr(42, BRANCH, COMMENT).await.err().unwrap();
+        assert_eq!(
+            (e.kind, e.status),
+            (ForgeErrorKind::NotFound, Some(404)),
+            "{v:?}"
+        );
+        assert!(e.to_string().contains(name), "{e}");
+        assert_eq!(fake.requests().len(), 1);
+    }
 }

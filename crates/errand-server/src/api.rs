@@ -706,8 +706,12 @@ struct PickRequest {
 
 /// Makes an ended attempt the task's result (`errand pick`). When the environment pushes and
 /// every attempt has ended, the picked attempt is delivered now: its branch pushed and its
-/// pull request opened or updated (an earlier result's pull request stays open; the answer's
-/// `superseded` names it).
+/// pull request opened or updated. Then the earlier result's pull request (the one Errand
+/// opened for it) is closed with a comment that points at the new one; its branch stays. The
+/// answer's `superseded_pr` names it and `superseded_closed` / `superseded_close_error` say
+/// what happened; a failure to close does not fail the pick. The outcome is also kept in the
+/// earlier attempt's `delivery.superseded`, with a notice in its log, and a later pick tries
+/// again to close the pull requests an earlier one left open (`superseded_all` lists them).
 async fn pick(
     State(s): Shared,
     Path(id): Path<String>,
@@ -729,6 +733,8 @@ async fn pick(
     let task = s.store.pick_attempt(&task.id, &attempt.id, &by).await?;
     let mut delivery = None;
     let mut superseded = None;
+    let mut superseded_attempt = None;
+    let mut closings: Vec<(i64, Option<String>, errand_core::Superseded)> = Vec::new();
     if task.environment.push && task.attempts.iter().all(|a| a.status.is_terminal()) {
         let picked = task
             .attempts
@@ -741,20 +747,132 @@ async fn pick(
         if changed {
             let pr = task.environment.pr;
             delivery = Some(deliver_attempt(&s, &task, &picked, pr).await?);
-            superseded = before
-                .filter(|b| b.id != picked.id)
-                .and_then(|b| b.delivery.and_then(|d| d.pr_url));
+        }
+        let earlier = before.filter(|b| b.id != picked.id);
+        if changed && let Some(old) = &earlier {
+            superseded = old.delivery.as_ref().and_then(|d| d.pr_url.clone());
+            superseded_attempt = Some(old.number);
+        }
+        // The pull requests this pick replaces: the earlier result's (when this pick delivered
+        // another attempt), and any that an earlier pick could not close (tried again).
+        if let Some(new) = delivery.as_ref().or(picked.delivery.as_ref()) {
+            let olds = task.attempts.iter().filter(|a| {
+                a.id != picked.id
+                    && ((changed && earlier.as_ref().is_some_and(|e| e.id == a.id))
+                        || a.delivery
+                            .as_ref()
+                            .and_then(|d| d.superseded.as_ref())
+                            .is_some_and(|sup| !sup.closed && sup.outcome == "left_open"))
+            });
+            for old in olds {
+                if let Some(sup) = close_superseded(&s, &task, old, &picked, new, &by).await {
+                    let url = old.delivery.as_ref().and_then(|d| d.pr_url.clone());
+                    closings.push((old.number, url, sup));
+                }
+            }
         }
     }
     let task = s.store.get_task(&task.id).await?;
+    // The earlier result's outcome first. A pick that delivered nothing new but closed a pull
+    // request an earlier pick could not reports that one.
+    closings.sort_by_key(|(n, _, _)| Some(*n) != superseded_attempt);
+    if superseded_attempt.is_none()
+        && let Some((n, url, _)) = closings.first()
+    {
+        superseded_attempt = Some(*n);
+        superseded = url.clone();
+    }
+    let first = closings
+        .iter()
+        .find(|(n, _, _)| Some(*n) == superseded_attempt)
+        .map(|(_, _, c)| c);
+    let all: Vec<serde_json::Value> = closings
+        .iter()
+        .map(|(n, url, c)| {
+            json!({
+                "attempt": n,
+                "pr_url": url,
+                "closed": c.closed,
+                "outcome": c.outcome,
+                "comment_url": c.comment_url,
+                "error": c.error,
+            })
+        })
+        .collect();
     Ok(json_out(
         &s,
         json!({
             "task": task,
             "delivery": delivery,
             "superseded_pr": superseded,
+            "superseded_attempt": superseded_attempt,
+            "superseded_closed": first.map(|c| c.closed),
+            "superseded_outcome": first.map(|c| c.outcome.clone()),
+            "superseded_comment_url": first.and_then(|c| c.comment_url.clone()),
+            "superseded_close_error": first.and_then(|c| c.error.clone()),
+            "superseded_all": all,
         }),
     ))
+}
+
+/// Closes the pull request of `old`, the result `picked` replaced, and records the outcome in
+/// `old`'s delivery (`superseded`) with a notice in its log. `None` when `old` has no pull
+/// request of its own to close.
+async fn close_superseded(
+    s: &AppState,
+    task: &Task,
+    old: &errand_core::Attempt,
+    picked: &errand_core::Attempt,
+    new: &errand_core::Delivery,
+    by: &str,
+) -> Option<errand_core::Superseded> {
+    let mut sup = errand_worker::deliver::close_superseded(task, old, picked, new, by).await?;
+    if !s.redactor.is_empty() {
+        sup.error = sup.error.map(|e| s.redactor.redact_string(e));
+    }
+    let mut d = old.delivery.clone()?;
+    let url = d.pr_url.clone().unwrap_or_default();
+    let message = match (sup.outcome.as_str(), &sup.error) {
+        ("closed", None) => format!(
+            "closed the pull request {url}: superseded by attempt {} (picked by {by})",
+            picked.number
+        ),
+        ("closed", Some(e)) => format!(
+            "closed the pull request {url}: superseded by attempt {} (picked by {by}); {e}",
+            picked.number
+        ),
+        ("already_closed", _) => format!(
+            "superseded by attempt {} (picked by {by}); the pull request {url} was closed already",
+            picked.number
+        ),
+        ("merged", _) => format!(
+            "superseded by attempt {} (picked by {by}); the pull request {url} was merged already and is left as it is",
+            picked.number
+        ),
+        (_, e) => format!(
+            "superseded by attempt {} (picked by {by}); the pull request {url} stays open: {}",
+            picked.number,
+            e.as_deref().unwrap_or("not closed")
+        ),
+    };
+    d.superseded = Some(sup.clone());
+    // The pick and the new delivery are stored already: a failure to record this is logged
+    // and the answer still says what happened on the forge.
+    if let Err(e) = s.store.set_delivery(&old.id, &d).await {
+        tracing::warn!(attempt = %old.id, error = %e, "recording the superseded pull request failed");
+    }
+    if let Err(e) = s
+        .store
+        .append_events(
+            &old.id,
+            None,
+            vec![errand_core::EventKind::Notice { message }],
+        )
+        .await
+    {
+        tracing::warn!(attempt = %old.id, error = %e, "logging the superseded pull request failed");
+    }
+    Some(sup)
 }
 
 /// An attempt of `task` by number (`2`, `"2"`) or by id or unique id prefix.

@@ -3,8 +3,10 @@
 //! for `errand pr`. A failure is recorded in the [`Delivery`], never lost, and never undoes
 //! the attempt's work.
 
-use errand_core::{Attempt, AttemptReview, CheckResult, Delivery, DiffStats, PrMode, Task};
-use errand_git::forge::{ForgeClient, PrBody, PrRequest, pr_title};
+use errand_core::{
+    Attempt, AttemptReview, CheckResult, Delivery, DiffStats, PrMode, Superseded, Task,
+};
+use errand_git::forge::{CloseOutcome, ForgeClient, PrBody, PrRequest, pr_title};
 use std::path::Path;
 
 /// One attempt's result, to deliver.
@@ -161,6 +163,103 @@ pub async fn deliver(i: DeliverInput<'_>) -> Delivery {
         }
     }
     d
+}
+
+/// After `errand pick` delivered `picked` (its delivery is `new`), closes the pull request of
+/// `old`, the task's earlier result, with a comment that points at the new one:
+/// "Superseded by #N (attempt 2 of task 1a2b3c4d, picked by alice)." and the new URL.
+///
+/// Only the pull request Errand opened for `old` (its delivery's `pr_url` and `pr_number`) is
+/// touched, only when `old`'s branch differs from `picked`'s, and only once `new` has opened
+/// its pull request; `old`'s branch is left in place. `None` when there is nothing to close;
+/// otherwise the outcome, never an error: a failure is in [`Superseded::error`] with
+/// `closed: false`.
+pub async fn close_superseded(
+    task: &Task,
+    old: &Attempt,
+    picked: &Attempt,
+    new: &Delivery,
+    picked_by: &str,
+) -> Option<Superseded> {
+    let od = old.delivery.as_ref()?;
+    let (old_url, number) = (od.pr_url.as_deref()?, od.pr_number?);
+    if old.id == picked.id || old.branch == picked.branch {
+        return None;
+    }
+    let mut sup = Superseded {
+        by_attempt: picked.number,
+        by_pr_url: new.pr_url.clone(),
+        picked_by: picked_by.to_string(),
+        at_ms: errand_core::now_ms(),
+        closed: false,
+        outcome: "left_open".into(),
+        comment_url: None,
+        error: None,
+    };
+    let new_url = match (&new.pr_url, &new.error) {
+        (Some(url), None) => url.clone(),
+        (_, err) => {
+            sup.error = Some(format!(
+                "not closed: attempt {}'s pull request was not opened{}",
+                picked.number,
+                err.as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+            return Some(sup);
+        }
+    };
+    let Some(forge) = &task.environment.forge else {
+        sup.error = Some("not closed: the environment has no forge".into());
+        return Some(sup);
+    };
+    let remote = task
+        .environment
+        .remote
+        .clone()
+        .unwrap_or_else(|| task.repo.clone());
+    let client = match ForgeClient::from_env(forge, &remote) {
+        Ok(c) => c,
+        Err(e) => {
+            sup.error = Some(format!("closing it failed: {e}"));
+            return Some(sup);
+        }
+    };
+    let new_ref = new
+        .pr_number
+        .map(|n| client.pr_ref(n))
+        .unwrap_or_else(|| new_url.clone());
+    let comment = format!(
+        "Superseded by {new_ref} (attempt {} of task {}, picked by {picked_by}).\n\n{new_url}",
+        picked.number, task.short_id
+    );
+    match client.close_pr(number, &old.branch, &comment).await {
+        Ok(c) => {
+            sup.outcome = match c.outcome {
+                CloseOutcome::Closed => "closed",
+                CloseOutcome::AlreadyClosed => "already_closed",
+                CloseOutcome::Merged => "merged",
+            }
+            .into();
+            sup.closed = c.outcome != CloseOutcome::Merged;
+            sup.comment_url = c.comment_url;
+            if let Some(e) = c.comment_error {
+                sup.error = Some(format!("closed, but the comment failed: {e}"));
+            }
+            tracing::info!(
+                task = %task.id,
+                attempt = old.number,
+                pr = old_url,
+                outcome = %sup.outcome,
+                "superseded pull request handled"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(task = %task.id, attempt = old.number, pr = old_url, error = %e, "closing the superseded pull request failed");
+            sup.error = Some(format!("closing it failed: {e}"));
+        }
+    }
+    Some(sup)
 }
 
 /// The link to a task's log in the server, for pull request bodies.

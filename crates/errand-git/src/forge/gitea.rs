@@ -1,8 +1,8 @@
 //! Gitea's REST API (v1): pull requests.
 
 use super::{
-    ForgeClient, ForgeErrorKind, ForgeResult, PrAction, PrRequest, PullRequest, github::pick,
-    str_field, with_prefix,
+    ForgeClient, ForgeErrorKind, ForgeResult, PrAction, PrRequest, PrState, PullRequest,
+    github::pick, str_field, with_prefix,
 };
 use crate::percent_encode;
 use reqwest::Method;
@@ -126,6 +126,36 @@ fn parse(v: &Value, action: PrAction) -> Option<PullRequest> {
         draft,
         action,
     })
+}
+
+/// A pull request with its state: `state` is `open` or `closed`; a merged one is closed with
+/// `merged: true`.
+pub(super) fn parse_with_state(v: &Value) -> Option<(PullRequest, PrState)> {
+    let pr = parse(v, PrAction::Updated)?;
+    let merged = v.get("merged").and_then(Value::as_bool).unwrap_or(false);
+    let state = match (str_field(v, &["state"])?.as_str(), merged) {
+        (_, true) => PrState::Merged,
+        ("open", false) => PrState::Open,
+        ("closed", false) => PrState::Closed,
+        _ => return None,
+    };
+    Some((pr, state))
+}
+
+/// Comments on pull request `index` (an issue comment) and returns the comment's page.
+pub(super) async fn comment(c: &ForgeClient, index: u64, body: &str) -> ForgeResult<String> {
+    let path = format!(
+        "/repos/{}/{}/issues/{index}/comments",
+        percent_encode(&c.repo().namespace),
+        percent_encode(&c.repo().name)
+    );
+    let a = c
+        .call(Method::POST, &path, Some(&json!({ "body": body })))
+        .await?;
+    if a.status != 201 {
+        return Err(c.not_found_pr(&a, index, "comment on pull requests"));
+    }
+    str_field(&a.json, &["html_url"]).ok_or_else(|| c.bad_answer("the comment", &a))
 }
 
 /// Gitea's `message`, and `errors` when it lists some.

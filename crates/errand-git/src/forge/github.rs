@@ -1,8 +1,8 @@
 //! GitHub's REST API (`X-GitHub-Api-Version: 2022-11-28`): pull requests.
 
 use super::{
-    ForgeClient, ForgeErrorKind, ForgeResult, PrAction, PrRequest, PullRequest, query_value,
-    str_field,
+    ForgeClient, ForgeErrorKind, ForgeResult, PrAction, PrRequest, PrState, PullRequest,
+    query_value, str_field,
 };
 use crate::percent_encode;
 use reqwest::Method;
@@ -100,6 +100,38 @@ fn parse(v: &Value, action: PrAction) -> Option<PullRequest> {
         draft: v.get("draft").and_then(Value::as_bool).unwrap_or(false),
         action,
     })
+}
+
+/// A pull request with its state: `state` is `open` or `closed`; a merged one is closed with
+/// `merged: true` (or a `merged_at`).
+pub(super) fn parse_with_state(v: &Value) -> Option<(PullRequest, PrState)> {
+    let pr = parse(v, PrAction::Updated)?;
+    let merged = v.get("merged").and_then(Value::as_bool).unwrap_or(false)
+        || v.get("merged_at").is_some_and(|m| !m.is_null());
+    let state = match (str_field(v, &["state"])?.as_str(), merged) {
+        (_, true) => PrState::Merged,
+        ("open", false) => PrState::Open,
+        ("closed", false) => PrState::Closed,
+        _ => return None,
+    };
+    Some((pr, state))
+}
+
+/// Comments on pull request `number` (an issue comment: pull requests are issues) and returns
+/// the comment's page.
+pub(super) async fn comment(c: &ForgeClient, number: u64, body: &str) -> ForgeResult<String> {
+    let path = format!(
+        "/repos/{}/{}/issues/{number}/comments",
+        percent_encode(&c.repo().namespace),
+        percent_encode(&c.repo().name)
+    );
+    let a = c
+        .call(Method::POST, &path, Some(&json!({ "body": body })))
+        .await?;
+    if a.status != 201 {
+        return Err(c.not_found_pr(&a, number, "comment on pull requests"));
+    }
+    str_field(&a.json, &["html_url"]).ok_or_else(|| c.bad_answer("the comment", &a))
 }
 
 /// `message` and every `errors[].message` (or `field` + `code`).

@@ -1,8 +1,8 @@
 //! GitLab's REST API (v4): merge requests.
 
 use super::{
-    ForgeClient, ForgeErrorKind, ForgeResult, PrAction, PrRequest, PullRequest, github::pick,
-    query_value, str_field, with_prefix,
+    ForgeClient, ForgeErrorKind, ForgeResult, PrAction, PrRequest, PrState, PullRequest,
+    github::pick, query_value, str_field, with_prefix,
 };
 use crate::percent_encode;
 use reqwest::Method;
@@ -116,6 +116,40 @@ fn parse(v: &Value, action: PrAction) -> Option<PullRequest> {
         draft,
         action,
     })
+}
+
+/// A merge request with its state: `opened`, `closed`, `merged`, or `locked` (being merged;
+/// still open).
+pub(super) fn parse_with_state(v: &Value) -> Option<(PullRequest, PrState)> {
+    let mr = parse(v, PrAction::Updated)?;
+    let state = match str_field(v, &["state"])?.as_str() {
+        "opened" | "locked" => PrState::Open,
+        "closed" => PrState::Closed,
+        "merged" => PrState::Merged,
+        _ => return None,
+    };
+    Some((mr, state))
+}
+
+/// Adds a note to merge request `iid` and returns its address on the merge request's page
+/// (`web_url#note_ID`; a note has no page of its own).
+pub(super) async fn comment(
+    c: &ForgeClient,
+    iid: u64,
+    mr_url: &str,
+    body: &str,
+) -> ForgeResult<String> {
+    let path = format!("{}/{iid}/notes", mrs_path(c));
+    let a = c
+        .call(Method::POST, &path, Some(&json!({ "body": body })))
+        .await?;
+    if a.status != 201 {
+        return Err(c.not_found_pr(&a, iid, "comment on merge requests"));
+    }
+    match a.json.get("id").and_then(Value::as_u64) {
+        Some(id) => Ok(format!("{mr_url}#note_{id}")),
+        None => Err(c.bad_answer("the note", &a)),
+    }
 }
 
 /// GitLab's `message` is a string, a list, or an object of lists by field; OAuth errors use

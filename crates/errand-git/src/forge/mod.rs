@@ -11,6 +11,15 @@
 //! | GitLab | `POST /projects/{path}/merge_requests` | 409 "Another open merge request already exists" | `GET /projects/{path}/merge_requests?source_branch={branch}&state=opened` | `PUT /projects/{path}/merge_requests/{iid}` |
 //! | Gitea | `POST /repos/{o}/{r}/pulls` | 409 (or 422 "already exists") | `GET /repos/{o}/{r}/pulls?state=open&limit=50&page={n}` | `PATCH /repos/{o}/{r}/pulls/{index}` |
 //!
+//! [`ForgeClient::close_pr`] closes a pull request Errand opened, after checking that it is
+//! still open and comes from the expected `errand/…` branch, then leaves a comment on it:
+//!
+//! | forge | read | close | comment |
+//! | --- | --- | --- | --- |
+//! | GitHub | `GET /repos/{o}/{r}/pulls/{number}` | `PATCH …/pulls/{number}` `{"state":"closed"}` → 200 | `POST /repos/{o}/{r}/issues/{number}/comments` `{"body"}` → 201 |
+//! | GitLab | `GET /projects/{path}/merge_requests/{iid}` | `PUT …/merge_requests/{iid}` `{"state_event":"close"}` → 200 | `POST …/merge_requests/{iid}/notes` `{"body"}` → 201 |
+//! | Gitea | `GET /repos/{o}/{r}/pulls/{index}` | `PATCH …/pulls/{index}` `{"state":"closed"}` → 201 | `POST /repos/{o}/{r}/issues/{index}/comments` `{"body"}` → 201 |
+//!
 //! Drafts: GitHub's `draft` field; GitLab's `Draft: ` title prefix; Gitea's `WIP: ` title
 //! prefix. An update never changes whether the pull request is a draft (GitHub's REST API
 //! cannot, and a person may have marked it ready).
@@ -83,6 +92,42 @@ pub struct PullRequest {
     pub base: String,
     pub draft: bool,
     pub action: PrAction,
+}
+
+/// A pull request's state on the forge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrState {
+    Open,
+    /// Closed without being merged.
+    Closed,
+    Merged,
+}
+
+/// What [`ForgeClient::close_pr`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseOutcome {
+    /// It was open: Errand closed it (and commented on it).
+    Closed,
+    /// Someone had closed it already: left as it is, no comment.
+    AlreadyClosed,
+    /// It had been merged: left as it is, no comment.
+    Merged,
+}
+
+/// The answer of [`ForgeClient::close_pr`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedPr {
+    pub number: u64,
+    /// The pull request's page.
+    pub url: String,
+    pub outcome: CloseOutcome,
+    /// The comment's page (GitLab: the merge request's page with the note's anchor), when the
+    /// comment was posted.
+    pub comment_url: Option<String>,
+    /// Why the comment could not be posted; the pull request is closed all the same.
+    pub comment_error: Option<ForgeError>,
 }
 
 /// The kind of a forge failure.
@@ -292,6 +337,168 @@ impl ForgeClient {
         }
     }
 
+    /// Reads pull request `number` (GitLab: the merge request's iid) and its state.
+    pub async fn get_pr(&self, number: u64) -> ForgeResult<(PullRequest, PrState)> {
+        let path = self.pr_path(number);
+        let a = self.call(reqwest::Method::GET, &path, None).await?;
+        if a.status != 200 {
+            return Err(self.not_found_pr(&a, number, "read pull requests"));
+        }
+        let parsed = match self.kind {
+            ForgeKind::Github => github::parse_with_state(&a.json),
+            ForgeKind::Gitlab => gitlab::parse_with_state(&a.json),
+            ForgeKind::Gitea => gitea::parse_with_state(&a.json),
+        };
+        parsed.ok_or_else(|| self.bad_answer("the read", &a))
+    }
+
+    /// Closes the pull request `number`, which must come from the branch `head` (an `errand/…`
+    /// branch: Errand closes only what it opened), and comments `comment` on it. A pull request
+    /// that is already closed or merged is left as it is (no comment). The branch is never
+    /// deleted. Failing to comment after closing is not an error: it is in
+    /// [`ClosedPr::comment_error`].
+    pub async fn close_pr(&self, number: u64, head: &str, comment: &str) -> ForgeResult<ClosedPr> {
+        crate::check_agent_branch(head).map_err(|e| self.err(ForgeErrorKind::Config, e))?;
+        if comment.trim().is_empty() {
+            return Err(self.err(ForgeErrorKind::Config, "the closing comment is empty"));
+        }
+        let (pr, state) = self.get_pr(number).await?;
+        if pr.head != head {
+            return Err(self.err(
+                ForgeErrorKind::Config,
+                format!(
+                    "pull request {} ({}) comes from the branch '{}', not '{head}'; Errand closes only the pull requests it opened",
+                    self.pr_ref(number),
+                    pr.url,
+                    pr.head
+                ),
+            ));
+        }
+        let mut out = ClosedPr {
+            number,
+            url: pr.url.clone(),
+            outcome: match state {
+                PrState::Open => CloseOutcome::Closed,
+                PrState::Closed => CloseOutcome::AlreadyClosed,
+                PrState::Merged => CloseOutcome::Merged,
+            },
+            comment_url: None,
+            comment_error: None,
+        };
+        if state != PrState::Open {
+            return Ok(out);
+        }
+        let path = self.pr_path(number);
+        let a = match self.kind {
+            ForgeKind::Github | ForgeKind::Gitea => {
+                let body = serde_json::json!({ "state": "closed" });
+                self.call(reqwest::Method::PATCH, &path, Some(&body))
+                    .await?
+            }
+            ForgeKind::Gitlab => {
+                let body = serde_json::json!({ "state_event": "close" });
+                self.call(reqwest::Method::PUT, &path, Some(&body)).await?
+            }
+        };
+        // Gitea answers an edit with 201, the others with 200.
+        let ok = a.status == 200 || (self.kind == ForgeKind::Gitea && a.status == 201);
+        if !ok {
+            return Err(self.not_found_pr(&a, number, &format!("close {}", self.noun())));
+        }
+        let after = match self.kind {
+            ForgeKind::Github => github::parse_with_state(&a.json),
+            ForgeKind::Gitlab => gitlab::parse_with_state(&a.json),
+            ForgeKind::Gitea => gitea::parse_with_state(&a.json),
+        };
+        match after {
+            Some((_, PrState::Closed)) => {}
+            Some((_, PrState::Merged)) => {
+                out.outcome = CloseOutcome::Merged;
+                return Ok(out);
+            }
+            Some((_, PrState::Open)) => {
+                let mut e = self.err(
+                    ForgeErrorKind::BadResponse,
+                    format!(
+                        "the forge accepted closing {} (HTTP {}) but says it is still open",
+                        self.pr_ref(number),
+                        a.status
+                    ),
+                );
+                e.status = Some(a.status);
+                return Err(e);
+            }
+            None => return Err(self.bad_answer("the close", &a)),
+        }
+        let posted = match self.kind {
+            ForgeKind::Github => github::comment(self, number, comment).await,
+            ForgeKind::Gitlab => gitlab::comment(self, number, &pr.url, comment).await,
+            ForgeKind::Gitea => gitea::comment(self, number, comment).await,
+        };
+        match posted {
+            Ok(url) => out.comment_url = Some(url),
+            Err(e) => out.comment_error = Some(e),
+        }
+        Ok(out)
+    }
+
+    /// `#12` (GitHub, Gitea) or `!12` (GitLab).
+    pub fn pr_ref(&self, number: u64) -> String {
+        match self.kind {
+            ForgeKind::Gitlab => format!("!{number}"),
+            _ => format!("#{number}"),
+        }
+    }
+
+    fn noun(&self) -> &'static str {
+        match self.kind {
+            ForgeKind::Gitlab => "merge requests",
+            _ => "pull requests",
+        }
+    }
+
+    /// The path of one pull request (merge request) under the API root.
+    fn pr_path(&self, number: u64) -> String {
+        let repo = self.repo();
+        match self.kind {
+            ForgeKind::Gitlab => format!(
+                "/projects/{}/merge_requests/{number}",
+                crate::percent_encode(&repo.full())
+            ),
+            _ => format!(
+                "/repos/{}/{}/pulls/{number}",
+                crate::percent_encode(&repo.namespace),
+                crate::percent_encode(&repo.name)
+            ),
+        }
+    }
+
+    /// [`ForgeClient::error_for`], with a 404 that names the pull request rather than the
+    /// repository (the forges answer 404 for both).
+    pub(crate) fn not_found_pr(&self, a: &Answer, number: u64, action: &str) -> ForgeError {
+        if a.status != 404 {
+            return self.error_for(a, action);
+        }
+        let detail = self.detail(a);
+        let mut e = self.err(
+            ForgeErrorKind::NotFound,
+            format!(
+                "pull request {} not found in {} at {} (HTTP 404{}), or the token in {} cannot see it",
+                self.pr_ref(number),
+                self.repo.full(),
+                self.api_root,
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                },
+                self.env_name()
+            ),
+        );
+        e.status = Some(404);
+        e
+    }
+
     pub(crate) fn err(&self, kind: ForgeErrorKind, message: impl fmt::Display) -> ForgeError {
         ForgeError::new(self.kind, kind, self.scrub(&message.to_string()))
     }
@@ -481,10 +688,14 @@ impl ForgeClient {
             ),
             400..=499 => (
                 ForgeErrorKind::Validation,
-                format!(
-                    "the forge refused to {action} in {repo} ({}); is the head branch pushed, and does it differ from the base?",
-                    with(s)
-                ),
+                if action.starts_with("open") || action.starts_with("update") {
+                    format!(
+                        "the forge refused to {action} in {repo} ({}); is the head branch pushed, and does it differ from the base?",
+                        with(s)
+                    )
+                } else {
+                    format!("the forge refused to {action} in {repo} ({})", with(s))
+                },
             ),
             500..=599 => (
                 ForgeErrorKind::Server,
