@@ -10,7 +10,7 @@
 //! by the workspace's `.gitignore` files, or matching the exclude patterns (the files a setup
 //! script made), are not part of a tree and are never touched, as they are never committed.
 
-use crate::{GitError, Result, copy_index, run_ok, write_exclude, scratch_git_command};
+use crate::{GitError, Result, copy_index, run_ok, scratch_git_command, write_exclude};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

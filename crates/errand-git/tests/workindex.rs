@@ -121,7 +121,9 @@ async fn what_the_checks_wrote_is_put_back_and_stays_out_of_the_commit() {
         seen.contains(&("junit.xml".into(), ChangeKind::Added))
             && seen.contains(&("README.md".into(), ChangeKind::Modified))
             && seen.contains(&("src/lib.txt".into(), ChangeKind::Deleted))
-            && !seen.iter().any(|(p, _)| p == "report.txt" || p == "check.log"),
+            && !seen
+                .iter()
+                .any(|(p, _)| p == "report.txt" || p == "check.log"),
         "{seen:?}"
     );
 
