@@ -14,10 +14,12 @@ pub mod forge;
 pub mod push;
 pub mod scan;
 mod secret;
+pub mod workindex;
 
 pub use checkpoint::{Checkpointer, delete_checkpoint_ref, restore_checkpoint};
 pub use push::{PushOutcome, PushStatus, push_branch};
 pub use secret::{Credentials, MissingToken, Secret, percent_encode};
+pub use workindex::{ChangeKind, PathChange, Restored, WorkspaceIndex};
 
 use errand_core::{DiffStats, FileStat};
 use sha2::{Digest, Sha256};
@@ -57,6 +59,10 @@ pub enum GitError {
     AuthFailed { remote: String, hint: String },
     #[error(transparent)]
     MissingToken(#[from] MissingToken),
+    #[error(
+        "could not put back {paths} as they were before the checks ({reason}); have the checks write outside the repository or list such files in .gitignore"
+    )]
+    NotRestored { paths: String, reason: String },
     #[error("git {args} failed: {stderr}")]
     Command { args: String, stderr: String },
     #[error("running git: {0}")]
@@ -441,6 +447,15 @@ pub(crate) fn copy_index(from: &Path, to: &Path) -> std::io::Result<()> {
         .write(true)
         .open(to)?
         .set_modified(mtime)
+}
+
+/// Writes the exclude patterns of a scratch git directory (`info/exclude`).
+pub(crate) async fn write_exclude(git_dir: &Path, patterns: &[String]) -> Result<()> {
+    tokio::fs::create_dir_all(git_dir.join("info")).await?;
+    let mut text = patterns.join("\n");
+    text.push('\n');
+    tokio::fs::write(git_dir.join("info/exclude"), text).await?;
+    Ok(())
 }
 
 /// Copies `refs/heads/<branch>` from the repository at `from` into the mirror (forced).
@@ -864,10 +879,7 @@ pub async fn commit_workspace_with(
     )
     .await?;
     if !exclude.is_empty() {
-        tokio::fs::create_dir_all(scratch_git.join("info")).await?;
-        let mut text = exclude.join("\n");
-        text.push('\n');
-        tokio::fs::write(scratch_git.join("info/exclude"), text).await?;
+        write_exclude(scratch_git, exclude).await?;
     }
     let index = scratch_git.join("index");
     let seeded = match seed_index {

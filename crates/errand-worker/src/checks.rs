@@ -312,6 +312,89 @@ pub fn read_agents_md(root: &Path) -> Option<String> {
     read_confined(&root, &path, MAX_AGENTS_MD, None).ok()
 }
 
+/// Paths listed by name in [`leftovers_notice`]; the rest are counted.
+const LISTED_LEFTOVERS: usize = 10;
+
+/// The notice for what the checks left in the workspace and the worker took out again, if
+/// anything: `checks created or changed 2 files that are not part of the commit: junit.xml,
+/// README.md (changed); …`.
+pub fn leftovers_notice(r: &errand_git::Restored) -> Option<String> {
+    use errand_git::ChangeKind;
+    let n = r.undone.len() + r.kept_out.len();
+    if n == 0 {
+        return None;
+    }
+    let items: Vec<String> = r
+        .undone
+        .iter()
+        .map(|c| match c.kind {
+            ChangeKind::Added => c.path.display().to_string(),
+            k => format!("{} ({})", c.path.display(), k.verb()),
+        })
+        .chain(
+            r.kept_out
+                .iter()
+                .map(|p| format!("{} (could not be removed; left out)", p.display())),
+        )
+        .collect();
+    let mut list = items[..items.len().min(LISTED_LEFTOVERS)].join(", ");
+    if items.len() > LISTED_LEFTOVERS {
+        list.push_str(&format!(" and {} more", items.len() - LISTED_LEFTOVERS));
+    }
+    let (files, are) = if n == 1 {
+        ("file", "is")
+    } else {
+        ("files", "are")
+    };
+    Some(format!(
+        "checks created or changed {n} {files} that {are} not part of the commit: {list}; the workspace has the agent's version again"
+    ))
+}
+
+impl crate::Worker {
+    /// [`Worker::run_checks`](crate::Worker), with what the checks write kept apart from the
+    /// agent's work: the workspace's files are recorded in `index` before the checks (which
+    /// see them as the agent left them) and put back to that afterwards, so what the checks
+    /// created or changed reaches neither the review nor the commit; a notice lists it.
+    /// Without `index`, the checks just run.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn run_checks_apart(
+        &self,
+        aid: &str,
+        sandbox_box: &dyn errand_sandbox::SandboxBox,
+        sink: &dyn EventSink,
+        ws: &Path,
+        specs: &[errand_core::CheckSpec],
+        cancel: &tokio_util::sync::CancellationToken,
+        index: Option<&errand_git::WorkspaceIndex>,
+    ) -> Result<(Vec<errand_core::CheckResult>, Option<String>), crate::RunError> {
+        let Some(index) = index else {
+            return self
+                .run_checks(aid, sandbox_box, sink, ws, specs, cancel)
+                .await;
+        };
+        let failed =
+            |what: &str, e: &dyn std::fmt::Display| crate::RunError::Failed(format!("{what}: {e}"));
+        let agent = index
+            .snapshot()
+            .await
+            .map_err(|e| failed("recording the agent's work before the checks", &e))?;
+        let out = self
+            .run_checks(aid, sandbox_box, sink, ws, specs, cancel)
+            .await?;
+        let restored = index.restore(&agent).await.map_err(|e| {
+            failed(
+                "putting the workspace back as the agent left it after the checks",
+                &e,
+            )
+        })?;
+        if let Some(note) = leftovers_notice(&restored) {
+            self.notice(aid, note).await?;
+        }
+        Ok(out)
+    }
+}
+
 impl crate::Worker {
     /// Runs the checks one after the other in the attempt's box, recording each one's exit
     /// code, duration and test counts (`check_result`). Returns the results and, when one
@@ -532,6 +615,53 @@ mod tests {
         assert!(e.contains("over the limit"), "{e}");
         let _ = std::fs::remove_dir_all(&root);
         let _ = std::fs::remove_dir_all(&outside);
+    }
+
+    #[test]
+    fn the_leftovers_notice_lists_ten_and_counts_the_rest() {
+        use errand_git::{ChangeKind, PathChange, Restored};
+        assert_eq!(leftovers_notice(&Restored::default()), None);
+        let one = Restored {
+            undone: vec![PathChange {
+                path: "README.md".into(),
+                kind: ChangeKind::Modified,
+            }],
+            kept_out: Vec::new(),
+        };
+        assert_eq!(
+            leftovers_notice(&one).unwrap_or_default(),
+            "checks created or changed 1 file that is not part of the commit: README.md (changed); the workspace has the agent's version again"
+        );
+        let mut many = Restored {
+            undone: (0..11)
+                .map(|i| PathChange {
+                    path: format!("out/{i:02}.txt").into(),
+                    kind: if i == 0 {
+                        ChangeKind::Deleted
+                    } else {
+                        ChangeKind::Added
+                    },
+                })
+                .collect(),
+            kept_out: vec!["fixtures/dep".into()],
+        };
+        let text = leftovers_notice(&many).unwrap_or_default();
+        assert!(
+            text.starts_with(
+                "checks created or changed 12 files that are not part of the commit: out/00.txt (deleted), out/01.txt, "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("out/09.txt and 2 more; the workspace"),
+            "{text}"
+        );
+        many.undone.truncate(1);
+        let text = leftovers_notice(&many).unwrap_or_default();
+        assert!(
+            text.contains("out/00.txt (deleted), fixtures/dep (could not be removed; left out)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -569,6 +569,24 @@ impl Worker {
         for n in std::mem::take(&mut resume.notices) {
             self.notice(aid, n).await?;
         }
+        // What the checks write must stay out of the agent's work: the workspace is recorded
+        // before they run and put back afterwards (`checks::run_checks_apart`), through an
+        // index seeded now, before anything ran in the workspace.
+        let work_index = if planning || check_specs.is_empty() {
+            None
+        } else {
+            Some(
+                errand_git::WorkspaceIndex::new(
+                    &mirror,
+                    &ws,
+                    &dir.join("checks.git"),
+                    &start_commit,
+                    Some(&ws.join(".git").join("index")),
+                )
+                .await
+                .map_err(|e| fail("preparing the checks' view of the workspace", &e))?,
+            )
+        };
         let redactor = self.redaction.redactor(aid);
         let resolved = redact::attempt_redactor(&task.environment.secrets, redact::env_var);
         for name in resolved.ignored() {
@@ -606,6 +624,11 @@ impl Worker {
             }
             _ => setup::SetupOutcome::default(),
         };
+        if let Some(wi) = &work_index {
+            wi.set_exclude(&setup_out.exclude)
+                .await
+                .map_err(|e| fail("preparing the checks' view of the workspace", &e))?;
+        }
         // The model gateway, when the environment names providers for it: keys stay in this
         // process; the box gets base URLs and placeholder keys.
         if !task.environment.gateway.is_empty() {
@@ -870,7 +893,15 @@ impl Worker {
                 .await?;
             checked_from = Status::Checking;
             let (results, check_failure) = self
-                .run_checks(aid, sandbox_box, &sink, &ws, &check_specs, cancel)
+                .run_checks_apart(
+                    aid,
+                    sandbox_box,
+                    &sink,
+                    &ws,
+                    &check_specs,
+                    cancel,
+                    work_index.as_ref(),
+                )
                 .await?;
             state.outcome.checks = results;
             failure = failure.or(check_failure);
@@ -887,6 +918,8 @@ impl Worker {
                         mirror: &mirror,
                         start_commit: &start_commit,
                         seed_index: seed_index.as_deref(),
+                        exclude: &setup_out.exclude,
+                        work_index: work_index.as_ref(),
                         sandbox_box,
                         sink: &sink,
                         cancel,
@@ -925,6 +958,11 @@ impl Worker {
         // commit goes through a fresh git directory.
         // Secret values in the agent's changes are replaced before anything is committed.
         let scrubbed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Setup's files, and whatever a check created that could not be removed.
+        let exclude = match &work_index {
+            Some(wi) => wi.excluded(),
+            None => setup_out.exclude.clone(),
+        };
         let head = {
             let _guard = self.mirrors.lock(&mirror).await;
             if redactor.is_empty() {
@@ -937,7 +975,7 @@ impl Worker {
                     &message,
                     &trailers,
                     seed_index.as_deref(),
-                    &setup_out.exclude,
+                    &exclude,
                 )
                 .await
             } else {
@@ -966,7 +1004,7 @@ impl Worker {
                     &trailers,
                     seed_index.as_deref(),
                     Some(scrub),
-                    &setup_out.exclude,
+                    &exclude,
                 )
                 .await
             }

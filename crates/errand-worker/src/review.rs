@@ -53,6 +53,10 @@ pub(crate) struct ReviewCtx<'a> {
     /// The commit the workspace started from.
     pub start_commit: &'a str,
     pub seed_index: Option<&'a Path>,
+    /// Untracked paths left out of the commit (setup's files).
+    pub exclude: &'a [String],
+    /// Keeps what the checks write apart from the agent's work (`checks::run_checks_apart`).
+    pub work_index: Option<&'a errand_git::WorkspaceIndex>,
     pub sandbox_box: &'a dyn errand_sandbox::SandboxBox,
     pub sink: &'a dyn EventSink,
     pub cancel: &'a CancellationToken,
@@ -259,13 +263,14 @@ impl Worker {
                     .await?;
                 status = Status::Checking;
                 let (results, check_failure) = self
-                    .run_checks(
+                    .run_checks_apart(
                         aid,
                         cx.sandbox_box,
                         cx.sink,
                         cx.ws,
                         cx.check_specs,
                         cx.cancel,
+                        cx.work_index,
                     )
                     .await?;
                 outcome.checks = results;
@@ -315,13 +320,18 @@ impl Worker {
 
     /// The workspace's change against the task's base, as the reviewer sees it: committed
     /// through a fresh git directory (like the final commit, nothing in the workspace's own
-    /// `.git` is trusted) onto the attempt's branch, then diffed in the mirror.
+    /// `.git` is trusted, and the same paths are left out) onto the attempt's branch, then
+    /// diffed in the mirror. The checks' leftovers are gone by then (`run_checks_apart`).
     async fn review_diff(&self, cx: &ReviewCtx<'_>) -> Result<(String, DiffStats), RunError> {
         let task = &cx.c.task;
         let fail = |what: &str, e: &dyn std::fmt::Display| RunError::Failed(format!("{what}: {e}"));
+        let exclude = match cx.work_index {
+            Some(wi) => wi.excluded(),
+            None => cx.exclude.to_vec(),
+        };
         let head = {
             let _guard = self.mirrors.lock(cx.mirror).await;
-            errand_git::commit_workspace(
+            errand_git::commit_workspace_excluding(
                 cx.mirror,
                 cx.ws,
                 &cx.dir.join("review.git"),
@@ -333,6 +343,7 @@ impl Worker {
                     ("Errand-Attempt", cx.c.attempt.id.as_str()),
                 ],
                 cx.seed_index,
+                &exclude,
             )
             .await
             .map_err(|e| fail("committing the work for review", &e))?
