@@ -1221,6 +1221,13 @@ impl SandboxBox for NsBox {
             }
         }
         self.reader.abort();
+        // The reader may not have seen the control socket close before it was stopped: fail
+        // every command still waiting, as the reader would have (an `exec` returns
+        // `Destroyed` instead of waiting for an exit report that never comes).
+        if let Ok(mut w) = self.waiters.lock() {
+            w.started.clear();
+            w.exited.clear();
+        }
         let cgroups = self.cgroups.clone();
         let limits = self.limits.clone();
         let _ = tokio::task::spawn_blocking(move || recycle_cgroups(cgroups, &limits)).await;
