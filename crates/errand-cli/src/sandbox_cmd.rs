@@ -201,15 +201,7 @@ async fn start_proxy(
         eprintln!("errand: warning: --net allowlist without --allow: every request will be denied");
     }
     eprintln!("errand: egress proxy: {}", policy.summary());
-    let spec = std::env::var(errand_proxy::TEST_RESOLVE_ENV)
-        .ok()
-        .filter(|s| !s.trim().is_empty());
-    let resolver = errand_proxy::resolver(spec.as_deref()).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not a valid resolver map: {e}",
-            errand_proxy::TEST_RESOLVE_ENV
-        )
-    })?;
+    let resolver = errand_proxy::resolver_from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     let on_event = std::sync::Arc::new(|r: errand_proxy::NetRecord| {
         eprintln!(
             "errand: net {} {}{}:{}{} — {} B up, {} B down{}",

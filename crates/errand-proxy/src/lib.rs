@@ -25,4 +25,7 @@ pub mod resolve;
 pub use policy::{Decision, Policy, PolicyError};
 pub use presets::{Discovery, PresetError, Presets};
 pub use proxy::{MAX_CLIENT_CONNECTIONS, NetRecord, Proxy, ProxyConfig, ProxyError, ProxyHandle};
-pub use resolve::{MapResolver, MapSpecError, Resolve, SystemResolver, TEST_RESOLVE_ENV, resolver};
+pub use resolve::{
+    MapResolver, MapSpecError, Resolve, SystemResolver, TEST_RESOLVE_ENV, resolver,
+    resolver_from_env,
+};

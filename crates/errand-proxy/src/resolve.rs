@@ -176,6 +176,16 @@ pub fn resolver(test_spec: Option<&str>) -> Result<Arc<dyn Resolve>, MapSpecErro
     }
 }
 
+/// [`resolver`] with the test-only map read from [`TEST_RESOLVE_ENV`] in this process's
+/// environment (an empty value counts as unset); the error names the variable.
+pub fn resolver_from_env() -> Result<Arc<dyn Resolve>, String> {
+    let spec = std::env::var(TEST_RESOLVE_ENV)
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    resolver(spec.as_deref())
+        .map_err(|e| format!("{TEST_RESOLVE_ENV} is not a valid resolver map: {e}"))
+}
+
 fn normalize(host: &str) -> String {
     let h = host.trim().to_ascii_lowercase();
     h.strip_suffix('.').unwrap_or(&h).to_string()

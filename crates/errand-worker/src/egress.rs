@@ -7,9 +7,7 @@
 
 use crate::WorkerClient;
 use errand_core::{EventKind, NetworkConfig};
-use errand_proxy::{
-    NetRecord, Policy, Presets, Proxy, ProxyConfig, ProxyHandle, Resolve, TEST_RESOLVE_ENV,
-};
+use errand_proxy::{NetRecord, Policy, Presets, Proxy, ProxyConfig, ProxyHandle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -86,14 +84,6 @@ impl DenialFeed {
 
 /// The resolver the proxy uses: the system's, or the test-only map in `ERRAND_TEST_RESOLVE`
 /// (`name=127.0.0.1,other=10.0.0.1`; never set it in production).
-fn resolver() -> Result<Arc<dyn Resolve>, String> {
-    let spec = std::env::var(TEST_RESOLVE_ENV)
-        .ok()
-        .filter(|s| !s.trim().is_empty());
-    errand_proxy::resolver(spec.as_deref())
-        .map_err(|e| format!("{TEST_RESOLVE_ENV} is not a valid resolver map: {e}"))
-}
-
 /// Builds the phase's policy from the environment's `allow`/`deny` (presets resolved on this
 /// machine, off the executor: discovery may ask package tools).
 pub async fn policy(
@@ -118,7 +108,7 @@ pub async fn start(
     attempt: &str,
     worker: &str,
 ) -> Result<PhaseProxy, String> {
-    let resolver = resolver()?;
+    let resolver = errand_proxy::resolver_from_env()?;
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| format!("creating {}: {e}", dir.display()))?;
