@@ -7,11 +7,19 @@
 //! queue like any sink, and implements the agent's per-turn hooks (`snapshot`, then
 //! `checkpoint`). [`prepare_resume`] turns a claimed checkpoint back into a workspace and an
 //! [`errand_agent::Resume`].
+//!
+//! Secrets: with an environment that has secrets, the checkpoints' snapshots are scrubbed
+//! ([`Checkpointer::with_scrub`]): a file holding a value is stored with the placeholder
+//! instead, the workspace's own file left as it is, and a notice says so the first time. The
+//! conversation and state are redacted on their way to the store (`redact::RedactingClient`).
+//! A run resumed from such a checkpoint works on the placeholders; a notice names the files.
 
 use crate::WorkerClient;
 use errand_agent::{AgentError, EventSink, Resume, RunState};
+use errand_core::redact::Redactor;
 use errand_core::{EventKind, Usage};
 use errand_git::Checkpointer;
+use errand_git::checkpoint::ScrubbedFile;
 use errand_store::{Checkpoint, StoreError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -28,6 +36,10 @@ pub struct WorkerState {
     pub base_usage: Usage,
     #[serde(default)]
     pub base_turns: u64,
+    /// The files of the checkpoint that hold placeholders where the workspace held secret
+    /// values (or an earlier version, when they could not be checked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scrubbed: Vec<ScrubbedFile>,
 }
 
 /// `a - b`, field by field, never below zero.
@@ -49,6 +61,8 @@ pub struct Resumed {
     pub base_turns: u64,
     /// The checkpoint commit, which the workspace now holds.
     pub commit: String,
+    /// Files restored with placeholders instead of secret values.
+    pub scrubbed: Vec<ScrubbedFile>,
 }
 
 /// Restores a claimed checkpoint into the fresh workspace `ws` (checked out at `start`) and
@@ -87,7 +101,79 @@ pub async fn prepare_resume(
         base_usage: state.base_usage,
         base_turns: state.base_turns,
         commit: cp.commit.clone(),
+        scrubbed: state.scrubbed,
     })
+}
+
+/// How many paths a notice names before "and N more".
+const NAMED_FILES: usize = 20;
+
+fn name_files<'a>(paths: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let n = paths.len();
+    let mut text = paths.take(NAMED_FILES).collect::<Vec<_>>().join(", ");
+    if n > NAMED_FILES {
+        text.push_str(&format!(" and {} more", n - NAMED_FILES));
+    }
+    text
+}
+
+/// The notice of a run resumed from a checkpoint with scrubbed files: which files hold
+/// placeholders (and which are at an earlier version). `None` when there are none.
+pub fn restored_notice(files: &[ScrubbedFile]) -> Option<String> {
+    let scrubbed: Vec<&ScrubbedFile> = files.iter().filter(|f| f.problem.is_none()).collect();
+    let older: Vec<&ScrubbedFile> = files.iter().filter(|f| f.problem.is_some()).collect();
+    let plural = |n: usize| if n == 1 { "file" } else { "files" };
+    let mut parts = Vec::new();
+    if !scrubbed.is_empty() {
+        let mut names: Vec<&str> = scrubbed
+            .iter()
+            .flat_map(|f| f.secrets.iter())
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        parts.push(format!(
+            "restored from checkpoint; secret values in {} {} were replaced with placeholders ({}): {}",
+            scrubbed.len(),
+            plural(scrubbed.len()),
+            names
+                .iter()
+                .map(|n| errand_core::redact::placeholder(n))
+                .collect::<Vec<_>>()
+                .join(", "),
+            name_files(scrubbed.iter().map(|f| f.path.as_str()))
+        ));
+    }
+    if !older.is_empty() {
+        parts.push(format!(
+            "{} {} could not be checked for secret values and {} restored at an earlier version: {}",
+            older.len(),
+            plural(older.len()),
+            if older.len() == 1 { "was" } else { "were" },
+            name_files(older.iter().map(|f| f.path.as_str()))
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The notice when a checkpoint first stores `f` differently from the workspace.
+fn scrubbed_file_notice(turn: u64, f: &ScrubbedFile) -> String {
+    match &f.problem {
+        None => format!(
+            "checkpoint after turn {turn}: secret {} found in {}; the checkpoint stores {} instead (the file in the workspace is unchanged)",
+            f.secrets.join(", "),
+            f.path,
+            f.secrets
+                .iter()
+                .map(|n| errand_core::redact::placeholder(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(why) => format!(
+            "checkpoint after turn {turn}: {} is not in the checkpoint as it is now ({why}); the checkpoint keeps its earlier version",
+            f.path
+        ),
+    }
 }
 
 /// The agent's sink for one run: events and usage to the queue, checkpoints after each turn.
@@ -106,6 +192,8 @@ pub struct CheckpointSink {
     gateway_used: Option<Arc<std::sync::Mutex<Usage>>>,
     /// The egress proxy's denials not yet shown to the agent (network mode `allowlist`).
     denials: Option<crate::egress::DenialFeed>,
+    /// The scrubbed files already announced (path, secrets, problem).
+    announced: std::sync::Mutex<std::collections::BTreeSet<(String, Vec<String>, Option<String>)>>,
 }
 
 impl CheckpointSink {
@@ -131,6 +219,7 @@ impl CheckpointSink {
             broken: AtomicBool::new(false),
             gateway_used: None,
             denials: None,
+            announced: Default::default(),
         }
     }
 
@@ -235,10 +324,29 @@ impl EventSink for CheckpointSink {
             "errand checkpoint after turn {}\n\nErrand-Attempt: {}\n",
             state.turns, self.attempt
         );
-        let commit = match cp.lock().await.commit(&message).await {
-            Ok(c) => c,
-            Err(e) => return self.broke(format!("committing the workspace: {e}")).await,
+        let (commit, scrubbed) = {
+            let mut cp = cp.lock().await;
+            match cp.commit(&message).await {
+                Ok(c) => (c, cp.scrubbed()),
+                Err(e) => return self.broke(format!("committing the workspace: {e}")).await,
+            }
         };
+        let news: Vec<String> = {
+            let mut seen = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+            scrubbed
+                .iter()
+                .filter(|f| seen.insert((f.path.clone(), f.secrets.clone(), f.problem.clone())))
+                .map(|f| scrubbed_file_notice(state.turns, f))
+                .collect()
+        };
+        if !news.is_empty() {
+            self.emit(
+                news.into_iter()
+                    .map(|message| EventKind::Notice { message })
+                    .collect(),
+            )
+            .await?;
+        }
         let conversation = match serde_json::to_value(messages) {
             Ok(v) => v,
             Err(e) => return self.broke(format!("encoding the conversation: {e}")).await,
@@ -247,6 +355,7 @@ impl EventSink for CheckpointSink {
             agent: state.clone(),
             base_usage: self.base_usage,
             base_turns: self.base_turns,
+            scrubbed,
         };
         let saved = Checkpoint {
             turn: state.turns,
@@ -288,7 +397,9 @@ pub struct RunSetup {
 /// `ws` is a copy-on-write overlay over it (its upper layer is `dir/upper`): snapshots then
 /// look only at what the upper layer holds. Nothing here fails the run: a checkpoint that
 /// can't be used means starting over (said in the log), and checkpoints that can't be set up
-/// mean a run that can't be resumed.
+/// mean a run that can't be resumed. With a `redactor` that holds values (the environment
+/// has secrets), the checkpoints are scrubbed of them.
+#[allow(clippy::too_many_arguments)]
 pub async fn setup(
     mirrors: &errand_git::MirrorCache,
     c: &errand_store::ClaimedAttempt,
@@ -297,6 +408,7 @@ pub async fn setup(
     ws: &Path,
     start: &str,
     base_index: Option<&Path>,
+    redactor: &Redactor,
 ) -> RunSetup {
     let aid = c.attempt.id.as_str();
     let mut notices = Vec::new();
@@ -322,6 +434,7 @@ pub async fn setup(
                     r.resume.state.usage.total(),
                     r.resume.state.usage.cost_usd
                 ));
+                notices.extend(restored_notice(&r.scrubbed));
                 resumed = Some(r);
             }
             Err(e) => {
@@ -350,6 +463,11 @@ pub async fn setup(
     {
         Ok(cp) => {
             let upper = dir.join("upper");
+            let earlier = resumed
+                .as_ref()
+                .map(|r| r.scrubbed.clone())
+                .unwrap_or_default();
+            let cp = cp.with_scrub(redactor.clone(), earlier);
             // base_index is `<base>/.git/index`.
             match base_index.and_then(|i| i.parent()?.parent()) {
                 Some(lower) if upper.is_dir() => Some(cp.with_overlay(&upper, lower)),

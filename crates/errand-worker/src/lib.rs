@@ -548,7 +548,9 @@ impl Worker {
             (task.environment.checks.clone(), false)
         };
         // A run after a crash resumes from its checkpoint (after AGENTS.md was read, so the
-        // agent's own edits to it don't choose the checks); every run takes checkpoints.
+        // agent's own edits to it don't choose the checks); every run takes checkpoints, with
+        // secret values replaced in what they store.
+        let redactor = self.redaction.redactor(aid);
         let mut resume = checkpoint::setup(
             &self.mirrors,
             c,
@@ -557,19 +559,12 @@ impl Worker {
             &ws,
             &start_commit,
             seed_index.as_deref(),
+            &redactor,
         )
         .await;
-        if !self.redaction.redactor(aid).is_empty() && resume.checkpointer.take().is_some() {
-            // A checkpoint stores the workspace's files as they are, before the final commit
-            // replaces secret values in them: with secrets, this run takes none.
-            resume.notices.push(
-                "checkpoints are off for this attempt because its environment has secrets (a checkpoint would store the workspace before secret values are scrubbed from it); if it is interrupted it starts over".into(),
-            );
-        }
         for n in std::mem::take(&mut resume.notices) {
             self.notice(aid, n).await?;
         }
-        let redactor = self.redaction.redactor(aid);
         let resolved = redact::attempt_redactor(&task.environment.secrets, redact::env_var);
         for name in resolved.ignored() {
             tracing::warn!(attempt = %aid, secret = %name, "secret value too short to redact; not used");
