@@ -663,6 +663,53 @@ impl Checkpointer {
     }
 }
 
+/// Commits the workspace's files onto `branch` of the mirror on top of `base`, like
+/// [`crate::commit_workspace`] (a fresh git directory, nothing of the workspace's own `.git`
+/// used), but with secret values replaced in the blobs as in a scrubbed checkpoint: the
+/// workspace's files are not changed and no object holding a value is written anywhere. For
+/// work in progress that must be committed while the agent still works (the reviewer's
+/// look). Returns the commit (`None`: nothing differs from `base`) and the files that hold
+/// placeholders (or their earlier version).
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_workspace_redacted(
+    mirror: &Path,
+    workspace: &Path,
+    scratch_git: &Path,
+    base: &str,
+    branch: &str,
+    message: &str,
+    trailers: &[(&str, &str)],
+    seed_index: Option<&Path>,
+    redactor: &Redactor,
+) -> Result<(Option<String>, Vec<ScrubbedFile>)> {
+    crate::check_agent_branch(branch)?;
+    let mut cp = Checkpointer::new(mirror, workspace, scratch_git, "commit", base, seed_index)
+        .await?
+        .with_scrub(redactor.clone(), Vec::new());
+    let snap = cp.snapshot().await?;
+    if snap.tree == cp.head_tree {
+        return Ok((None, cp.scrubbed()));
+    }
+    let mut msg = message.trim_end().to_string();
+    if !trailers.is_empty() {
+        msg.push_str("\n\n");
+        for (k, v) in trailers {
+            msg.push_str(&format!("{k}: {v}\n"));
+        }
+    }
+    let commit = cp
+        .git(&["commit-tree", &snap.tree, "-p", base, "-m", &msg])
+        .await?
+        .trim()
+        .to_string();
+    run_ok(
+        Some(mirror),
+        &["update-ref", &format!("refs/heads/{branch}"), &commit],
+    )
+    .await?;
+    Ok((Some(commit), cp.scrubbed()))
+}
+
 /// What differs between an overlay workspace and its lower layer, read from the upper one.
 #[derive(Debug, Default)]
 struct Changes {

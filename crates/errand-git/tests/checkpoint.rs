@@ -722,3 +722,70 @@ async fn with_secrets_a_copy_on_write_workspace_gets_the_same_trees_as_a_full_lo
     assert_eq!(paths_of(&fast.scrubbed()), vec!["build.log"]);
     assert_mirror_clean(&s.mirror);
 }
+
+#[tokio::test]
+async fn work_in_progress_is_committed_with_placeholders_and_the_workspace_keeps_the_value() {
+    let s = setup().await;
+    let ws = s.root.join("attempt/repo");
+    create_workspace(&s.mirror, &ws, "errand/abc-r", &s.base)
+        .await
+        .unwrap();
+    let commit = |name: &'static str| {
+        let (mirror, ws, root, base) =
+            (s.mirror.clone(), ws.clone(), s.root.clone(), s.base.clone());
+        async move {
+            errand_git::checkpoint::commit_workspace_redacted(
+                &mirror,
+                &ws,
+                &root.join(name),
+                &base,
+                "errand/abc-r",
+                "work in progress",
+                &[("Errand-Attempt", ATTEMPT)],
+                Some(&ws.join(".git/index")),
+                &redactor(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (none, listed) = commit("review1.git").await;
+    assert!(none.is_none() && listed.is_empty(), "nothing changed");
+    write(&ws, "src/lib.txt", &format!("one\ntwo {VALUE}\n"));
+    write(&ws, "clean.txt", "clean\n");
+    let (head, listed) = commit("review2.git").await;
+    let head = head.unwrap();
+    assert_eq!(
+        git(&s.mirror, &["rev-parse", "refs/heads/errand/abc-r"]).trim(),
+        head
+    );
+    assert_eq!(
+        git(&s.mirror, &["show", &format!("{head}:src/lib.txt")]),
+        format!("one\ntwo {PH}\n")
+    );
+    assert_eq!(
+        git(&s.mirror, &["show", &format!("{head}:clean.txt")]),
+        "clean\n"
+    );
+    let msg = git(&s.mirror, &["log", "-1", "--format=%B", &head]);
+    assert!(msg.contains(&format!("Errand-Attempt: {ATTEMPT}")), "{msg}");
+    assert_eq!(paths_of(&listed), vec!["src/lib.txt"]);
+    assert_eq!(read(&ws, "src/lib.txt"), format!("one\ntwo {VALUE}\n"));
+    assert_mirror_clean(&s.mirror);
+    // Only `errand/…` branches.
+    assert!(
+        errand_git::checkpoint::commit_workspace_redacted(
+            &s.mirror,
+            &ws,
+            &s.root.join("review3.git"),
+            &s.base,
+            "main",
+            "x",
+            &[],
+            None,
+            &redactor(),
+        )
+        .await
+        .is_err()
+    );
+}
