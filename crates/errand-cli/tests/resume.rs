@@ -1,6 +1,7 @@
 //! Long runs: an attempt checkpoints after every turn and resumes from its last checkpoint
 //! after `kill -9` of the server, with an environment that has secrets too (the checkpoints
-//! hold placeholders, never the values); the stuck detector warns the agent, then stops it.
+//! hold placeholders, never the values) and in a round of fixes a reviewer asked for (the round
+//! goes on, the earlier review kept); the stuck detector warns the agent, then stops it.
 //! Through the real binary, real git, the real box and SQLite.
 
 mod common;
@@ -465,6 +466,211 @@ async fn kill_9_of_an_attempt_with_secrets_resumes_from_a_checkpoint_without_the
     assert_no_token(
         "the events",
         serde_json::to_string(&evs).unwrap().as_bytes(),
+    );
+    assert_mirror_has_no_token(&mirror);
+    drop(server);
+    assert_files_have_no_token(&data, None);
+}
+
+/// The turns of the reviewer's round of fixes: 3 to 14, the slow one is 9.
+const FIX_FIRST: usize = 3;
+const FIX_LAST: usize = 14;
+const FIX_SLOW: usize = 9;
+
+/// Writes the secret into a file and finishes; after the review's findings, appends a line
+/// per turn (turn 9 sleeps, so the test can kill the server in it) and finishes again.
+fn review_script() -> Value {
+    let mut turns = vec![
+        json!({"tool_calls": [{"name": "shell", "arguments": {"command": "printf 'token=%s\\n' \"$DEPLOY_TOKEN\" > config.env"}}]}),
+        json!({"tool_calls": [{"name": "finish", "arguments": {"summary": "first pass"}}]}),
+    ];
+    for i in FIX_FIRST..=FIX_LAST {
+        let mut command = format!("echo fix-{i} >> fixes.txt");
+        if i == FIX_SLOW {
+            command.push_str(" && echo slow-fix-started && sleep 2");
+        }
+        let mut calls = vec![json!({"name": "shell", "arguments": {"command": command}})];
+        if i == FIX_LAST {
+            calls.push(json!({"name": "finish", "arguments": {"summary": "fixed as asked"}}));
+        }
+        turns.push(json!({ "tool_calls": calls }));
+    }
+    json!({ "turns": turns })
+}
+
+fn review_reply(verdict: &str, summary: &str, findings: Value) -> errand_fakes::Reply {
+    errand_fakes::Reply::Turn(errand_fakes::Turn {
+        tool_calls: vec![(
+            "submit_review".into(),
+            json!({"verdict": verdict, "summary": summary, "findings": findings}),
+        )],
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_in_a_review_round_resumes_the_round_from_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path());
+    let critic = errand_fakes::FakeServer::start(
+        errand_fakes::Vendor::Anthropic,
+        vec![
+            review_reply(
+                "changes_needed",
+                "Write the fixes.",
+                json!([{"file": "fixes.txt", "severity": "error", "message": "add the fixes"}]),
+            ),
+            review_reply("approve", "All fixed.", json!([])),
+        ],
+    );
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("errand.toml"),
+        format!(
+            "[providers.critic]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key_env = \"CRITIC_KEY\"\n[environments.sec]\nrepo = \"{}\"\n[environments.sec.secrets]\nDEPLOY_TOKEN = {{ from_env = \"E2E_CKPT_TOKEN\", expose_to_agent = true }}\n",
+            critic.base_url,
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let script = write_script(tmp.path(), "review.json", review_script());
+    let env = [("E2E_CKPT_TOKEN", TOKEN), ("CRITIC_KEY", "sk-critic-1")];
+    let server = Server::start_with_env(&data, &["--workers", "1"], &env);
+    let out = ok(server.cli(&[
+        "run",
+        "write the fixes",
+        "--env",
+        "sec",
+        "--model",
+        &format!("scripted:{}", script.display()),
+        "--review",
+        "critic:judge-1",
+        "--json",
+    ]));
+    let id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let seen = wait_for(
+        "the slow turn of the round of fixes",
+        Duration::from_secs(60),
+        || async {
+            let evs = events(&server, &id).await;
+            evs.iter()
+                .any(|e| {
+                    e["type"] == "output"
+                        && e["data"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("slow-fix-started")
+                })
+                .then_some(evs)
+        },
+    )
+    .await;
+    let aid = seen[0]["attempt_id"].as_str().unwrap().to_string();
+    server.kill9();
+    assert_eq!(critic.model_requests().len(), 1, "review round 1 happened");
+
+    // The round's turns were checkpointed: the last checkpoint has its fixes up to turn 8.
+    let mirror = mirror_of(&data);
+    let hidden = format!("refs/errand/checkpoints/{aid}");
+    let fixes =
+        |upto: usize| -> String { (FIX_FIRST..=upto).map(|i| format!("fix-{i}\n")).collect() };
+    assert_eq!(
+        git(&mirror, &["show", &format!("{hidden}:fixes.txt")]),
+        fixes(FIX_SLOW - 1)
+    );
+    assert_eq!(
+        git(&mirror, &["show", &format!("{hidden}:config.env")]),
+        format!("token={TOKEN_PH}\n")
+    );
+    assert_mirror_has_no_token(&mirror);
+
+    let server = Server::start_with_env(&data, &["--workers", "1"], &env);
+    let t = wait_status(&server, &id, &["done", "failed"], Duration::from_secs(90)).await;
+    assert_eq!(t["status"], "done", "{t:#}");
+    let a = &t["attempts"][0];
+    assert_eq!(a["runs"], 2);
+    assert_eq!(a["resumed_from"], "checkpoint");
+    assert_eq!(
+        a["turns"], FIX_LAST,
+        "2 turns, then 12 in the round of fixes"
+    );
+    assert_eq!(a["summary"], "fixed as asked");
+    // The review kept its first round: round 2 is the one after the fixes, and the reviewer
+    // was asked exactly twice.
+    let r = &a["review"];
+    assert_eq!(r["verdict"], "approve", "{r:#}");
+    let rounds: Vec<(u64, &str)> = r["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["round"].as_u64().unwrap(), x["verdict"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rounds, vec![(1, "changes_needed"), (2, "approve")]);
+    assert_eq!(critic.remaining(), 0);
+    let asked = critic.model_requests();
+    assert_eq!(asked.len(), 2);
+    // What the reviewer read: the diff with the placeholder, never the value.
+    for req in &asked {
+        assert_no_token("a request to the reviewer", req.body.to_string().as_bytes());
+    }
+    assert!(
+        asked[0]
+            .body
+            .to_string()
+            .contains("+token=[REDACTED:DEPLOY_TOKEN]"),
+        "{}",
+        asked[0].body
+    );
+    assert!(
+        asked[1].body.to_string().contains("+fix-14"),
+        "{}",
+        asked[1].body
+    );
+
+    let evs = events(&server, &id).await;
+    assert_contiguous(&evs);
+    let claimed: Vec<&Value> = evs.iter().filter(|e| e["type"] == "claimed").collect();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[1]["turn"], (FIX_SLOW - 1) as u64, "{}", claimed[1]);
+    // Not started over: the first pass and turns 3–8 are run 1's, only turn 9 of run 1 was
+    // rolled back, and the review of round 1 stands.
+    let live: Vec<&Value> = evs.iter().filter(|e| e["rolled_back"] != true).collect();
+    let turns_by_run = |run: u64| {
+        live.iter()
+            .filter(|e| e["type"] == "model_turn" && e["run"] == run)
+            .count()
+    };
+    assert_eq!(turns_by_run(1), FIX_SLOW - 1);
+    assert_eq!(turns_by_run(2), FIX_LAST - FIX_SLOW + 1);
+    let rolled: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["rolled_back"] == true && e["type"] == "model_turn")
+        .collect();
+    assert_eq!(rolled.len(), 1, "{rolled:#?}");
+    let reviews: Vec<(u64, u64)> = live
+        .iter()
+        .filter(|e| e["type"] == "review")
+        .map(|e| (e["run"].as_u64().unwrap(), e["round"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(reviews, vec![(1, 1), (2, 2)]);
+    assert!(
+        evs.iter().any(|e| e["type"] == "notice"
+            && e["run"] == 2
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("the checkpoint is in review round 1's fixes")),
+        "{evs:#?}"
+    );
+
+    let branch = a["branch"].as_str().unwrap();
+    assert_eq!(
+        git(&mirror, &["show", &format!("{branch}:fixes.txt")]),
+        fixes(FIX_LAST)
     );
     assert_mirror_has_no_token(&mirror);
     drop(server);

@@ -17,7 +17,7 @@
 use crate::WorkerClient;
 use errand_agent::{AgentError, EventSink, Resume, RunState};
 use errand_core::redact::Redactor;
-use errand_core::{EventKind, Usage};
+use errand_core::{AttemptReview, EventKind, PlanStep, Usage};
 use errand_git::Checkpointer;
 use errand_git::checkpoint::ScrubbedFile;
 use errand_store::{Checkpoint, StoreError};
@@ -40,6 +40,26 @@ pub struct WorkerState {
     /// values (or an earlier version, when they could not be checked).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scrubbed: Vec<ScrubbedFile>,
+    /// Set when the checkpoint was taken while the agent addressed a reviewer's findings:
+    /// `agent` is then that round's run and `base_*` the attempt's totals when it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewProgress>,
+}
+
+/// Where the review was when a checkpoint was taken during a round of fixes. A run resumed
+/// from it continues the round's conversation, then runs the checks and the next review
+/// round, with the earlier rounds kept and counted against `max_review_rounds`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReviewProgress {
+    /// The round whose findings the agent is addressing.
+    pub round: u32,
+    /// The review so far, that round's verdict included.
+    pub review: AttemptReview,
+    /// The agent's summary and plan before the round (kept when the round sets none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<PlanStep>,
 }
 
 /// `a - b`, field by field, never below zero.
@@ -63,6 +83,8 @@ pub struct Resumed {
     pub commit: String,
     /// Files restored with placeholders instead of secret values.
     pub scrubbed: Vec<ScrubbedFile>,
+    /// Set when the checkpoint is in a review round's fixes.
+    pub review: Option<ReviewProgress>,
 }
 
 /// Restores a claimed checkpoint into the fresh workspace `ws` (checked out at `start`) and
@@ -86,7 +108,9 @@ pub async fn prepare_resume(
         .await
         .map_err(|e| format!("restoring the workspace to {}: {e}", cp.commit))?;
     let mut agent = state.agent;
-    agent.turns = cp.turn;
+    if state.review.is_none() {
+        agent.turns = cp.turn;
+    }
     let spent = minus(recorded, &state.base_usage);
     agent.usage = if spent.total() > cp.usage.total() || spent.cost_usd > cp.usage.cost_usd {
         spent
@@ -102,6 +126,7 @@ pub async fn prepare_resume(
         base_turns: state.base_turns,
         commit: cp.commit.clone(),
         scrubbed: state.scrubbed,
+        review: state.review,
     })
 }
 
@@ -246,6 +271,125 @@ impl CheckpointSink {
         self.base_turns + run
     }
 
+    /// Saves a checkpoint: the workspace as a commit on the hidden ref, and the
+    /// conversation and counters in the store. `turn` orders the checkpoints of a run;
+    /// `base_*` are what the run's `state` adds to (the attempt's totals before it);
+    /// `review` is set during a review round.
+    async fn save(
+        &self,
+        messages: &[errand_model::Message],
+        state: &RunState,
+        turn: u64,
+        base_usage: Usage,
+        base_turns: u64,
+        review: Option<&ReviewProgress>,
+    ) -> Result<(), AgentError> {
+        let Some(cp) = &self.checkpointer else {
+            return Ok(());
+        };
+        if self.broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let message = format!(
+            "errand checkpoint after turn {turn}\n\nErrand-Attempt: {}\n",
+            self.attempt
+        );
+        let (commit, scrubbed) = {
+            let mut cp = cp.lock().await;
+            match cp.commit(&message).await {
+                Ok(c) => (c, cp.scrubbed()),
+                Err(e) => return self.broke(format!("committing the workspace: {e}")).await,
+            }
+        };
+        let news: Vec<String> = {
+            let mut seen = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+            scrubbed
+                .iter()
+                .filter(|f| seen.insert((f.path.clone(), f.secrets.clone(), f.problem.clone())))
+                .map(|f| scrubbed_file_notice(turn, f))
+                .collect()
+        };
+        if !news.is_empty() {
+            self.emit(
+                news.into_iter()
+                    .map(|message| EventKind::Notice { message })
+                    .collect(),
+            )
+            .await?;
+        }
+        let conversation = match serde_json::to_value(messages) {
+            Ok(v) => v,
+            Err(e) => return self.broke(format!("encoding the conversation: {e}")).await,
+        };
+        let worker_state = WorkerState {
+            agent: state.clone(),
+            base_usage,
+            base_turns,
+            scrubbed,
+            review: review.cloned(),
+        };
+        let saved = Checkpoint {
+            turn,
+            commit,
+            conversation,
+            usage: state.usage,
+            last_seq: self.last_seq.load(Ordering::SeqCst),
+            state: serde_json::to_value(&worker_state).unwrap_or_default(),
+        };
+        match self
+            .client
+            .checkpoint(&self.attempt, &self.worker, saved)
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Someone else owns the attempt now: stop like any fenced write.
+            Err(e @ StoreError::LeaseLost(_)) => Err(sink_err(e)),
+            // Cancelled meanwhile: the run is ending anyway.
+            Err(StoreError::WrongState(m)) => {
+                tracing::debug!(attempt = %self.attempt, "checkpoint refused: {m}");
+                Ok(())
+            }
+            Err(e) => self.broke(format!("saving the checkpoint: {e}")).await,
+        }
+    }
+
+    /// Reports the attempt's running totals as they are (a review round's, which already
+    /// hold what the earlier runs used), with the model gateway's usage added.
+    pub async fn report_totals(&self, total: Usage, turns: u64) -> Result<(), AgentError> {
+        let mut total = total;
+        if let Some(g) = &self.gateway_used {
+            total.add(&g.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        self.client
+            .update_usage(&self.attempt, &self.worker, total, turns)
+            .await
+            .map_err(sink_err)
+    }
+
+    /// Checkpoints a turn of a review round's fixes: `state` is the round's own run,
+    /// `totals_*` the attempt's usage and turns when the round started, `progress` where the
+    /// review is. A run resumed from it goes on with the round (see [`ReviewProgress`]).
+    pub async fn checkpoint_round(
+        &self,
+        messages: &[errand_model::Message],
+        state: &RunState,
+        totals_usage: Usage,
+        totals_turns: u64,
+        progress: &ReviewProgress,
+    ) -> Result<(), AgentError> {
+        // The turns of this run so far: its checkpoints' turns only grow.
+        let turn = totals_turns.saturating_sub(self.base_turns) + state.turns;
+        self.save(
+            messages,
+            state,
+            turn,
+            totals_usage,
+            totals_turns,
+            Some(progress),
+        )
+        .await
+    }
+
     /// Says once that checkpoints stopped working; the run goes on without them.
     async fn broke(&self, what: String) -> Result<(), AgentError> {
         tracing::warn!(attempt = %self.attempt, error = %what, "checkpoint failed");
@@ -278,14 +422,8 @@ impl EventSink for CheckpointSink {
     }
 
     async fn usage(&self, usage: Usage, turns: u64) -> Result<(), AgentError> {
-        let mut total = self.total_usage(&usage);
-        if let Some(g) = &self.gateway_used {
-            total.add(&g.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        self.client
-            .update_usage(&self.attempt, &self.worker, total, self.total_turns(turns))
+        self.report_totals(self.total_usage(&usage), self.total_turns(turns))
             .await
-            .map_err(sink_err)
     }
 
     fn tool_notes(&self) -> Option<String> {
@@ -314,72 +452,15 @@ impl EventSink for CheckpointSink {
         messages: &[errand_model::Message],
         state: &RunState,
     ) -> Result<(), AgentError> {
-        let Some(cp) = &self.checkpointer else {
-            return Ok(());
-        };
-        if self.broken.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let message = format!(
-            "errand checkpoint after turn {}\n\nErrand-Attempt: {}\n",
-            state.turns, self.attempt
-        );
-        let (commit, scrubbed) = {
-            let mut cp = cp.lock().await;
-            match cp.commit(&message).await {
-                Ok(c) => (c, cp.scrubbed()),
-                Err(e) => return self.broke(format!("committing the workspace: {e}")).await,
-            }
-        };
-        let news: Vec<String> = {
-            let mut seen = self.announced.lock().unwrap_or_else(|e| e.into_inner());
-            scrubbed
-                .iter()
-                .filter(|f| seen.insert((f.path.clone(), f.secrets.clone(), f.problem.clone())))
-                .map(|f| scrubbed_file_notice(state.turns, f))
-                .collect()
-        };
-        if !news.is_empty() {
-            self.emit(
-                news.into_iter()
-                    .map(|message| EventKind::Notice { message })
-                    .collect(),
-            )
-            .await?;
-        }
-        let conversation = match serde_json::to_value(messages) {
-            Ok(v) => v,
-            Err(e) => return self.broke(format!("encoding the conversation: {e}")).await,
-        };
-        let worker_state = WorkerState {
-            agent: state.clone(),
-            base_usage: self.base_usage,
-            base_turns: self.base_turns,
-            scrubbed,
-        };
-        let saved = Checkpoint {
-            turn: state.turns,
-            commit,
-            conversation,
-            usage: state.usage,
-            last_seq: self.last_seq.load(Ordering::SeqCst),
-            state: serde_json::to_value(&worker_state).unwrap_or_default(),
-        };
-        match self
-            .client
-            .checkpoint(&self.attempt, &self.worker, saved)
-            .await
-        {
-            Ok(()) => Ok(()),
-            // Someone else owns the attempt now: stop like any fenced write.
-            Err(e @ StoreError::LeaseLost(_)) => Err(sink_err(e)),
-            // Cancelled meanwhile: the run is ending anyway.
-            Err(StoreError::WrongState(m)) => {
-                tracing::debug!(attempt = %self.attempt, "checkpoint refused: {m}");
-                Ok(())
-            }
-            Err(e) => self.broke(format!("saving the checkpoint: {e}")).await,
-        }
+        self.save(
+            messages,
+            state,
+            state.turns,
+            self.base_usage,
+            self.base_turns,
+            None,
+        )
+        .await
     }
 }
 
@@ -435,6 +516,14 @@ pub async fn setup(
                     r.resume.state.usage.cost_usd
                 ));
                 notices.extend(restored_notice(&r.scrubbed));
+                if let Some(p) = &r.review {
+                    notices.push(format!(
+                        "the checkpoint is in review round {}'s fixes: the agent goes on with the reviewer's findings, then the checks and the review run again ({} earlier round{} kept)",
+                        p.round,
+                        p.review.rounds.len(),
+                        if p.review.rounds.len() == 1 { "" } else { "s" }
+                    ));
+                }
                 resumed = Some(r);
             }
             Err(e) => {

@@ -766,6 +766,8 @@ impl Worker {
         };
         let (history, prompt) =
             plan::conversation(plan_run.as_ref(), history, prompt, &task.prompt);
+        // A checkpoint of a review round's fixes: this run goes on with that round.
+        let review_progress = resume.resumed.as_ref().and_then(|r| r.review.clone());
         let outcome = AgentRun {
             prompt: &prompt,
             workspace: &ws,
@@ -786,6 +788,7 @@ impl Worker {
         state.outcome.summary = outcome
             .summary
             .as_deref()
+            .or(review_progress.as_ref().and_then(|p| p.summary.as_deref()))
             .map(|s| redactor.redact(s).into_owned());
         let mut failure: Option<String> = match outcome.end {
             EndReason::Finished | EndReason::NoToolCalls => None,
@@ -868,6 +871,10 @@ impl Worker {
         }
         // 3b. Review (review.rs): a reviewer model reads the work; its findings go back to
         // the agent in the same conversation, then the checks and the review run again.
+        if let Some(p) = &review_progress {
+            // The rounds before the checkpoint stay on the attempt even if no review runs now.
+            state.outcome.review = Some(p.review.clone());
+        }
         if agent_ok && !cancel.is_cancelled() && task.review_model.is_some() {
             failure = self
                 .review_rounds(
@@ -885,9 +892,13 @@ impl Worker {
                         provider: provider.as_ref(),
                         agent_config: agent_config.clone(),
                         check_specs: &check_specs,
-                        plan: outcome.plan.clone(),
+                        plan: match &review_progress {
+                            Some(p) if outcome.plan.is_empty() => p.plan.clone(),
+                            _ => outcome.plan.clone(),
+                        },
                         messages: outcome.messages.clone(),
                         status: checked_from,
+                        resumed: review_progress,
                     },
                     failure,
                     &mut state.outcome,
