@@ -589,3 +589,75 @@ pub async fn forget(mirrors: &errand_git::MirrorCache, repo: &str, attempt_id: &
         tracing::warn!(attempt = %attempt_id, error = %e, "deleting the checkpoint ref failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, secrets: &[&str], problem: Option<&str>) -> ScrubbedFile {
+        ScrubbedFile {
+            path: path.into(),
+            secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            problem: problem.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_resume_notice_names_the_scrubbed_files() {
+        assert_eq!(restored_notice(&[]), None);
+        let n = restored_notice(&[
+            file("a.txt", &["TOKEN"], None),
+            file("b/c.env", &["KEY", "TOKEN"], None),
+        ])
+        .unwrap();
+        assert_eq!(
+            n,
+            "restored from checkpoint; secret values in 2 files were replaced with placeholders ([REDACTED:KEY], [REDACTED:TOKEN]): a.txt, b/c.env"
+        );
+        let n = restored_notice(&[
+            file("one.txt", &["TOKEN"], None),
+            file("huge.bin", &[], Some("too large")),
+        ])
+        .unwrap();
+        assert!(
+            n.starts_with("restored from checkpoint; secret values in 1 file were replaced")
+                && n.ends_with(
+                    "; 1 file could not be checked for secret values and was restored at an earlier version: huge.bin"
+                ),
+            "{n}"
+        );
+        let many: Vec<ScrubbedFile> = (0..25)
+            .map(|i| file(&format!("f{i:02}"), &["T"], None))
+            .collect();
+        let n = restored_notice(&many).unwrap();
+        assert!(
+            n.contains("in 25 files") && n.ends_with("f19 and 5 more"),
+            "{n}"
+        );
+    }
+
+    #[test]
+    fn a_state_saved_before_scrubbing_and_review_progress_still_reads() {
+        let old = serde_json::json!({"agent": {"turns": 3, "usage": Usage::default(), "elapsed_ms": 10}, "base_turns": 1});
+        let s: WorkerState = serde_json::from_value(old).unwrap();
+        assert!(s.scrubbed.is_empty() && s.review.is_none());
+        assert_eq!((s.agent.turns, s.base_turns), (3, 1));
+        // Nothing new is written when there is nothing to say.
+        let v = serde_json::to_value(&s).unwrap();
+        assert!(
+            v.get("scrubbed").is_none() && v.get("review").is_none(),
+            "{v}"
+        );
+        let s = WorkerState {
+            scrubbed: vec![file("a.txt", &["TOKEN"], None)],
+            review: Some(ReviewProgress {
+                round: 2,
+                ..Default::default()
+            }),
+            ..s
+        };
+        let back: WorkerState = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back.scrubbed, s.scrubbed);
+        assert_eq!(back.review, s.review);
+    }
+}
