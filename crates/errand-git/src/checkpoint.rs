@@ -418,6 +418,16 @@ impl Checkpointer {
         }
         let mut input: BTreeSet<Vec<u8>> = stamps.keys().cloned().collect();
         input.extend(self.added.iter().cloned());
+        if self.scrub.is_some()
+            && let Some(last) = &self.last
+        {
+            // Scrubbing reads every path it is given (git would only compare its stat data):
+            // only those that changed since the last snapshot, or are gone from the list.
+            input.retain(|p| match (stamps.get(p), last.get(p)) {
+                (Some(now), Some(before)) => now != before,
+                _ => true,
+            });
+        }
         if !input.is_empty() {
             let list: Vec<Vec<u8>> = input.into_iter().collect();
             let updated = if self.scrub.is_some() {
