@@ -286,6 +286,18 @@ impl FakeOverlay {
     }
 }
 
+/// Snapshots all three and checks that they found the same tree.
+async fn all_same(
+    fast: &mut Checkpointer,
+    full: &mut Checkpointer,
+    plain: &mut Checkpointer,
+    what: &str,
+) -> errand_git::checkpoint::Snapshot {
+    let a = same(fast, full, what).await;
+    assert_eq!(a.tree, plain.snapshot().await.unwrap().tree, "{what}");
+    a
+}
+
 /// Snapshots both and checks that they found the same tree.
 async fn same(
     fast: &mut Checkpointer,
@@ -658,38 +670,51 @@ async fn with_secrets_a_copy_on_write_workspace_gets_the_same_trees_as_a_full_lo
     )
     .await
     .unwrap();
-    let mut all_same = async |what: &str| {
-        let a = same(&mut fast, &mut full, what).await;
-        assert_eq!(a.tree, plain.snapshot().await.unwrap().tree, "{what}");
-        a
-    };
-    assert!(!all_same("nothing changed").await.changed);
-    drop(all_same);
+    assert!(
+        !all_same(&mut fast, &mut full, &mut plain, "nothing changed")
+            .await
+            .changed
+    );
     // The fast side reads only the upper layer, with secrets too: a change that is not in it
     // goes unseen (and a value in it would not be read at all).
     write(&o.ws, "docs/guide.txt", "behind the overlay's back\n");
     assert!(!fast.snapshot().await.unwrap().changed);
     assert!(full.snapshot().await.unwrap().changed);
     write(&o.upper, "docs/guide.txt", "behind the overlay's back\n");
-    let mut all_same = async |what: &str| {
-        let a = same(&mut fast, &mut full, what).await;
-        assert_eq!(a.tree, plain.snapshot().await.unwrap().tree, "{what}");
-        a
-    };
-    assert!(all_same("now in the upper layer").await.changed);
+    assert!(
+        all_same(&mut fast, &mut full, &mut plain, "now in the upper layer")
+            .await
+            .changed
+    );
     o.write("src/lib.txt", "one\nTWO\n");
     o.write("newdir/deeper/b.txt", "b\n");
     o.write("build.log", "ignored\n");
     std::os::unix::fs::symlink("lib.txt", o.ws.join("src/link")).unwrap();
     std::os::unix::fs::symlink("lib.txt", o.upper.join("src/link")).unwrap();
-    assert!(all_same("edits, new files, a link").await.changed);
+    assert!(
+        all_same(&mut fast, &mut full, &mut plain, "edits, new files, a link")
+            .await
+            .changed
+    );
     o.delete("src/gone.txt");
     o.write(".gitignore", "target/\n");
-    assert!(all_same("a deletion, a .gitignore").await.changed);
+    assert!(
+        all_same(&mut fast, &mut full, &mut plain, "a deletion, a .gitignore")
+            .await
+            .changed
+    );
     o.delete("README.md");
     o.write("README.md/inside.txt", "now a directory\n");
-    assert!(all_same("a file became a directory").await.changed);
-    drop(all_same);
+    assert!(
+        all_same(
+            &mut fast,
+            &mut full,
+            &mut plain,
+            "a file became a directory"
+        )
+        .await
+        .changed
+    );
 
     // From here on the value is around: `plain` is not used again (it would store it).
     o.write("src/lib.txt", &format!("one\n{VALUE}\n"));

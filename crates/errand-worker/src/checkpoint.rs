@@ -217,8 +217,8 @@ pub struct CheckpointSink {
     gateway_used: Option<Arc<std::sync::Mutex<Usage>>>,
     /// The egress proxy's denials not yet shown to the agent (network mode `allowlist`).
     denials: Option<crate::egress::DenialFeed>,
-    /// The scrubbed files already announced (path, secrets, problem).
-    announced: std::sync::Mutex<std::collections::BTreeSet<(String, Vec<String>, Option<String>)>>,
+    /// The scrubbed files already announced.
+    announced: std::sync::Mutex<Vec<ScrubbedFile>>,
 }
 
 impl CheckpointSink {
@@ -305,7 +305,13 @@ impl CheckpointSink {
             let mut seen = self.announced.lock().unwrap_or_else(|e| e.into_inner());
             scrubbed
                 .iter()
-                .filter(|f| seen.insert((f.path.clone(), f.secrets.clone(), f.problem.clone())))
+                .filter(|f| {
+                    let new = !seen.contains(f);
+                    if new {
+                        seen.push((*f).clone());
+                    }
+                    new
+                })
                 .map(|f| scrubbed_file_notice(turn, f))
                 .collect()
         };
