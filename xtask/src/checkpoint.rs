@@ -14,6 +14,11 @@
 //! lease-fenced SQLite transaction). The conversation grows by about 3 KB per turn up to
 //! 400 KB (what compaction keeps below a 128k-token window at `compact_at` 0.8), then stays
 //! there.
+//!
+//! A third variant does the same with an environment that has secrets: the checkpointer
+//! scrubs (`Checkpointer::with_scrub`), so each changed file is read, checked for the values
+//! and hashed from a scrubbed copy (`git hash-object --stdin-paths`, `git update-index
+//! --index-info`) instead of `git update-index` reading it.
 
 use crate::stats::{Summary, fmt_int, fmt_ms};
 use crate::workspace::Rng;
@@ -140,11 +145,13 @@ async fn one_size(root: &Path, files: usize, turns_n: usize, overlay: bool) -> R
         .await
         .context("syncing the mirror timed out")??;
     let mut variants = Vec::new();
-    // As `errand serve` makes workspaces, then as a worker without the private namespace does.
+    // As `errand serve` makes workspaces, then as a worker without the private namespace does;
+    // then the first of them with secrets.
     if overlay {
-        variants.push(one_variant(&dir, &repo, &mirror, &commit, turns_n, true).await?);
+        variants.push(one_variant(&dir, &repo, &mirror, &commit, turns_n, true, false).await?);
     }
-    variants.push(one_variant(&dir, &repo, &mirror, &commit, turns_n, false).await?);
+    variants.push(one_variant(&dir, &repo, &mirror, &commit, turns_n, false, false).await?);
+    variants.push(one_variant(&dir, &repo, &mirror, &commit, turns_n, overlay, true).await?);
     Ok(SizeResult { files, variants })
 }
 
@@ -155,13 +162,15 @@ async fn one_variant(
     commit: &str,
     turns_n: usize,
     overlay: bool,
+    secrets: bool,
 ) -> Result<Variant> {
     let (mirror, commit) = (mirror.to_path_buf(), commit.to_string());
     // The workspace, as the worker makes it.
-    let attempt_dir = dir.join(if overlay {
-        "attempt-cow"
-    } else {
-        "attempt-checkout"
+    let attempt_dir = dir.join(match (overlay, secrets) {
+        (true, false) => "attempt-cow",
+        (false, false) => "attempt-checkout",
+        (true, true) => "attempt-cow-secrets",
+        (false, true) => "attempt-checkout-secrets",
     });
     let ws = attempt_dir.join("repo");
     let branch = "errand/bench-checkpoint";
@@ -174,10 +183,18 @@ async fn one_variant(
         errand_sandbox::cow::mount_overlay(&base, &upper, &attempt_dir.join("overlay-work"), &ws)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         mounted.0 = Some(ws.clone());
-        "copy-on-write overlay"
+        if secrets {
+            "copy-on-write overlay, with secrets (scrubbed)"
+        } else {
+            "copy-on-write overlay"
+        }
     } else {
         errand_git::create_workspace(&mirror, &ws, branch, &commit).await?;
-        "checkout sharing the mirror's objects"
+        if secrets {
+            "checkout sharing the mirror's objects, with secrets (scrubbed)"
+        } else {
+            "checkout sharing the mirror's objects"
+        }
     };
 
     // The store, with the attempt claimed and running.
@@ -211,6 +228,14 @@ async fn one_variant(
         // As the worker does: only what the upper layer holds is looked at.
         let base = dir.join("checkouts").join(&commit);
         cp = cp.with_overlay(&attempt_dir.join("upper"), &base);
+    }
+    if secrets {
+        // Values the files don't hold: the cost of looking, not of replacing.
+        let redactor = errand_core::redact::Redactor::new([
+            ("BENCH_TOKEN", "bench-Secret-Value-0123456789"),
+            ("BENCH_KEY", "another/secret+value:42"),
+        ]);
+        cp = cp.with_scrub(redactor, Vec::new());
     }
     let setup = t.elapsed();
 

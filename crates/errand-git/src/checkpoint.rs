@@ -18,6 +18,12 @@
 //! not run at all. The cost follows the size of the change, not of the repository. Anything
 //! unusual (a file that became a directory, an embedded repository) falls back to
 //! `git add --all`.
+//!
+//! With a [`Redactor`] ([`Checkpointer::with_scrub`], for an attempt whose environment has
+//! secrets), git never reads the workspace's files itself: each changed file is read, its
+//! secret values are replaced with their placeholders, and that copy becomes the blob (see
+//! [`scrub`]); the fallback lists the changed files with `git ls-files` instead of adding
+//! them. The workspace's files are not touched, and no object holding a value is written.
 
 use crate::{
     AGENT_EMAIL, AGENT_NAME, GitError, Result, base_command, copy_index, run_ok,
@@ -28,6 +34,11 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use errand_core::redact::Redactor;
+pub use scrub::{MAX_SCRUB_FILE, ScrubbedFile};
+
+mod scrub;
 
 /// The hidden ref holding an attempt's latest checkpoint in the mirror.
 pub fn checkpoint_ref(attempt_id: &str) -> Result<String> {
@@ -69,6 +80,21 @@ pub struct Checkpointer {
     last: Option<BTreeMap<Vec<u8>, Option<Stamp>>>,
     /// The tree of the index as the last `write-tree` left it (`None`: not written yet).
     index_tree: Option<String>,
+    /// Secret values are kept out of the snapshots ([`Checkpointer::with_scrub`]).
+    scrub: Option<Scrubbing>,
+}
+
+/// The secret values kept out of an attempt's checkpoints, and the files of the index whose
+/// blob differs from the workspace's file because of them.
+#[derive(Debug)]
+struct Scrubbing {
+    redactor: Redactor,
+    files: BTreeMap<Vec<u8>, ScrubbedFile>,
+    /// The files listed by the checkpoint this run resumed from, with their blob there
+    /// (looked up at the first snapshot): restored with placeholders, they stay listed while
+    /// they still hold what was restored.
+    earlier: HashMap<Vec<u8>, Option<String>>,
+    earlier_known: bool,
 }
 
 /// What tells that a file changed: ctime (which nothing can set back), mtime, size, mode and
@@ -136,6 +162,7 @@ impl Checkpointer {
             ignored: HashMap::new(),
             last: None,
             index_tree: None,
+            scrub: None,
         };
         let seeded = match seed_index {
             Some(seed) if seed.is_file() => copy_index(seed, &cp.index()).is_ok(),
@@ -162,6 +189,39 @@ impl Checkpointer {
     pub fn with_overlay(mut self, upper: &Path, lower: &Path) -> Checkpointer {
         self.overlay = Some((upper.to_path_buf(), lower.to_path_buf()));
         self
+    }
+
+    /// Keeps secret values out of the snapshots: files are read and their values replaced
+    /// with placeholders before they become blobs (the workspace's files stay as they are).
+    /// `earlier`: the files of the checkpoint this run resumed from that hold placeholders,
+    /// still listed by [`Checkpointer::scrubbed`] until they change. A redactor with no
+    /// values changes nothing.
+    pub fn with_scrub(mut self, redactor: Redactor, earlier: Vec<ScrubbedFile>) -> Checkpointer {
+        if redactor.is_empty() {
+            return self;
+        }
+        let files: BTreeMap<Vec<u8>, ScrubbedFile> = earlier
+            .into_iter()
+            .map(|f| (f.path.as_bytes().to_vec(), f))
+            .collect();
+        let earlier = files.keys().map(|p| (p.clone(), None)).collect();
+        self.scrub = Some(Scrubbing {
+            redactor,
+            files,
+            earlier,
+            earlier_known: false,
+        });
+        self
+    }
+
+    /// The files of the last snapshot that differ from the workspace's because secret values
+    /// were replaced in them (or that were left at an earlier version because they could not
+    /// be checked), by path. Empty without [`Checkpointer::with_scrub`].
+    pub fn scrubbed(&self) -> Vec<ScrubbedFile> {
+        self.scrub
+            .as_ref()
+            .map(|s| s.files.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn index(&self) -> PathBuf {
@@ -358,10 +418,22 @@ impl Checkpointer {
         }
         let mut input: BTreeSet<Vec<u8>> = stamps.keys().cloned().collect();
         input.extend(self.added.iter().cloned());
+        if self.scrub.is_some()
+            && let Some(last) = &self.last
+        {
+            // Scrubbing reads every path it is given (git would only compare its stat data):
+            // only those that changed since the last snapshot, or are gone from the list.
+            input.retain(|p| match (stamps.get(p), last.get(p)) {
+                (Some(now), Some(before)) => now != before,
+                _ => true,
+            });
+        }
         if !input.is_empty() {
             let list: Vec<Vec<u8>> = input.into_iter().collect();
-            let updated = self
-                .git_io(
+            let updated = if self.scrub.is_some() {
+                self.stage_scrubbed(list).await
+            } else {
+                self.git_io(
                     &[
                         "update-index",
                         "-z",
@@ -372,7 +444,9 @@ impl Checkpointer {
                     ],
                     Some(nul(&list)),
                 )
-                .await;
+                .await
+                .map(|_| ())
+            };
             if updated.is_err() {
                 return Ok(None);
             }
@@ -380,6 +454,149 @@ impl Checkpointer {
         self.added = files.into_iter().collect();
         self.last = Some(stamps);
         Ok(Some(true))
+    }
+
+    /// Brings the index's entries for `paths` up to date with the workspace, with secret
+    /// values replaced in the blobs ([`scrub`]): the files are read and scrubbed here, git
+    /// hashes the scrubbed copies and the index points at those blobs.
+    async fn stage_scrubbed(&mut self, paths: Vec<Vec<u8>>) -> Result<()> {
+        let Some(redactor) = self.scrub.as_ref().map(|s| s.redactor.clone()) else {
+            return Ok(());
+        };
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let stage = self.git_dir.join("scrub");
+        let (root, dir) = (self.workspace.clone(), stage.clone());
+        let prepared =
+            tokio::task::spawn_blocking(move || scrub::prepare(&root, &dir, &redactor, &paths))
+                .await
+                .map_err(|e| GitError::Io(std::io::Error::other(e.to_string())))??;
+        let result = self.apply_prepared(&prepared).await;
+        let _ = tokio::fs::remove_dir_all(&stage).await;
+        let ids = result?;
+        self.learn_earlier().await;
+        if let Some(sc) = self.scrub.as_mut() {
+            for (p, id) in prepared.into_iter().zip(ids) {
+                match p.found {
+                    Some(f) => {
+                        sc.files.insert(p.path, f);
+                    }
+                    // A file that could not be checked keeps its entry, and its listing.
+                    None if matches!(p.staged, scrub::Staged::Keep) => {}
+                    // Restored with placeholders and not changed since.
+                    None if id.is_some() && sc.earlier.get(&p.path) == Some(&id) => {}
+                    None => {
+                        sc.files.remove(&p.path);
+                        sc.earlier.remove(&p.path);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks up, once, the blobs the checkpoint this run resumed from has for the files it
+    /// listed as scrubbed.
+    async fn learn_earlier(&mut self) {
+        let paths: Vec<Vec<u8>> = match &self.scrub {
+            Some(sc) if !sc.earlier_known && !sc.earlier.is_empty() => {
+                sc.earlier.keys().cloned().collect()
+            }
+            _ => return,
+        };
+        let mut input = Vec::new();
+        for p in &paths {
+            input.extend_from_slice(self.head.as_bytes());
+            input.push(b':');
+            input.extend_from_slice(p);
+            input.push(b'\n');
+        }
+        let found = self
+            .git_io(&["cat-file", "--batch-check=%(objectname)"], Some(input))
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&found);
+        let Some(sc) = self.scrub.as_mut() else {
+            return;
+        };
+        sc.earlier_known = true;
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() != paths.len() {
+            return;
+        }
+        for (p, line) in paths.into_iter().zip(lines) {
+            // A missing one reads `<name> missing`.
+            let id = line.trim();
+            if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                sc.earlier.insert(p, Some(id.to_string()));
+            }
+        }
+    }
+
+    /// Hashes the staged copies into the mirror's objects and updates the index entries.
+    /// Returns the blob of each path (`None`: removed or kept as it was).
+    async fn apply_prepared(&self, prepared: &[scrub::Prepared]) -> Result<Vec<Option<String>>> {
+        let mut files = Vec::new();
+        for p in prepared {
+            if let scrub::Staged::Blob { file, .. } = &p.staged {
+                files.extend_from_slice(file.as_os_str().as_bytes());
+                files.push(b'\n');
+            }
+        }
+        let ids: Vec<String> = if files.is_empty() {
+            Vec::new()
+        } else {
+            let out = self
+                .git_io(
+                    &["hash-object", "-w", "--no-filters", "--stdin-paths"],
+                    Some(files),
+                )
+                .await?;
+            String::from_utf8_lossy(&out)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        };
+        // A mode of 0 removes the entry; its id only has to be well-formed.
+        let zero = "0".repeat(self.head_tree.len().max(40));
+        let mut ids = ids.into_iter();
+        let mut info = Vec::new();
+        let mut blobs = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let line = match &p.staged {
+                scrub::Staged::Keep => {
+                    blobs.push(None);
+                    continue;
+                }
+                scrub::Staged::Gone => {
+                    blobs.push(None);
+                    format!("0 {zero}\t")
+                }
+                scrub::Staged::Blob { mode, .. } => {
+                    let Some(id) = ids.next().filter(|i| !i.is_empty()) else {
+                        return Err(GitError::Command {
+                            args: "hash-object -w --no-filters --stdin-paths".into(),
+                            stderr: "fewer object ids than files".into(),
+                        });
+                    };
+                    let line = format!("{mode} {id}\t");
+                    blobs.push(Some(id));
+                    line
+                }
+            };
+            info.extend_from_slice(line.as_bytes());
+            info.extend_from_slice(&p.path);
+            info.push(0);
+        }
+        if !info.is_empty() {
+            self.git_io(
+                &["update-index", "-z", "--add", "--replace", "--index-info"],
+                Some(info),
+            )
+            .await?;
+        }
+        Ok(blobs)
     }
 
     /// Records the workspace's files as a tree (objects go into the mirror) and says whether
@@ -398,6 +615,24 @@ impl Checkpointer {
             // Nothing to update: the index is as the last write-tree left it.
             (Some(false), Some(t)) => t.clone(),
             (Some(_), _) => self.git(&["write-tree"]).await?.trim().to_string(),
+            (None, _) if self.scrub.is_some() => {
+                // Every file git would add, without letting it hash (and store) any: changed,
+                // deleted and new ones that are not ignored. Nested repositories (`dir/`) are
+                // left out.
+                let listed = self
+                    .git_io(
+                        &["ls-files", "-z", "-m", "-d", "-o", "--exclude-standard"],
+                        None,
+                    )
+                    .await?;
+                let paths: BTreeSet<Vec<u8>> = listed
+                    .split(|b| *b == 0)
+                    .filter(|p| !p.is_empty() && !p.ends_with(b"/"))
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                self.stage_scrubbed(paths.into_iter().collect()).await?;
+                self.git(&["write-tree"]).await?.trim().to_string()
+            }
             (None, _) => {
                 self.git(&["add", "--all", "--", "."]).await?;
                 self.git(&["write-tree"]).await?.trim().to_string()
@@ -436,6 +671,74 @@ impl Checkpointer {
         self.head_tree = tree;
         Ok(self.head.clone())
     }
+}
+
+/// Commits the workspace's files onto `branch` of the mirror on top of `base`, like
+/// [`crate::commit_workspace`] (a fresh git directory, nothing of the workspace's own `.git`
+/// used), but with secret values replaced in the blobs as in a scrubbed checkpoint: the
+/// workspace's files are not changed and no object holding a value is written anywhere. For
+/// work in progress that must be committed while the agent still works (the reviewer's
+/// look). Paths matching `exclude` (gitignore patterns, as for
+/// [`crate::commit_workspace_excluding`]: what setup left) are not committed. Returns the
+/// commit (`None`: nothing differs from `base`) and the files that hold placeholders (or
+/// their earlier version).
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_workspace_redacted(
+    mirror: &Path,
+    workspace: &Path,
+    scratch_git: &Path,
+    base: &str,
+    branch: &str,
+    message: &str,
+    trailers: &[(&str, &str)],
+    seed_index: Option<&Path>,
+    redactor: &Redactor,
+    exclude: &[String],
+) -> Result<(Option<String>, Vec<ScrubbedFile>)> {
+    crate::check_agent_branch(branch)?;
+    let mut cp = Checkpointer::new(mirror, workspace, scratch_git, "commit", base, seed_index)
+        .await?
+        .with_scrub(redactor.clone(), Vec::new());
+    let mut tree = cp.snapshot().await?.tree;
+    if !exclude.is_empty() {
+        // Drop the excluded paths from the snapshot's index, whichever way it was taken.
+        let patterns = scratch_git.join("info").join("errand-commit-exclude");
+        tokio::fs::create_dir_all(scratch_git.join("info")).await?;
+        tokio::fs::write(&patterns, format!("{}\n", exclude.join("\n"))).await?;
+        let from = format!("--exclude-from={}", patterns.display());
+        let listed = cp
+            .git_io(&["ls-files", "-z", "--cached", "--ignored", &from], None)
+            .await?;
+        if !listed.is_empty() {
+            cp.git_io(
+                &["update-index", "-z", "--force-remove", "--stdin"],
+                Some(listed),
+            )
+            .await?;
+            tree = cp.git(&["write-tree"]).await?.trim().to_string();
+        }
+    }
+    if tree == cp.head_tree {
+        return Ok((None, cp.scrubbed()));
+    }
+    let mut msg = message.trim_end().to_string();
+    if !trailers.is_empty() {
+        msg.push_str("\n\n");
+        for (k, v) in trailers {
+            msg.push_str(&format!("{k}: {v}\n"));
+        }
+    }
+    let commit = cp
+        .git(&["commit-tree", &tree, "-p", base, "-m", &msg])
+        .await?
+        .trim()
+        .to_string();
+    run_ok(
+        Some(mirror),
+        &["update-ref", &format!("refs/heads/{branch}"), &commit],
+    )
+    .await?;
+    Ok((Some(commit), cp.scrubbed()))
 }
 
 /// What differs between an overlay workspace and its lower layer, read from the upper one.

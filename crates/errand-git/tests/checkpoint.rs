@@ -286,6 +286,18 @@ impl FakeOverlay {
     }
 }
 
+/// Snapshots all three and checks that they found the same tree.
+async fn all_same(
+    fast: &mut Checkpointer,
+    full: &mut Checkpointer,
+    plain: &mut Checkpointer,
+    what: &str,
+) -> errand_git::checkpoint::Snapshot {
+    let a = same(fast, full, what).await;
+    assert_eq!(a.tree, plain.snapshot().await.unwrap().tree, "{what}");
+    a
+}
+
 /// Snapshots both and checks that they found the same tree.
 async fn same(
     fast: &mut Checkpointer,
@@ -436,5 +448,375 @@ async fn in_a_copy_on_write_workspace_snapshots_look_only_at_the_upper_layer() {
             "build.log",
             "docs/guide.txt"
         ]
+    );
+}
+
+const VALUE: &str = "tok-Secret-9876543210";
+const PH: &str = "[REDACTED:TOKEN]";
+
+fn redactor() -> errand_core::redact::Redactor {
+    errand_core::redact::Redactor::new([("TOKEN", VALUE)])
+}
+
+/// Every object of the mirror, reachable or not, printed; none holds the value or an encoding
+/// of it.
+fn assert_mirror_clean(mirror: &Path) {
+    let out = Command::new("git")
+        .current_dir(mirror)
+        .args(["cat-file", "--batch-all-objects", "--batch", "--unordered"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let all = String::from_utf8_lossy(&out.stdout);
+    assert!(all.len() > 100, "no objects read: {all}");
+    for form in [VALUE, "dG9rLVNlY3JldC05ODc2NTQzMjEw", "tok-Secret"] {
+        assert!(
+            !all.contains(form),
+            "an object of the mirror holds {form:?}"
+        );
+    }
+}
+
+fn paths_of(files: &[errand_git::checkpoint::ScrubbedFile]) -> Vec<&str> {
+    files.iter().map(|f| f.path.as_str()).collect()
+}
+
+#[tokio::test]
+async fn with_secrets_the_checkpoint_holds_placeholders_and_the_workspace_keeps_its_files() {
+    let s = setup().await;
+    let ws = s.root.join("attempt/repo");
+    create_workspace(&s.mirror, &ws, "errand/abc-s", &s.base)
+        .await
+        .unwrap();
+    let mut cp = Checkpointer::new(
+        &s.mirror,
+        &ws,
+        &s.root.join("attempt/checkpoint.git"),
+        ATTEMPT,
+        &s.base,
+        Some(&ws.join(".git/index")),
+    )
+    .await
+    .unwrap()
+    .with_scrub(redactor(), Vec::new());
+
+    // The value: in a new file, in a tracked one, base64-encoded, in an executable, as a
+    // link's target and as a file's name; and a clean file next to them.
+    write(&ws, "config/token.txt", &format!("token={VALUE}\n"));
+    write(&ws, "src/lib.txt", &format!("one\n{VALUE}\n"));
+    write(&ws, "notes.txt", "auth: dG9rLVNlY3JldC05ODc2NTQzMjEw\n");
+    write(&ws, "run.sh", &format!("#!/bin/sh\necho {VALUE}\n"));
+    std::fs::set_permissions(
+        ws.join("run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(format!("/tmp/{VALUE}"), ws.join("link")).unwrap();
+    write(&ws, &format!("named-{VALUE}.txt"), "clean content\n");
+    write(&ws, "clean.txt", "nothing to hide\n");
+    assert!(cp.snapshot().await.unwrap().changed);
+    let c1 = cp.commit("after turn 1").await.unwrap();
+
+    let show = |c: &str, p: &str| git(&s.mirror, &["show", &format!("{c}:{p}")]);
+    assert_eq!(show(&c1, "config/token.txt"), format!("token={PH}\n"));
+    assert_eq!(show(&c1, "src/lib.txt"), format!("one\n{PH}\n"));
+    assert_eq!(show(&c1, "notes.txt"), format!("auth: {PH}\n"));
+    assert_eq!(show(&c1, "run.sh"), format!("#!/bin/sh\necho {PH}\n"));
+    assert_eq!(show(&c1, "link"), format!("/tmp/{PH}"));
+    assert_eq!(show(&c1, "clean.txt"), "nothing to hide\n");
+    let tree = git(&s.mirror, &["ls-tree", "-r", &c1]);
+    assert!(
+        tree.contains("100755 blob") && tree.contains("\trun.sh"),
+        "{tree}"
+    );
+    assert!(
+        tree.contains("120000 blob") && tree.contains("\tlink"),
+        "{tree}"
+    );
+    assert!(
+        !tree.contains("named-"),
+        "a path with the value is left out: {tree}"
+    );
+    // The workspace's files are untouched.
+    assert_eq!(read(&ws, "config/token.txt"), format!("token={VALUE}\n"));
+    assert_eq!(read(&ws, "src/lib.txt"), format!("one\n{VALUE}\n"));
+    assert_eq!(
+        std::fs::read_link(ws.join("link")).unwrap(),
+        Path::new(&format!("/tmp/{VALUE}"))
+    );
+    let listed = cp.scrubbed();
+    assert_eq!(
+        paths_of(&listed),
+        vec![
+            "config/token.txt",
+            "link",
+            &format!("named-{VALUE}.txt"),
+            "notes.txt",
+            "run.sh",
+            "src/lib.txt"
+        ]
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|f| f.secrets == ["TOKEN"] && f.problem.is_none() != f.path.starts_with("named-")),
+        "{listed:?}"
+    );
+
+    // The agent removes the value from one file and deletes another: they are no longer
+    // listed. Unchanged ones stay listed and the tree stays as it was for them.
+    write(&ws, "config/token.txt", "token=from-the-environment\n");
+    std::fs::remove_file(ws.join("notes.txt")).unwrap();
+    let c2 = cp.commit("after turn 2").await.unwrap();
+    assert_eq!(
+        show(&c2, "config/token.txt"),
+        "token=from-the-environment\n"
+    );
+    assert_eq!(show(&c2, "src/lib.txt"), format!("one\n{PH}\n"));
+    let listed = cp.scrubbed();
+    assert_eq!(
+        paths_of(&listed),
+        vec![
+            "link",
+            &format!("named-{VALUE}.txt"),
+            "run.sh",
+            "src/lib.txt"
+        ]
+    );
+    assert!(!cp.snapshot().await.unwrap().changed);
+    assert_eq!(cp.commit("after turn 3").await.unwrap(), c2);
+    assert_mirror_clean(&s.mirror);
+
+    // Resuming: the fresh workspace holds the placeholders; the files stay listed until the
+    // agent changes them.
+    let ws2 = s.root.join("attempt-r2/repo");
+    create_workspace(&s.mirror, &ws2, "errand/abc-s", &s.base)
+        .await
+        .unwrap();
+    restore_checkpoint(&ws2, &s.base, &c2).await.unwrap();
+    assert_eq!(read(&ws2, "src/lib.txt"), format!("one\n{PH}\n"));
+    assert_eq!(read(&ws2, "clean.txt"), "nothing to hide\n");
+    let earlier: Vec<_> = listed.into_iter().filter(|f| f.problem.is_none()).collect();
+    let mut again = Checkpointer::new(
+        &s.mirror,
+        &ws2,
+        &s.root.join("attempt-r2/checkpoint.git"),
+        ATTEMPT,
+        &c2,
+        Some(&ws2.join(".git/index")),
+    )
+    .await
+    .unwrap()
+    .with_scrub(redactor(), earlier);
+    assert!(!again.snapshot().await.unwrap().changed);
+    assert_eq!(
+        paths_of(&again.scrubbed()),
+        vec!["link", "run.sh", "src/lib.txt"]
+    );
+    assert_eq!(again.commit("after turn 4").await.unwrap(), c2);
+    write(&ws2, "src/lib.txt", "one\nrewritten\n");
+    let c3 = again.commit("after turn 5").await.unwrap();
+    assert_eq!(show(&c3, "src/lib.txt"), "one\nrewritten\n");
+    assert_eq!(paths_of(&again.scrubbed()), vec!["link", "run.sh"]);
+    assert_mirror_clean(&s.mirror);
+}
+
+#[tokio::test]
+async fn with_secrets_a_copy_on_write_workspace_gets_the_same_trees_as_a_full_look() {
+    let s = setup().await;
+    let o = FakeOverlay {
+        lower: s.root.join("base"),
+        ws: s.root.join("attempt/repo"),
+        upper: s.root.join("attempt/upper"),
+    };
+    for d in [&o.lower, &o.ws] {
+        create_workspace(&s.mirror, d, "errand/abc-t", &s.base)
+            .await
+            .unwrap();
+    }
+    write(&o.upper, ".git/HEAD", "ref: refs/heads/errand/abc-t\n");
+    let mut fast = Checkpointer::new(
+        &s.mirror,
+        &o.ws,
+        &s.root.join("attempt/checkpoint.git"),
+        ATTEMPT,
+        &s.base,
+        Some(&o.lower.join(".git/index")),
+    )
+    .await
+    .unwrap()
+    .with_overlay(&o.upper, &o.lower)
+    .with_scrub(redactor(), Vec::new());
+    // Every file looked at, through `git ls-files` and the same scrubbing.
+    let mut full = Checkpointer::new(
+        &s.mirror,
+        &o.ws,
+        &s.root.join("attempt/full.git"),
+        "full",
+        &s.base,
+        None,
+    )
+    .await
+    .unwrap()
+    .with_scrub(redactor(), Vec::new());
+    // Without secrets: `git add` itself. The same trees while there is no value around.
+    let mut plain = Checkpointer::new(
+        &s.mirror,
+        &o.ws,
+        &s.root.join("attempt/plain.git"),
+        "plain",
+        &s.base,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !all_same(&mut fast, &mut full, &mut plain, "nothing changed")
+            .await
+            .changed
+    );
+    // The fast side reads only the upper layer, with secrets too: a change that is not in it
+    // goes unseen (and a value in it would not be read at all).
+    write(&o.ws, "docs/guide.txt", "behind the overlay's back\n");
+    assert!(!fast.snapshot().await.unwrap().changed);
+    assert!(full.snapshot().await.unwrap().changed);
+    write(&o.upper, "docs/guide.txt", "behind the overlay's back\n");
+    assert!(
+        all_same(&mut fast, &mut full, &mut plain, "now in the upper layer")
+            .await
+            .changed
+    );
+    o.write("src/lib.txt", "one\nTWO\n");
+    o.write("newdir/deeper/b.txt", "b\n");
+    o.write("build.log", "ignored\n");
+    std::os::unix::fs::symlink("lib.txt", o.ws.join("src/link")).unwrap();
+    std::os::unix::fs::symlink("lib.txt", o.upper.join("src/link")).unwrap();
+    assert!(
+        all_same(&mut fast, &mut full, &mut plain, "edits, new files, a link")
+            .await
+            .changed
+    );
+    o.delete("src/gone.txt");
+    o.write(".gitignore", "target/\n");
+    assert!(
+        all_same(&mut fast, &mut full, &mut plain, "a deletion, a .gitignore")
+            .await
+            .changed
+    );
+    o.delete("README.md");
+    o.write("README.md/inside.txt", "now a directory\n");
+    assert!(
+        all_same(
+            &mut fast,
+            &mut full,
+            &mut plain,
+            "a file became a directory"
+        )
+        .await
+        .changed
+    );
+
+    // From here on the value is around: `plain` is not used again (it would store it).
+    o.write("src/lib.txt", &format!("one\n{VALUE}\n"));
+    o.write("newdir/secret.env", &format!("TOKEN={VALUE}\n"));
+    o.write("build.log", &format!("{VALUE}\n"));
+    let snap = same(&mut fast, &mut full, "values in files").await;
+    assert!(snap.changed);
+    let c = fast.commit("values").await.unwrap();
+    assert_eq!(
+        git(&s.mirror, &["show", &format!("{c}:newdir/secret.env")]),
+        format!("TOKEN={PH}\n")
+    );
+    assert_eq!(
+        git(&s.mirror, &["show", &format!("{c}:build.log")]),
+        format!("{PH}\n"),
+        "not ignored any more since .gitignore changed"
+    );
+    assert_eq!(
+        paths_of(&fast.scrubbed()),
+        vec!["build.log", "newdir/secret.env", "src/lib.txt"]
+    );
+    assert_eq!(paths_of(&fast.scrubbed()), paths_of(&full.scrubbed()));
+    assert_eq!(read(&o.ws, "newdir/secret.env"), format!("TOKEN={VALUE}\n"));
+    // Unchanged: no git at all on the fast side, and still listed.
+    assert!(!same(&mut fast, &mut full, "nothing more").await.changed);
+    assert_eq!(fast.scrubbed().len(), 3);
+    o.delete("newdir");
+    o.write("src/lib.txt", "one\ntwo\n");
+    assert!(same(&mut fast, &mut full, "values gone").await.changed);
+    assert_eq!(paths_of(&fast.scrubbed()), vec!["build.log"]);
+    assert_mirror_clean(&s.mirror);
+}
+
+#[tokio::test]
+async fn work_in_progress_is_committed_with_placeholders_and_the_workspace_keeps_the_value() {
+    let s = setup().await;
+    let ws = s.root.join("attempt/repo");
+    create_workspace(&s.mirror, &ws, "errand/abc-r", &s.base)
+        .await
+        .unwrap();
+    let commit = |name: &'static str| {
+        let (mirror, ws, root, base) =
+            (s.mirror.clone(), ws.clone(), s.root.clone(), s.base.clone());
+        async move {
+            errand_git::checkpoint::commit_workspace_redacted(
+                &mirror,
+                &ws,
+                &root.join(name),
+                &base,
+                "errand/abc-r",
+                "work in progress",
+                &[("Errand-Attempt", ATTEMPT)],
+                Some(&ws.join(".git/index")),
+                &redactor(),
+                &["/setup-out/".to_string()],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (none, listed) = commit("review1.git").await;
+    assert!(none.is_none() && listed.is_empty(), "nothing changed");
+    write(&ws, "src/lib.txt", &format!("one\ntwo {VALUE}\n"));
+    write(&ws, "clean.txt", "clean\n");
+    // What setup left (an excluded path) stays out of the commit.
+    write(&ws, "setup-out/cache.bin", "built by setup\n");
+    let (head, listed) = commit("review2.git").await;
+    let head = head.unwrap();
+    assert_eq!(
+        git(&s.mirror, &["rev-parse", "refs/heads/errand/abc-r"]).trim(),
+        head
+    );
+    assert_eq!(
+        git(&s.mirror, &["show", &format!("{head}:src/lib.txt")]),
+        format!("one\ntwo {PH}\n")
+    );
+    assert_eq!(
+        git(&s.mirror, &["show", &format!("{head}:clean.txt")]),
+        "clean\n"
+    );
+    let files = git(&s.mirror, &["ls-tree", "-r", "--name-only", &head]);
+    assert!(!files.contains("setup-out"), "{files}");
+    let msg = git(&s.mirror, &["log", "-1", "--format=%B", &head]);
+    assert!(msg.contains(&format!("Errand-Attempt: {ATTEMPT}")), "{msg}");
+    assert_eq!(paths_of(&listed), vec!["src/lib.txt"]);
+    assert_eq!(read(&ws, "src/lib.txt"), format!("one\ntwo {VALUE}\n"));
+    assert_mirror_clean(&s.mirror);
+    // Only `errand/…` branches.
+    assert!(
+        errand_git::checkpoint::commit_workspace_redacted(
+            &s.mirror,
+            &ws,
+            &s.root.join("review3.git"),
+            &s.base,
+            "main",
+            "x",
+            &[],
+            None,
+            &redactor(),
+            &[],
+        )
+        .await
+        .is_err()
     );
 }

@@ -7,11 +7,19 @@
 //! queue like any sink, and implements the agent's per-turn hooks (`snapshot`, then
 //! `checkpoint`). [`prepare_resume`] turns a claimed checkpoint back into a workspace and an
 //! [`errand_agent::Resume`].
+//!
+//! Secrets: with an environment that has secrets, the checkpoints' snapshots are scrubbed
+//! ([`Checkpointer::with_scrub`]): a file holding a value is stored with the placeholder
+//! instead, the workspace's own file left as it is, and a notice says so the first time. The
+//! conversation and state are redacted on their way to the store (`redact::RedactingClient`).
+//! A run resumed from such a checkpoint works on the placeholders; a notice names the files.
 
 use crate::WorkerClient;
 use errand_agent::{AgentError, EventSink, Resume, RunState};
-use errand_core::{EventKind, Usage};
+use errand_core::redact::Redactor;
+use errand_core::{AttemptReview, EventKind, PlanStep, Usage};
 use errand_git::Checkpointer;
+use errand_git::checkpoint::ScrubbedFile;
 use errand_store::{Checkpoint, StoreError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -28,6 +36,30 @@ pub struct WorkerState {
     pub base_usage: Usage,
     #[serde(default)]
     pub base_turns: u64,
+    /// The files of the checkpoint that hold placeholders where the workspace held secret
+    /// values (or an earlier version, when they could not be checked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scrubbed: Vec<ScrubbedFile>,
+    /// Set when the checkpoint was taken while the agent addressed a reviewer's findings:
+    /// `agent` is then that round's run and `base_*` the attempt's totals when it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewProgress>,
+}
+
+/// Where the review was when a checkpoint was taken during a round of fixes. A run resumed
+/// from it continues the round's conversation, then runs the checks and the next review
+/// round, with the earlier rounds kept and counted against `max_review_rounds`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReviewProgress {
+    /// The round whose findings the agent is addressing.
+    pub round: u32,
+    /// The review so far, that round's verdict included.
+    pub review: AttemptReview,
+    /// The agent's summary and plan before the round (kept when the round sets none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<PlanStep>,
 }
 
 /// `a - b`, field by field, never below zero.
@@ -49,6 +81,10 @@ pub struct Resumed {
     pub base_turns: u64,
     /// The checkpoint commit, which the workspace now holds.
     pub commit: String,
+    /// Files restored with placeholders instead of secret values.
+    pub scrubbed: Vec<ScrubbedFile>,
+    /// Set when the checkpoint is in a review round's fixes.
+    pub review: Option<ReviewProgress>,
 }
 
 /// Restores a claimed checkpoint into the fresh workspace `ws` (checked out at `start`) and
@@ -72,7 +108,9 @@ pub async fn prepare_resume(
         .await
         .map_err(|e| format!("restoring the workspace to {}: {e}", cp.commit))?;
     let mut agent = state.agent;
-    agent.turns = cp.turn;
+    if state.review.is_none() {
+        agent.turns = cp.turn;
+    }
     let spent = minus(recorded, &state.base_usage);
     agent.usage = if spent.total() > cp.usage.total() || spent.cost_usd > cp.usage.cost_usd {
         spent
@@ -87,7 +125,80 @@ pub async fn prepare_resume(
         base_usage: state.base_usage,
         base_turns: state.base_turns,
         commit: cp.commit.clone(),
+        scrubbed: state.scrubbed,
+        review: state.review,
     })
+}
+
+/// How many paths a notice names before "and N more".
+const NAMED_FILES: usize = 20;
+
+fn name_files<'a>(paths: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let n = paths.len();
+    let mut text = paths.take(NAMED_FILES).collect::<Vec<_>>().join(", ");
+    if n > NAMED_FILES {
+        text.push_str(&format!(" and {} more", n - NAMED_FILES));
+    }
+    text
+}
+
+/// The notice of a run resumed from a checkpoint with scrubbed files: which files hold
+/// placeholders (and which are at an earlier version). `None` when there are none.
+pub fn restored_notice(files: &[ScrubbedFile]) -> Option<String> {
+    let scrubbed: Vec<&ScrubbedFile> = files.iter().filter(|f| f.problem.is_none()).collect();
+    let older: Vec<&ScrubbedFile> = files.iter().filter(|f| f.problem.is_some()).collect();
+    let plural = |n: usize| if n == 1 { "file" } else { "files" };
+    let mut parts = Vec::new();
+    if !scrubbed.is_empty() {
+        let mut names: Vec<&str> = scrubbed
+            .iter()
+            .flat_map(|f| f.secrets.iter())
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        parts.push(format!(
+            "restored from checkpoint; secret values in {} {} were replaced with placeholders ({}): {}",
+            scrubbed.len(),
+            plural(scrubbed.len()),
+            names
+                .iter()
+                .map(|n| errand_core::redact::placeholder(n))
+                .collect::<Vec<_>>()
+                .join(", "),
+            name_files(scrubbed.iter().map(|f| f.path.as_str()))
+        ));
+    }
+    if !older.is_empty() {
+        parts.push(format!(
+            "{} {} could not be checked for secret values and {} restored at an earlier version: {}",
+            older.len(),
+            plural(older.len()),
+            if older.len() == 1 { "was" } else { "were" },
+            name_files(older.iter().map(|f| f.path.as_str()))
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The notice when a checkpoint first stores `f` differently from the workspace.
+fn scrubbed_file_notice(turn: u64, f: &ScrubbedFile) -> String {
+    match &f.problem {
+        None => format!(
+            "checkpoint after turn {turn}: secret {} found in {}; the checkpoint stores {} instead (the file in the workspace is unchanged)",
+            f.secrets.join(", "),
+            f.path,
+            f.secrets
+                .iter()
+                .map(|n| errand_core::redact::placeholder(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(why) => format!(
+            "checkpoint after turn {turn}: {} is not in the checkpoint as it is now ({why}); the checkpoint keeps its earlier version",
+            f.path
+        ),
+    }
 }
 
 /// The agent's sink for one run: events and usage to the queue, checkpoints after each turn.
@@ -106,6 +217,8 @@ pub struct CheckpointSink {
     gateway_used: Option<Arc<std::sync::Mutex<Usage>>>,
     /// The egress proxy's denials not yet shown to the agent (network mode `allowlist`).
     denials: Option<crate::egress::DenialFeed>,
+    /// The scrubbed files already announced.
+    announced: std::sync::Mutex<Vec<ScrubbedFile>>,
 }
 
 impl CheckpointSink {
@@ -131,6 +244,7 @@ impl CheckpointSink {
             broken: AtomicBool::new(false),
             gateway_used: None,
             denials: None,
+            announced: Default::default(),
         }
     }
 
@@ -155,6 +269,131 @@ impl CheckpointSink {
 
     pub fn total_turns(&self, run: u64) -> u64 {
         self.base_turns + run
+    }
+
+    /// Saves a checkpoint: the workspace as a commit on the hidden ref, and the
+    /// conversation and counters in the store. `turn` orders the checkpoints of a run;
+    /// `base_*` are what the run's `state` adds to (the attempt's totals before it);
+    /// `review` is set during a review round.
+    async fn save(
+        &self,
+        messages: &[errand_model::Message],
+        state: &RunState,
+        turn: u64,
+        base_usage: Usage,
+        base_turns: u64,
+        review: Option<&ReviewProgress>,
+    ) -> Result<(), AgentError> {
+        let Some(cp) = &self.checkpointer else {
+            return Ok(());
+        };
+        if self.broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let message = format!(
+            "errand checkpoint after turn {turn}\n\nErrand-Attempt: {}\n",
+            self.attempt
+        );
+        let (commit, scrubbed) = {
+            let mut cp = cp.lock().await;
+            match cp.commit(&message).await {
+                Ok(c) => (c, cp.scrubbed()),
+                Err(e) => return self.broke(format!("committing the workspace: {e}")).await,
+            }
+        };
+        let news: Vec<String> = {
+            let mut seen = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+            scrubbed
+                .iter()
+                .filter(|f| {
+                    let new = !seen.contains(f);
+                    if new {
+                        seen.push((*f).clone());
+                    }
+                    new
+                })
+                .map(|f| scrubbed_file_notice(turn, f))
+                .collect()
+        };
+        if !news.is_empty() {
+            self.emit(
+                news.into_iter()
+                    .map(|message| EventKind::Notice { message })
+                    .collect(),
+            )
+            .await?;
+        }
+        let conversation = match serde_json::to_value(messages) {
+            Ok(v) => v,
+            Err(e) => return self.broke(format!("encoding the conversation: {e}")).await,
+        };
+        let worker_state = WorkerState {
+            agent: state.clone(),
+            base_usage,
+            base_turns,
+            scrubbed,
+            review: review.cloned(),
+        };
+        let saved = Checkpoint {
+            turn,
+            commit,
+            conversation,
+            usage: state.usage,
+            last_seq: self.last_seq.load(Ordering::SeqCst),
+            state: serde_json::to_value(&worker_state).unwrap_or_default(),
+        };
+        match self
+            .client
+            .checkpoint(&self.attempt, &self.worker, saved)
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Someone else owns the attempt now: stop like any fenced write.
+            Err(e @ StoreError::LeaseLost(_)) => Err(sink_err(e)),
+            // Cancelled meanwhile: the run is ending anyway.
+            Err(StoreError::WrongState(m)) => {
+                tracing::debug!(attempt = %self.attempt, "checkpoint refused: {m}");
+                Ok(())
+            }
+            Err(e) => self.broke(format!("saving the checkpoint: {e}")).await,
+        }
+    }
+
+    /// Reports the attempt's running totals as they are (a review round's, which already
+    /// hold what the earlier runs used), with the model gateway's usage added.
+    pub async fn report_totals(&self, total: Usage, turns: u64) -> Result<(), AgentError> {
+        let mut total = total;
+        if let Some(g) = &self.gateway_used {
+            total.add(&g.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        self.client
+            .update_usage(&self.attempt, &self.worker, total, turns)
+            .await
+            .map_err(sink_err)
+    }
+
+    /// Checkpoints a turn of a review round's fixes: `state` is the round's own run,
+    /// `totals_*` the attempt's usage and turns when the round started, `progress` where the
+    /// review is. A run resumed from it goes on with the round (see [`ReviewProgress`]).
+    pub async fn checkpoint_round(
+        &self,
+        messages: &[errand_model::Message],
+        state: &RunState,
+        totals_usage: Usage,
+        totals_turns: u64,
+        progress: &ReviewProgress,
+    ) -> Result<(), AgentError> {
+        // The turns of this run so far: its checkpoints' turns only grow.
+        let turn = totals_turns.saturating_sub(self.base_turns) + state.turns;
+        self.save(
+            messages,
+            state,
+            turn,
+            totals_usage,
+            totals_turns,
+            Some(progress),
+        )
+        .await
     }
 
     /// Says once that checkpoints stopped working; the run goes on without them.
@@ -189,14 +428,8 @@ impl EventSink for CheckpointSink {
     }
 
     async fn usage(&self, usage: Usage, turns: u64) -> Result<(), AgentError> {
-        let mut total = self.total_usage(&usage);
-        if let Some(g) = &self.gateway_used {
-            total.add(&g.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        self.client
-            .update_usage(&self.attempt, &self.worker, total, self.total_turns(turns))
+        self.report_totals(self.total_usage(&usage), self.total_turns(turns))
             .await
-            .map_err(sink_err)
     }
 
     fn tool_notes(&self) -> Option<String> {
@@ -225,52 +458,15 @@ impl EventSink for CheckpointSink {
         messages: &[errand_model::Message],
         state: &RunState,
     ) -> Result<(), AgentError> {
-        let Some(cp) = &self.checkpointer else {
-            return Ok(());
-        };
-        if self.broken.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let message = format!(
-            "errand checkpoint after turn {}\n\nErrand-Attempt: {}\n",
-            state.turns, self.attempt
-        );
-        let commit = match cp.lock().await.commit(&message).await {
-            Ok(c) => c,
-            Err(e) => return self.broke(format!("committing the workspace: {e}")).await,
-        };
-        let conversation = match serde_json::to_value(messages) {
-            Ok(v) => v,
-            Err(e) => return self.broke(format!("encoding the conversation: {e}")).await,
-        };
-        let worker_state = WorkerState {
-            agent: state.clone(),
-            base_usage: self.base_usage,
-            base_turns: self.base_turns,
-        };
-        let saved = Checkpoint {
-            turn: state.turns,
-            commit,
-            conversation,
-            usage: state.usage,
-            last_seq: self.last_seq.load(Ordering::SeqCst),
-            state: serde_json::to_value(&worker_state).unwrap_or_default(),
-        };
-        match self
-            .client
-            .checkpoint(&self.attempt, &self.worker, saved)
-            .await
-        {
-            Ok(()) => Ok(()),
-            // Someone else owns the attempt now: stop like any fenced write.
-            Err(e @ StoreError::LeaseLost(_)) => Err(sink_err(e)),
-            // Cancelled meanwhile: the run is ending anyway.
-            Err(StoreError::WrongState(m)) => {
-                tracing::debug!(attempt = %self.attempt, "checkpoint refused: {m}");
-                Ok(())
-            }
-            Err(e) => self.broke(format!("saving the checkpoint: {e}")).await,
-        }
+        self.save(
+            messages,
+            state,
+            state.turns,
+            self.base_usage,
+            self.base_turns,
+            None,
+        )
+        .await
     }
 }
 
@@ -288,7 +484,9 @@ pub struct RunSetup {
 /// `ws` is a copy-on-write overlay over it (its upper layer is `dir/upper`): snapshots then
 /// look only at what the upper layer holds. Nothing here fails the run: a checkpoint that
 /// can't be used means starting over (said in the log), and checkpoints that can't be set up
-/// mean a run that can't be resumed.
+/// mean a run that can't be resumed. With a `redactor` that holds values (the environment
+/// has secrets), the checkpoints are scrubbed of them.
+#[allow(clippy::too_many_arguments)]
 pub async fn setup(
     mirrors: &errand_git::MirrorCache,
     c: &errand_store::ClaimedAttempt,
@@ -297,6 +495,7 @@ pub async fn setup(
     ws: &Path,
     start: &str,
     base_index: Option<&Path>,
+    redactor: &Redactor,
 ) -> RunSetup {
     let aid = c.attempt.id.as_str();
     let mut notices = Vec::new();
@@ -322,6 +521,15 @@ pub async fn setup(
                     r.resume.state.usage.total(),
                     r.resume.state.usage.cost_usd
                 ));
+                notices.extend(restored_notice(&r.scrubbed));
+                if let Some(p) = &r.review {
+                    notices.push(format!(
+                        "the checkpoint is in review round {}'s fixes: the agent goes on with the reviewer's findings, then the checks and the review run again ({} earlier round{} kept)",
+                        p.round,
+                        p.review.rounds.len(),
+                        if p.review.rounds.len() == 1 { "" } else { "s" }
+                    ));
+                }
                 resumed = Some(r);
             }
             Err(e) => {
@@ -350,6 +558,11 @@ pub async fn setup(
     {
         Ok(cp) => {
             let upper = dir.join("upper");
+            let earlier = resumed
+                .as_ref()
+                .map(|r| r.scrubbed.clone())
+                .unwrap_or_default();
+            let cp = cp.with_scrub(redactor.clone(), earlier);
             // base_index is `<base>/.git/index`.
             match base_index.and_then(|i| i.parent()?.parent()) {
                 Some(lower) if upper.is_dir() => Some(cp.with_overlay(&upper, lower)),
@@ -380,5 +593,77 @@ pub async fn forget(mirrors: &errand_git::MirrorCache, repo: &str, attempt_id: &
     }
     if let Err(e) = errand_git::delete_checkpoint_ref(&mirror, attempt_id).await {
         tracing::warn!(attempt = %attempt_id, error = %e, "deleting the checkpoint ref failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, secrets: &[&str], problem: Option<&str>) -> ScrubbedFile {
+        ScrubbedFile {
+            path: path.into(),
+            secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            problem: problem.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_resume_notice_names_the_scrubbed_files() {
+        assert_eq!(restored_notice(&[]), None);
+        let n = restored_notice(&[
+            file("a.txt", &["TOKEN"], None),
+            file("b/c.env", &["KEY", "TOKEN"], None),
+        ])
+        .unwrap();
+        assert_eq!(
+            n,
+            "restored from checkpoint; secret values in 2 files were replaced with placeholders ([REDACTED:KEY], [REDACTED:TOKEN]): a.txt, b/c.env"
+        );
+        let n = restored_notice(&[
+            file("one.txt", &["TOKEN"], None),
+            file("huge.bin", &[], Some("too large")),
+        ])
+        .unwrap();
+        assert!(
+            n.starts_with("restored from checkpoint; secret values in 1 file were replaced")
+                && n.ends_with(
+                    "; 1 file could not be checked for secret values and was restored at an earlier version: huge.bin"
+                ),
+            "{n}"
+        );
+        let many: Vec<ScrubbedFile> = (0..25)
+            .map(|i| file(&format!("f{i:02}"), &["T"], None))
+            .collect();
+        let n = restored_notice(&many).unwrap();
+        assert!(
+            n.contains("in 25 files") && n.ends_with("f19 and 5 more"),
+            "{n}"
+        );
+    }
+
+    #[test]
+    fn a_state_saved_before_scrubbing_and_review_progress_still_reads() {
+        let old = serde_json::json!({"agent": {"turns": 3, "usage": Usage::default(), "elapsed_ms": 10}, "base_turns": 1});
+        let s: WorkerState = serde_json::from_value(old).unwrap();
+        assert!(s.scrubbed.is_empty() && s.review.is_none());
+        assert_eq!((s.agent.turns, s.base_turns), (3, 1));
+        // Nothing new is written when there is nothing to say.
+        let v = serde_json::to_value(&s).unwrap();
+        assert!(
+            v.get("scrubbed").is_none() && v.get("review").is_none(),
+            "{v}"
+        );
+        let s = WorkerState {
+            scrubbed: vec![file("a.txt", &["TOKEN"], None)],
+            review: Some(ReviewProgress {
+                round: 2,
+                ..Default::default()
+            }),
+            ..s
+        };
+        let back: WorkerState = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back.scrubbed, s.scrubbed);
+        assert_eq!(back.review, s.review);
     }
 }

@@ -548,7 +548,9 @@ impl Worker {
             (task.environment.checks.clone(), false)
         };
         // A run after a crash resumes from its checkpoint (after AGENTS.md was read, so the
-        // agent's own edits to it don't choose the checks); every run takes checkpoints.
+        // agent's own edits to it don't choose the checks); every run takes checkpoints, with
+        // secret values replaced in what they store.
+        let redactor = self.redaction.redactor(aid);
         let mut resume = checkpoint::setup(
             &self.mirrors,
             c,
@@ -557,15 +559,9 @@ impl Worker {
             &ws,
             &start_commit,
             seed_index.as_deref(),
+            &redactor,
         )
         .await;
-        if !self.redaction.redactor(aid).is_empty() && resume.checkpointer.take().is_some() {
-            // A checkpoint stores the workspace's files as they are, before the final commit
-            // replaces secret values in them: with secrets, this run takes none.
-            resume.notices.push(
-                "checkpoints are off for this attempt because its environment has secrets (a checkpoint would store the workspace before secret values are scrubbed from it); if it is interrupted it starts over".into(),
-            );
-        }
         for n in std::mem::take(&mut resume.notices) {
             self.notice(aid, n).await?;
         }
@@ -587,7 +583,6 @@ impl Worker {
                 .map_err(|e| fail("preparing the checks' view of the workspace", &e))?,
             )
         };
-        let redactor = self.redaction.redactor(aid);
         let resolved = redact::attempt_redactor(&task.environment.secrets, redact::env_var);
         for name in resolved.ignored() {
             tracing::warn!(attempt = %aid, secret = %name, "secret value too short to redact; not used");
@@ -798,6 +793,8 @@ impl Worker {
         };
         let (history, prompt) =
             plan::conversation(plan_run.as_ref(), history, prompt, &task.prompt);
+        // A checkpoint of a review round's fixes: this run goes on with that round.
+        let review_progress = resume.resumed.as_ref().and_then(|r| r.review.clone());
         let outcome = AgentRun {
             prompt: &prompt,
             workspace: &ws,
@@ -818,6 +815,7 @@ impl Worker {
         state.outcome.summary = outcome
             .summary
             .as_deref()
+            .or(review_progress.as_ref().and_then(|p| p.summary.as_deref()))
             .map(|s| redactor.redact(s).into_owned());
         let mut failure: Option<String> = match outcome.end {
             EndReason::Finished | EndReason::NoToolCalls => None,
@@ -908,6 +906,10 @@ impl Worker {
         }
         // 3b. Review (review.rs): a reviewer model reads the work; its findings go back to
         // the agent in the same conversation, then the checks and the review run again.
+        if let Some(p) = &review_progress {
+            // The rounds before the checkpoint stay on the attempt even if no review runs now.
+            state.outcome.review = Some(p.review.clone());
+        }
         if agent_ok && !cancel.is_cancelled() && task.review_model.is_some() {
             failure = self
                 .review_rounds(
@@ -927,9 +929,13 @@ impl Worker {
                         provider: provider.as_ref(),
                         agent_config: agent_config.clone(),
                         check_specs: &check_specs,
-                        plan: outcome.plan.clone(),
+                        plan: match &review_progress {
+                            Some(p) if outcome.plan.is_empty() => p.plan.clone(),
+                            _ => outcome.plan.clone(),
+                        },
                         messages: outcome.messages.clone(),
                         status: checked_from,
+                        resumed: review_progress,
                     },
                     failure,
                     &mut state.outcome,

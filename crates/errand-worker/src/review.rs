@@ -10,9 +10,17 @@
 //! to the reviewer once with what is wrong; a second invalid one leaves the attempt without a
 //! verdict, with a note saying why. The verdicts are kept on the attempt
 //! ([`errand_core::AttemptReview`]), as `review` events, and in the pull request body.
+//!
+//! The agent's turns in a round of fixes are checkpointed like the main run's, with where the
+//! review is ([`crate::checkpoint::ReviewProgress`]): a run resumed from such a checkpoint
+//! (the main path of `drive()`, continuing the round's conversation) then runs the checks and
+//! the next review round, the earlier rounds kept. With secrets, the work in progress the
+//! reviewer reads is committed with the values replaced (never written to the mirror), so the
+//! reviewer's diff holds placeholders.
 
+use crate::checkpoint::{CheckpointSink, ReviewProgress};
 use crate::{RunError, Worker};
-use errand_agent::{AgentConfig, AgentError, AgentRun, EndReason, EventSink};
+use errand_agent::{AgentConfig, AgentError, AgentRun, EndReason, EventSink, RunState};
 use errand_core::{
     AttemptReview, CheckResult, CheckSpec, DiffStats, EventKind, Finding, PlanStep, Review,
     Severity, Status, Task, Usage, Verdict,
@@ -58,7 +66,7 @@ pub(crate) struct ReviewCtx<'a> {
     /// Keeps what the checks write apart from the agent's work (`checks::run_checks_apart`).
     pub work_index: Option<&'a errand_git::WorkspaceIndex>,
     pub sandbox_box: &'a dyn errand_sandbox::SandboxBox,
-    pub sink: &'a dyn EventSink,
+    pub sink: &'a CheckpointSink,
     pub cancel: &'a CancellationToken,
     pub lease: &'a AtomicU8,
     /// The coding agent's model, for the rounds that address findings.
@@ -70,6 +78,9 @@ pub(crate) struct ReviewCtx<'a> {
     pub messages: Vec<Message>,
     /// The attempt's status now (`running`, or `checking` after checks).
     pub status: Status,
+    /// The run resumed from a checkpoint taken in a round of fixes: the review so far, and
+    /// the round (the next review is the one after it).
+    pub resumed: Option<ReviewProgress>,
 }
 
 impl Worker {
@@ -88,9 +99,13 @@ impl Worker {
         let Some(model) = task.review_model.clone() else {
             return Ok(failure);
         };
-        let mut review = AttemptReview {
-            model: model.clone(),
-            ..Default::default()
+        let resumed = cx.resumed.take();
+        let mut review = match &resumed {
+            Some(p) => p.review.clone(),
+            None => AttemptReview {
+                model: model.clone(),
+                ..Default::default()
+            },
         };
         let reviewer = match errand_model::build(&model, cx.c.review_payload.as_ref()) {
             Ok(p) => p,
@@ -112,7 +127,7 @@ impl Worker {
         let mut status = cx.status;
         let mut messages = std::mem::take(&mut cx.messages);
         let mut plan = std::mem::take(&mut cx.plan);
-        let mut round = 0u32;
+        let mut round = resumed.as_ref().map_or(0, |p| p.round);
         loop {
             round += 1;
             if cx.cancel.is_cancelled() {
@@ -214,10 +229,16 @@ impl Worker {
                 )
                 .await?;
             status = Status::Running;
-            let offset = OffsetSink {
+            let offset = RoundSink {
                 inner: cx.sink,
                 usage: outcome.usage,
                 turns: outcome.turns,
+                progress: ReviewProgress {
+                    round,
+                    review: review.clone(),
+                    summary: outcome.summary.clone(),
+                    plan: plan.clone(),
+                },
             };
             let config = AgentConfig {
                 raw_continuation: true,
@@ -321,7 +342,9 @@ impl Worker {
     /// The workspace's change against the task's base, as the reviewer sees it: committed
     /// through a fresh git directory (like the final commit, nothing in the workspace's own
     /// `.git` is trusted, and the same paths are left out) onto the attempt's branch, then
-    /// diffed in the mirror. The checks' leftovers are gone by then (`run_checks_apart`).
+    /// diffed in the mirror. The checks' leftovers are gone by then (`run_checks_apart`). With
+    /// secrets, the commit holds placeholders where the files hold values (the files are not
+    /// changed: the agent may work on them again).
     async fn review_diff(&self, cx: &ReviewCtx<'_>) -> Result<(String, DiffStats), RunError> {
         let task = &cx.c.task;
         let fail = |what: &str, e: &dyn std::fmt::Display| RunError::Failed(format!("{what}: {e}"));
@@ -329,23 +352,44 @@ impl Worker {
             Some(wi) => wi.excluded(),
             None => cx.exclude.to_vec(),
         };
+        let redactor = self.redaction.redactor(&cx.c.attempt.id);
+        let message = format!("{}\n\n(work in progress, for review)", task.title);
+        let message = redactor.redact_string(message);
+        let trailers = [
+            ("Errand-Task", task.id.as_str()),
+            ("Errand-Attempt", cx.c.attempt.id.as_str()),
+        ];
         let head = {
             let _guard = self.mirrors.lock(cx.mirror).await;
-            errand_git::commit_workspace_excluding(
-                cx.mirror,
-                cx.ws,
-                &cx.dir.join("review.git"),
-                cx.start_commit,
-                &cx.c.attempt.branch,
-                &format!("{}\n\n(work in progress, for review)", task.title),
-                &[
-                    ("Errand-Task", task.id.as_str()),
-                    ("Errand-Attempt", cx.c.attempt.id.as_str()),
-                ],
-                cx.seed_index,
-                &exclude,
-            )
-            .await
+            if redactor.is_empty() {
+                errand_git::commit_workspace_excluding(
+                    cx.mirror,
+                    cx.ws,
+                    &cx.dir.join("review.git"),
+                    cx.start_commit,
+                    &cx.c.attempt.branch,
+                    &message,
+                    &trailers,
+                    cx.seed_index,
+                    &exclude,
+                )
+                .await
+            } else {
+                errand_git::checkpoint::commit_workspace_redacted(
+                    cx.mirror,
+                    cx.ws,
+                    &cx.dir.join("review.git"),
+                    cx.start_commit,
+                    &cx.c.attempt.branch,
+                    &message,
+                    &trailers,
+                    cx.seed_index,
+                    &redactor,
+                    &exclude,
+                )
+                .await
+                .map(|(head, _)| head)
+            }
             .map_err(|e| fail("committing the work for review", &e))?
         };
         let head = head
@@ -497,26 +541,36 @@ struct Asked {
     result: Result<(Verdict, String, Vec<Finding>), String>,
 }
 
-/// Forwards the agent's events, adding the attempt's usage and turns from before this run to
-/// the running totals it reports.
-struct OffsetSink<'a> {
-    inner: &'a dyn EventSink,
+/// The sink of a round of fixes: forwards the agent's events, reports the attempt's running
+/// totals (its usage and turns before the round, plus the round's), and checkpoints each turn
+/// with where the review is.
+struct RoundSink<'a> {
+    inner: &'a CheckpointSink,
     usage: Usage,
     turns: u64,
+    progress: ReviewProgress,
 }
 
 #[async_trait::async_trait]
-impl EventSink for OffsetSink<'_> {
+impl EventSink for RoundSink<'_> {
     async fn emit(&self, events: Vec<EventKind>) -> Result<(), AgentError> {
         self.inner.emit(events).await
     }
     async fn usage(&self, usage: Usage, turns: u64) -> Result<(), AgentError> {
         let mut total = self.usage;
         total.add(&usage);
-        self.inner.usage(total, self.turns + turns).await
+        self.inner.report_totals(total, self.turns + turns).await
     }
     fn tool_notes(&self) -> Option<String> {
         self.inner.tool_notes()
+    }
+    async fn snapshot(&self) -> Result<Option<bool>, AgentError> {
+        self.inner.snapshot().await
+    }
+    async fn checkpoint(&self, messages: &[Message], state: &RunState) -> Result<(), AgentError> {
+        self.inner
+            .checkpoint_round(messages, state, self.usage, self.turns, &self.progress)
+            .await
     }
 }
 
