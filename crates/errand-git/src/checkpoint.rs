@@ -721,13 +721,7 @@ pub async fn commit_workspace_redacted(
     if tree == cp.head_tree {
         return Ok((None, cp.scrubbed()));
     }
-    let mut msg = message.trim_end().to_string();
-    if !trailers.is_empty() {
-        msg.push_str("\n\n");
-        for (k, v) in trailers {
-            msg.push_str(&format!("{k}: {v}\n"));
-        }
-    }
+    let msg = crate::commit_message(message, trailers);
     let commit = cp
         .git(&["commit-tree", &tree, "-p", base, "-m", &msg])
         .await?

@@ -458,6 +458,18 @@ pub(crate) async fn write_exclude(git_dir: &Path, patterns: &[String]) -> Result
     Ok(())
 }
 
+/// A commit message: `message` and, after a blank line, a `Key: value` trailer per entry.
+pub(crate) fn commit_message(message: &str, trailers: &[(&str, &str)]) -> String {
+    let mut msg = message.trim_end().to_string();
+    if !trailers.is_empty() {
+        msg.push_str("\n\n");
+        for (k, v) in trailers {
+            msg.push_str(&format!("{k}: {v}\n"));
+        }
+    }
+    msg
+}
+
 /// Copies `refs/heads/<branch>` from the repository at `from` into the mirror (forced).
 async fn fetch_branch(mirror: &Path, from: &Path, branch: &str) -> Result<()> {
     let from = from.to_string_lossy().to_string();
@@ -946,13 +958,7 @@ pub async fn commit_workspace_with(
     if tree == base_tree {
         return Ok(None);
     }
-    let mut msg = message.trim_end().to_string();
-    if !trailers.is_empty() {
-        msg.push_str("\n\n");
-        for (k, v) in trailers {
-            msg.push_str(&format!("{k}: {v}\n"));
-        }
-    }
+    let msg = commit_message(message, trailers);
     let commit = git(vec![
         "commit-tree".into(),
         tree,
