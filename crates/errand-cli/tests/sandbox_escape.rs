@@ -1108,6 +1108,47 @@ out("write", tryit(write))
 }
 
 #[test]
+fn the_quota_counts_what_commands_write_not_what_the_workspace_held() {
+    // A checkout bigger than the quota: commands run; what they add is what counts.
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("checkout.bin"), vec![7u8; 8 << 20]).unwrap();
+    let small = py(
+        ws.path(),
+        &["--disk", "5M", "--timeout", "30s"],
+        r#"
+with open("/workspace/small", "wb") as f:
+    f.write(os.urandom(1 << 20))
+    f.flush()
+    os.fsync(f.fileno())
+time.sleep(2.5)
+print("finished", flush=True)
+"#,
+    );
+    small.expect_code(0);
+    assert!(small.stdout.contains("finished"), "{}", small.dump());
+    assert!(!small.stderr.contains("disk quota"), "{}", small.dump());
+    let big = py(
+        ws.path(),
+        &["--disk", "5M", "--timeout", "30s"],
+        r#"
+with open("/workspace/fill", "wb") as f:
+    for i in range(40):
+        f.write(os.urandom(1 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+        time.sleep(0.2)
+print("finished", flush=True)
+"#,
+    );
+    big.expect_code(123);
+    assert!(
+        big.stderr.contains("went over its disk quota"),
+        "{}",
+        big.dump()
+    );
+}
+
+#[test]
 fn filling_the_workspace_past_the_quota_is_killed() {
     let ws = tempfile::tempdir().unwrap();
     let o = py(

@@ -287,6 +287,9 @@ pub struct NsBox {
     destroyed: AtomicBool,
     closed: Arc<AtomicBool>,
     last_quota_check: Mutex<Option<Instant>>,
+    /// What the quota's directory held when the box started: the quota counts what is
+    /// written after that (a checkout bigger than the quota is not over it from the start).
+    quota_base: u64,
     pub enforced: Enforced,
     reader: tokio::task::JoinHandle<()>,
     pid: Option<u32>,
@@ -707,6 +710,17 @@ impl NsBox {
                 io_err("starting the box")(e),
             )));
         }
+        // While the box sets itself up: what the quota's directory holds before any command.
+        // A copy-on-write workspace's upper layer starts empty; a plain directory is walked.
+        let quota_base = match (limits.disk_bytes, &spec.quota_dir) {
+            (Some(_), None) => {
+                let dir = spec.workspace.clone();
+                tokio::task::spawn_blocking(move || disk_usage(&dir))
+                    .await
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        };
         // Wait for Ready or SetupFailed.
         let first = tokio::time::timeout(Duration::from_secs(20), read_reply_fds(&sock)).await;
         let relays = crate::bridge::Relays::default();
@@ -773,6 +787,7 @@ impl NsBox {
             destroyed: AtomicBool::new(false),
             closed,
             last_quota_check: Mutex::new(None),
+            quota_base,
             enforced,
             reader,
             net,
@@ -821,7 +836,7 @@ impl NsBox {
         let used = tokio::task::spawn_blocking(move || disk_usage(&dir))
             .await
             .unwrap_or(0);
-        used > quota
+        used.saturating_sub(self.quota_base) > quota
     }
 }
 
