@@ -3,9 +3,9 @@
 //! There is no isolation at all: this back end exists for trusted local use and for hosts
 //! where the real box is not available yet. Each command runs in its own process group with a
 //! scrubbed environment (the server's variables, API keys included, are not passed on), and
-//! destroying the box kills every process group it started.
+//! destroying the box kills every process of it that can be found.
 //!
-//! Leftovers ([`SandboxBox::stop_leftovers`]): a process counts as the box's when it is in
+//! A process counts as the box's ([`SandboxBox::stop_leftovers`], `destroy`) when it is in
 //! the process group of one of its commands, or when its environment still carries the box's
 //! marker variable (`ERRAND_SANDBOX_ID`, unique per box), which a daemon that left the group
 //! (`setsid`, a double fork, `nohup`) inherits. One that also cleared its environment is not
@@ -389,9 +389,9 @@ impl SandboxBox for UnisolatedBox {
             .lock()
             .map(|mut g| std::mem::take(&mut *g))
             .unwrap_or_default();
-        for pgid in groups {
-            kill_group(pgid);
-        }
+        // The commands' groups and what left them still carrying the marker.
+        let needle = format!("{MARKER_VAR}={}\0", self.marker).into_bytes();
+        let _ = tokio::task::spawn_blocking(move || sweep_host(&groups, &needle)).await;
         Ok(())
     }
 }
@@ -591,9 +591,25 @@ mod tests {
             b.stop_leftovers().await.unwrap_or_else(|e| panic!("{e}")),
             crate::Stopped::default()
         );
+        // Destroying the box stops such a daemon too.
+        let last = format!("971.5{tag}");
+        let (res, _, _) = run(
+            b.as_ref(),
+            &format!("setsid sleep {last} >/dev/null 2>&1 &"),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(res.exit_code, Some(0));
+        assert!(eventually(|| !sleeps(&last).is_empty()).await);
+        b.destroy().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(sleeps(&last).is_empty(), "sleep {last} outlived the box");
+        assert_eq!(
+            sleeps(&outsider).len(),
+            1,
+            "a process not of the box was killed"
+        );
         let _ = other.kill();
         let _ = other.wait();
-        b.destroy().await.unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
             b.stop_leftovers().await,
             Err(SandboxError::Destroyed)
