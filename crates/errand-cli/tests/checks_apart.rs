@@ -290,3 +290,122 @@ checks = [{{ name = "tests", command = {}, junit = "junit.xml" }}]
         "# sample\n"
     );
 }
+
+/// A string no other test's processes carry.
+fn tag() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{}{n:09}", std::process::id())
+}
+
+/// A check that starts a daemon (out of its process group, `setsid`) and exits at once: the
+/// daemon is stopped as the check ends, so it neither writes into the workspace after it is
+/// put back nor runs on into the next check; a notice says so. What the agent left running
+/// is stopped before the checks, while between the agent's own tool calls it keeps running.
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_a_check_leaves_behind_are_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo_with_ignore(tmp.path());
+    let t = tag();
+    let (agent_sleep, check_sleep) = (format!("301.{t}"), format!("300.{t}"));
+    // Lists the box's processes; the pattern's brackets keep it from matching its own line.
+    let list = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < \"$f\" 2>/dev/null; echo; done";
+    let agent = write_script(
+        tmp.path(),
+        "agent.json",
+        json!({"turns": [
+            {"tool_calls": [
+                {"name": "write_file", "arguments": {"path": "src/fix.txt", "content": "the fix\n"}},
+                {"name": "shell", "arguments": {"command": format!("setsid sleep {agent_sleep} >/dev/null 2>&1 & echo server started")}}]},
+            {"tool_calls": [{"name": "shell", "arguments": {"command": format!("echo AGENT-SERVER-UP:$({list} | grep -c '^sleep 301[.]{t}')")}}]},
+            {"tool_calls": [{"name": "finish", "arguments": {"summary": "Added the fix."}}]}
+        ]}),
+    );
+    let daemon = format!(
+        "sh -c 'setsid sh -c \"sleep 1; echo late > late.txt; sleep {check_sleep}\" >/dev/null 2>&1 & exit 0'"
+    );
+    let probe = format!(
+        "sleep 2; ps=$({list}); echo \"$ps\"; if echo \"$ps\" | grep -q 'sleep 30[01][.]{t}'; then echo SURVIV\"\"OR; exit 1; fi; echo QUI\"\"ET"
+    );
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("errand.toml"),
+        format!(
+            "[environments.shop]\nrepo = \"{}\"\nmodel = \"scripted:{}\"\nchecks = [{{ name = \"bg\", command = {} }}, {{ name = \"probe\", command = {} }}]\n",
+            repo.display(),
+            agent.display(),
+            serde_json::to_string(&daemon).unwrap(),
+            serde_json::to_string(&probe).unwrap(),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&data, &["--workers", "1"]);
+    let out = ok(server.cli(&["run", "Fix it", "--env", "shop", "--follow"]));
+    assert!(out.contains("check \"bg\" left "), "{out}");
+
+    let task = only_task(&server);
+    let id = task["id"].as_str().unwrap();
+    assert_eq!(task["status"], "done", "{task:#}");
+    let a = &task["attempts"][0];
+    let checks = a["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{a:#}");
+    assert!(checks.iter().all(|c| c["passed"] == true), "{a:#}");
+
+    let evs = events(&server, id).await;
+    assert_contiguous(&evs);
+    let output: String = evs
+        .iter()
+        .filter(|e| e["type"] == "output")
+        .map(|e| e["data"].as_str().unwrap_or_default())
+        .collect();
+    // The agent's server was still up for its next tool call.
+    assert!(output.contains("AGENT-SERVER-UP:1"), "{output}");
+    // The probe saw the box's processes (itself at least), and neither the agent's server nor
+    // the check's daemon among them. (The quotes keep the words out of the listed command
+    // lines.)
+    assert!(
+        output.contains("QUIET") && !output.contains("SURVIVOR"),
+        "{output}"
+    );
+    assert!(output.contains("bash -c sleep 2;"), "{output}");
+
+    let notes = notices(&evs);
+    let stopped: Vec<&String> = notes.iter().filter(|n| n.contains(" left ")).collect();
+    assert_eq!(stopped.len(), 2, "{notes:#?}");
+    assert_eq!(
+        stopped[0],
+        "the agent left 1 process running (sleep); it was stopped before the checks"
+    );
+    // The daemon: its shell and `sleep 1` (or `setsid` itself, had the check ended first).
+    let bg = stopped[1];
+    assert!(
+        bg.starts_with("check \"bg\" left ") && bg.ends_with("stopped"),
+        "{bg}"
+    );
+    assert!(
+        !notes.iter().any(|n| n.contains("check \"probe\"")),
+        "{notes:#?}"
+    );
+
+    // The late file never reached the branch or the diff.
+    let mirror = mirror_of(&data);
+    let branch = a["branch"].as_str().unwrap();
+    assert_eq!(committed(&mirror, branch), ["A\tsrc/fix.txt"]);
+    let diff = ok(server.cli(&["diff", id]));
+    assert!(
+        diff.contains("+++ b/src/fix.txt") && !diff.contains("late.txt"),
+        "{diff}"
+    );
+    // Nothing of the box is left on the host either.
+    for needle in [&agent_sleep, &check_sleep] {
+        wait_for(
+            "the box's sleeps to go",
+            std::time::Duration::from_secs(5),
+            || async { processes_with(needle).is_empty().then_some(()) },
+        )
+        .await;
+    }
+}

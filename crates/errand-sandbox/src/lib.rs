@@ -141,12 +141,61 @@ impl ExecResult {
     }
 }
 
+/// A process that was still running in a box when [`SandboxBox::stop_leftovers`] ran.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeftProcess {
+    /// Its pid as the box sees it (in the box's PID namespace for the namespace box).
+    pub pid: i32,
+    /// Its command name (`/proc/PID/comm`: at most 15 bytes).
+    pub name: String,
+}
+
+/// What [`SandboxBox::stop_leftovers`] found running and stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stopped {
+    /// The processes found, in pid order (at most [`Stopped::MAX_LISTED`]).
+    pub processes: Vec<LeftProcess>,
+    /// How many were found in all (more than `processes` holds when the list was cut).
+    pub count: usize,
+    /// How many were still running when the back end stopped waiting for them.
+    pub survivors: usize,
+}
+
+impl Stopped {
+    /// Most processes listed by name; the rest are only counted.
+    pub const MAX_LISTED: usize = 256;
+
+    /// Whether nothing was left running.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The distinct names of the processes, in pid order.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for p in &self.processes {
+            if !names.contains(&p.name.as_str()) {
+                names.push(&p.name);
+            }
+        }
+        names
+    }
+}
+
 /// A live box.
 #[async_trait]
 pub trait SandboxBox: Send + Sync {
     /// Runs one command to completion, sending its output to `output` as it comes.
     async fn exec(&self, req: ExecRequest, output: mpsc::Sender<OutputChunk>)
     -> Result<ExecResult>;
+    /// Kills every process still running in the box — what earlier commands left behind:
+    /// background jobs, and daemons that left their process group or session (`setsid`,
+    /// double forks, `nohup`) — and waits until they are gone; the box then runs commands as
+    /// before. A command still running is killed too, so call it between commands. Back
+    /// ends that cannot find such processes report none.
+    async fn stop_leftovers(&self) -> Result<Stopped> {
+        Ok(Stopped::default())
+    }
     /// Kills every process of the box and releases it. Idempotent.
     async fn destroy(&self) -> Result<()>;
     /// Stops the box's bridges for good: their ports stop accepting and the connections they

@@ -3,7 +3,13 @@
 //! There is no isolation at all: this back end exists for trusted local use and for hosts
 //! where the real box is not available yet. Each command runs in its own process group with a
 //! scrubbed environment (the server's variables, API keys included, are not passed on), and
-//! destroying the box kills every process group it started.
+//! destroying the box kills every process of it that can be found.
+//!
+//! A process counts as the box's ([`SandboxBox::stop_leftovers`], `destroy`) when it is in
+//! the process group of one of its commands, or when its environment still carries the box's
+//! marker variable (`ERRAND_SANDBOX_ID`, unique per box), which a daemon that left the group
+//! (`setsid`, a double fork, `nohup`) inherits. One that also cleared its environment is not
+//! found: there is no PID namespace to fall back on here.
 //!
 //! Network: commands have the host's network whatever the box's mode says. Bridges listen on
 //! the host's own loopback (so their ports must be free there, and any local process can use
@@ -72,10 +78,21 @@ impl SandboxBackend for Unisolated {
                     source: e,
                 })?;
         }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let marker = format!(
+            "{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         Ok(Box::new(UnisolatedBox {
             spec,
             home,
             tmp,
+            marker,
             groups: Mutex::new(Vec::new()),
             destroyed: std::sync::atomic::AtomicBool::new(false),
             relays,
@@ -89,6 +106,8 @@ struct UnisolatedBox {
     tmp: std::path::PathBuf,
     /// Process group ids of every command started; all are killed on destroy.
     groups: Mutex<Vec<i32>>,
+    /// The value of [`MARKER_VAR`] in every command's environment.
+    marker: String,
     destroyed: std::sync::atomic::AtomicBool,
     relays: crate::bridge::Relays,
 }
@@ -103,6 +122,149 @@ fn kill_group(pgid: i32) {
 }
 
 const PASS_THROUGH: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
+
+/// The variable that marks the processes of one box (its value is unique to the box).
+pub const MARKER_VAR: &str = "ERRAND_SANDBOX_ID";
+
+/// How long [`SandboxBox::stop_leftovers`] waits for what it killed to be gone.
+const SWEEP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A host process that looks like one of the box's.
+struct HostProc {
+    pid: i32,
+    name: String,
+    pgrp: i32,
+}
+
+/// `PID (COMM) STATE PPID PGRP …` → name, whether it has exited, process group.
+fn parse_stat(stat: &str) -> Option<(String, bool, i32)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?;
+    let _ppid = rest.next()?;
+    let pgrp = rest.next()?.parse().ok()?;
+    Some((name, matches!(state, "Z" | "X" | "x"), pgrp))
+}
+
+/// Whether `/proc/PID/environ` holds `needle` (`NAME=value` with its terminating NUL).
+fn environ_has(pid: i32, needle: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| {
+            env.split(|b| *b == 0)
+                .any(|var| var.len() + 1 == needle.len() && needle.starts_with(var))
+        })
+        .unwrap_or(false)
+}
+
+/// The live host processes in one of `groups` or carrying `needle` in their environment,
+/// in pid order. The caller itself is never one.
+fn scan_host(groups: &[i32], needle: &[u8]) -> Vec<HostProc> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid <= 1 || pid == me {
+            continue;
+        }
+        let Some((name, gone, pgrp)) = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+        else {
+            continue;
+        };
+        if gone {
+            continue;
+        }
+        if groups.contains(&pgrp) || environ_has(pid, needle) {
+            out.push(HostProc { pid, name, pgrp });
+        }
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// SIGKILL to `pid` if it is still one of the box's: through a pidfd where the kernel has
+/// them, so that a pid reused meanwhile is never signalled.
+fn kill_checked(pid: i32, groups: &[i32], needle: &[u8]) {
+    let ours = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        parse_stat(&stat).is_some_and(|(_, gone, pgrp)| !gone && groups.contains(&pgrp))
+            || environ_has(pid, needle)
+    };
+    // SAFETY: pidfd_open takes a pid and flags, no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) && ours() {
+            // SAFETY: kill(2) has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        return;
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    if ours() {
+        // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+    }
+}
+
+/// Kills what [`scan_host`] finds until nothing is left (bounded); returns what it found
+/// first and the process groups that still had members then.
+fn sweep_host(groups: &[i32], needle: &[u8]) -> (crate::Stopped, Vec<i32>) {
+    let found = scan_host(groups, needle);
+    let live: Vec<i32> = groups
+        .iter()
+        .copied()
+        .filter(|g| found.iter().any(|p| p.pgrp == *g))
+        .collect();
+    if found.is_empty() {
+        return (crate::Stopped::default(), live);
+    }
+    let deadline = Instant::now() + SWEEP_WAIT;
+    let mut round = found.iter().map(|p| p.pid).collect::<Vec<_>>();
+    let survivors = loop {
+        for pgid in &live {
+            kill_group(*pgid);
+        }
+        for pid in &round {
+            kill_checked(*pid, groups, needle);
+        }
+        round = scan_host(groups, needle).iter().map(|p| p.pid).collect();
+        if round.is_empty() || Instant::now() >= deadline {
+            break round.len();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let stopped = crate::Stopped {
+        count: found.len(),
+        processes: found
+            .into_iter()
+            .take(crate::Stopped::MAX_LISTED)
+            .map(|p| crate::LeftProcess {
+                pid: p.pid,
+                name: p.name,
+            })
+            .collect(),
+        survivors,
+    };
+    (stopped, live)
+}
 
 #[async_trait]
 impl SandboxBox for UnisolatedBox {
@@ -137,6 +299,7 @@ impl SandboxBox for UnisolatedBox {
             .env("TMPDIR", &self.tmp)
             .env("TERM", "dumb")
             .env("ERRAND_SANDBOX", "none")
+            .env(MARKER_VAR, &self.marker)
             .env("GIT_TERMINAL_PROMPT", "0");
         for (k, v) in &self.spec.env {
             cmd.env(k, v);
@@ -198,6 +361,25 @@ impl SandboxBox for UnisolatedBox {
         self.relays.close();
     }
 
+    async fn stop_leftovers(&self) -> Result<crate::Stopped> {
+        if self.destroyed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SandboxError::Destroyed);
+        }
+        let seen = self.groups.lock().map(|g| g.clone()).unwrap_or_default();
+        let needle = format!("{MARKER_VAR}={}\0", self.marker).into_bytes();
+        let groups = seen.clone();
+        let (stopped, live) = tokio::task::spawn_blocking(move || sweep_host(&groups, &needle))
+            .await
+            .map_err(|e| SandboxError::Refused(format!("stopping leftover processes: {e}")))?;
+        // The groups looked at are forgotten once empty (all of them, unless something
+        // survived), so that their numbers, once reused by unrelated processes, are never
+        // killed later. Groups of commands started meanwhile stay.
+        if let Ok(mut g) = self.groups.lock() {
+            g.retain(|pgid| !seen.contains(pgid) || (stopped.survivors > 0 && live.contains(pgid)));
+        }
+        Ok(stopped)
+    }
+
     async fn destroy(&self) -> Result<()> {
         self.destroyed
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -207,9 +389,9 @@ impl SandboxBox for UnisolatedBox {
             .lock()
             .map(|mut g| std::mem::take(&mut *g))
             .unwrap_or_default();
-        for pgid in groups {
-            kill_group(pgid);
-        }
+        // The commands' groups and what left them still carrying the marker.
+        let needle = format!("{MARKER_VAR}={}\0", self.marker).into_bytes();
+        let _ = tokio::task::spawn_blocking(move || sweep_host(&groups, &needle)).await;
         Ok(())
     }
 }
@@ -308,6 +490,130 @@ mod tests {
         assert_eq!(res.killed_by.as_deref(), Some("timeout"));
         assert_eq!(res.signal, Some(libc::SIGKILL));
         assert!(res.duration < Duration::from_secs(5));
+    }
+
+    /// Host pids whose command line is exactly `sleep ARG`.
+    fn sleeps(arg: &str) -> Vec<i32> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let raw = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let argv: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+            let state = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = parse_stat(&state).is_some_and(|(_, gone, _)| gone);
+            if !zombie
+                && argv.len() == 2
+                && argv[0].ends_with(b"sleep")
+                && argv[1] == arg.as_bytes()
+            {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..400 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn stop_leftovers_finds_what_left_the_process_group_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let b = Unisolated
+            .create(BoxSpec {
+                workspace: dir.path().to_path_buf(),
+                scratch: dir.path().join(".scratch"),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tag = format!(
+            "{}{:09}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let (in_group, setsid, double, outsider) = (
+            format!("971.1{tag}"),
+            format!("971.2{tag}"),
+            format!("971.3{tag}"),
+            format!("971.4{tag}"),
+        );
+        // Not the box's: started by this test, it must survive.
+        let mut other = std::process::Command::new("sleep")
+            .arg(&outsider)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (res, out, _) = run(
+            b.as_ref(),
+            &format!(
+                "sleep {in_group} >/dev/null 2>&1 & setsid sleep {setsid} >/dev/null 2>&1 & \
+                 (setsid sh -c 'sleep {double}; :' >/dev/null 2>&1 &) ; echo started"
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!((res.exit_code, out.as_str()), (Some(0), "started\n"));
+        let all = [&in_group, &setsid, &double];
+        assert!(
+            eventually(|| all.iter().all(|a| !sleeps(a).is_empty())).await,
+            "the background sleeps never showed up"
+        );
+        let stopped = b.stop_leftovers().await.unwrap_or_else(|e| panic!("{e}"));
+        // Three sleeps and the double-forked shell.
+        assert_eq!(stopped.count, 4, "{stopped:?}");
+        let mut names = stopped.names();
+        names.sort();
+        assert_eq!(names, ["sh", "sleep"], "{stopped:?}");
+        assert_eq!(stopped.survivors, 0);
+        for a in all {
+            assert!(sleeps(a).is_empty(), "sleep {a} survived");
+        }
+        assert_eq!(
+            sleeps(&outsider).len(),
+            1,
+            "a process not of the box was killed"
+        );
+        // The box goes on; nothing is left to stop after a command that left nothing.
+        let (res, out, _) = run(b.as_ref(), "echo next", Duration::from_secs(10)).await;
+        assert_eq!((res.exit_code, out.as_str()), (Some(0), "next\n"));
+        assert_eq!(
+            b.stop_leftovers().await.unwrap_or_else(|e| panic!("{e}")),
+            crate::Stopped::default()
+        );
+        // Destroying the box stops such a daemon too.
+        let last = format!("971.5{tag}");
+        let (res, _, _) = run(
+            b.as_ref(),
+            &format!("setsid sleep {last} >/dev/null 2>&1 &"),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(res.exit_code, Some(0));
+        assert!(eventually(|| !sleeps(&last).is_empty()).await);
+        b.destroy().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(sleeps(&last).is_empty(), "sleep {last} outlived the box");
+        assert_eq!(
+            sleeps(&outsider).len(),
+            1,
+            "a process not of the box was killed"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(matches!(
+            b.stop_leftovers().await,
+            Err(SandboxError::Destroyed)
+        ));
     }
 
     #[tokio::test]

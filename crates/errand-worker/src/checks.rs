@@ -351,12 +351,80 @@ pub fn leftovers_notice(r: &errand_git::Restored) -> Option<String> {
     ))
 }
 
+/// Process names listed in [`leftover_processes_notice`]; the rest are left out.
+const LISTED_NAMES: usize = 8;
+
+/// The notice for the processes `who` left running in the box, which were stopped, if there
+/// were any: `check "test" left 2 processes running (python3, node); they were stopped`.
+/// `when` ends the sentence (` before the checks`, or nothing).
+pub fn leftover_processes_notice(
+    who: &str,
+    stopped: &errand_sandbox::Stopped,
+    when: &str,
+) -> Option<String> {
+    if stopped.is_empty() {
+        return None;
+    }
+    let names = stopped.names();
+    let mut list = names[..names.len().min(LISTED_NAMES)].join(", ");
+    if names.len() > LISTED_NAMES {
+        list.push_str(", …");
+    }
+    let n = stopped.count;
+    let mut text = if n == 1 {
+        format!("{who} left 1 process running ({list}); it was stopped{when}")
+    } else {
+        format!("{who} left {n} processes running ({list}); they were stopped{when}")
+    };
+    if stopped.survivors > 0 {
+        text.push_str(&format!(
+            "; {} did not exit after SIGKILL",
+            stopped.survivors
+        ));
+    }
+    Some(text)
+}
+
 impl crate::Worker {
+    /// Kills what is still running in the box (see `SandboxBox::stop_leftovers`) and says
+    /// so in a notice naming `who` left it. A box already gone has nothing left; another
+    /// failure is a notice, not the end of the attempt.
+    async fn stop_leftovers(
+        &self,
+        aid: &str,
+        sandbox_box: &dyn errand_sandbox::SandboxBox,
+        who: &str,
+        when: &str,
+    ) -> Result<(), crate::RunError> {
+        match sandbox_box.stop_leftovers().await {
+            Ok(stopped) => {
+                if let Some(note) = leftover_processes_notice(who, &stopped, when) {
+                    self.notice(aid, note).await?;
+                }
+            }
+            Err(errand_sandbox::SandboxError::Destroyed) => {}
+            Err(e) => {
+                tracing::warn!(attempt = %aid, "stopping what {who} left running: {e}");
+                self.notice(
+                    aid,
+                    format!("could not stop the processes {who} left running: {e}"),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// [`Worker::run_checks`](crate::Worker), with what the checks write kept apart from the
     /// agent's work: the workspace's files are recorded in `index` before the checks (which
     /// see them as the agent left them) and put back to that afterwards, so what the checks
     /// created or changed reaches neither the review nor the commit; a notice lists it.
     /// Without `index`, the checks just run.
+    ///
+    /// Processes the agent left running (a dev server, a watcher) are stopped first: the
+    /// checks run in a quiet box (ports free, no writer in the workspace while it is
+    /// recorded), and every check's own leftovers are stopped as it ends (`run_checks`), so
+    /// nothing writes into the workspace after it is put back.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_checks_apart(
         &self,
@@ -368,6 +436,8 @@ impl crate::Worker {
         cancel: &tokio_util::sync::CancellationToken,
         index: Option<&errand_git::WorkspaceIndex>,
     ) -> Result<(Vec<errand_core::CheckResult>, Option<String>), crate::RunError> {
+        self.stop_leftovers(aid, sandbox_box, "the agent", " before the checks")
+            .await?;
         let Some(index) = index else {
             return self
                 .run_checks(aid, sandbox_box, sink, ws, specs, cancel)
@@ -397,8 +467,9 @@ impl crate::Worker {
 
 impl crate::Worker {
     /// Runs the checks one after the other in the attempt's box, recording each one's exit
-    /// code, duration and test counts (`check_result`). Returns the results and, when one
-    /// failed, why (the first failure).
+    /// code, duration and test counts (`check_result`). As each check's command ends (or is
+    /// killed), whatever it left running in the box is stopped, with a notice. Returns the
+    /// results and, when one failed, why (the first failure).
     pub(crate) async fn run_checks(
         &self,
         aid: &str,
@@ -426,6 +497,10 @@ impl crate::Worker {
             }
             .run()
             .await?;
+            // What the check started and left running (a server, a daemon that left its
+            // process group) goes before anything reads the workspace.
+            self.stop_leftovers(aid, sandbox_box, &format!("check \"{}\"", check.name), "")
+                .await?;
             let (exit_code, duration_ms) = match &r.result {
                 Ok(res) => (res.exit_code, res.duration.as_millis() as u64),
                 Err(_) => (None, 0),
@@ -661,6 +736,44 @@ mod tests {
         assert!(
             text.contains("out/00.txt (deleted), fixtures/dep (could not be removed; left out)"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_leftover_processes_notice_names_them_once() {
+        use errand_sandbox::{LeftProcess, Stopped};
+        let procs = |names: &[&str]| Stopped {
+            processes: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| LeftProcess {
+                    pid: 10 + i as i32,
+                    name: n.to_string(),
+                })
+                .collect(),
+            count: names.len(),
+            survivors: 0,
+        };
+        assert_eq!(
+            leftover_processes_notice("check \"test\"", &Stopped::default(), ""),
+            None
+        );
+        assert_eq!(
+            leftover_processes_notice("check \"test\"", &procs(&["python3", "node"]), "")
+                .unwrap_or_default(),
+            "check \"test\" left 2 processes running (python3, node); they were stopped"
+        );
+        assert_eq!(
+            leftover_processes_notice("the agent", &procs(&["node"]), " before the checks")
+                .unwrap_or_default(),
+            "the agent left 1 process running (node); it was stopped before the checks"
+        );
+        let mut many = procs(&["sh", "sleep", "sleep", "a", "b", "c", "d", "e", "f", "g"]);
+        many.count = 400;
+        many.survivors = 1;
+        assert_eq!(
+            leftover_processes_notice("check \"x\"", &many, "").unwrap_or_default(),
+            "check \"x\" left 400 processes running (sh, sleep, a, b, c, d, e, f, …); they were stopped; 1 did not exit after SIGKILL"
         );
     }
 

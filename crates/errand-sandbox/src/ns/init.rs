@@ -598,6 +598,10 @@ fn pid1(cfg: &BoxConfig, filters: &[seccompiler::BpfProgram]) -> Res<()> {
         match req {
             Request::Exec { id, argv, cwd, env } => exec(cfg, &tracked, id, argv, cwd, env, fds),
             Request::Go { .. } => {}
+            Request::Sweep { id } => {
+                let stopped = sweep();
+                let _ = proto::send(CONTROL_FD, &Reply::Swept { id, stopped }, &[]);
+            }
             Request::Kill { id } => {
                 let pgid = tracked
                     .lock()
@@ -716,6 +720,92 @@ fn exec(
                 error: format!("{}: {e}", argv[0]),
             });
         }
+    }
+}
+
+/// How long a sweep waits for the processes it killed to be gone.
+const SWEEP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One process of the box as `/proc/PID/stat` shows it.
+struct BoxProc {
+    pid: i32,
+    name: String,
+    /// Exited (a zombie, or dead): it runs no code and holds no files any more.
+    gone: bool,
+}
+
+/// Every process of the box but PID 1, in pid order. The box's `/proc` shows its own PID
+/// namespace only.
+fn box_processes() -> Vec<BoxProc> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid <= 1 {
+            continue;
+        }
+        // `PID (COMM) STATE …`; the name may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat.get(open + 1..close).unwrap_or_default().to_string();
+        let state = stat
+            .get(close + 1..)
+            .unwrap_or_default()
+            .trim_start()
+            .chars()
+            .next();
+        out.push(BoxProc {
+            pid,
+            name,
+            gone: matches!(state, Some('Z' | 'X' | 'x')),
+        });
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// Kills every process of the box but PID 1 and waits (bounded) until none runs any more.
+///
+/// `kill(-1, SIGKILL)` from the namespace's init reaches every process of the namespace
+/// except the caller, wherever it moved (another process group or session, a double fork
+/// that reparented it to PID 1), in one pass that a fork cannot race: the kernel walks the
+/// task list under its lock, and a fork whose parent has a fatal signal pending fails. The
+/// reaper thread collects what exits.
+fn sweep() -> crate::Stopped {
+    let found: Vec<BoxProc> = box_processes().into_iter().filter(|p| !p.gone).collect();
+    if found.is_empty() {
+        return crate::Stopped::default();
+    }
+    let deadline = std::time::Instant::now() + SWEEP_WAIT;
+    let survivors = loop {
+        // SAFETY: kill(2) takes no pointers. From PID 1 of a namespace, -1 means every
+        // other process of that namespace.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
+        let alive = box_processes().iter().filter(|p| !p.gone).count();
+        if alive == 0 || std::time::Instant::now() >= deadline {
+            break alive;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    crate::Stopped {
+        count: found.len(),
+        processes: found
+            .into_iter()
+            .take(crate::Stopped::MAX_LISTED)
+            .map(|p| crate::LeftProcess {
+                pid: p.pid,
+                name: p.name,
+            })
+            .collect(),
+        survivors,
     }
 }
 

@@ -273,6 +273,16 @@ type Exit = (Option<i32>, Option<i32>);
 struct Waiters {
     started: HashMap<u64, oneshot::Sender<std::result::Result<i32, String>>>,
     exited: HashMap<u64, oneshot::Sender<Exit>>,
+    swept: HashMap<u64, oneshot::Sender<crate::Stopped>>,
+}
+
+impl Waiters {
+    /// Fails everyone still waiting (their senders are dropped): the box is gone.
+    fn fail_all(&mut self) {
+        self.started.clear();
+        self.exited.clear();
+        self.swept.clear();
+    }
 }
 
 /// Host side of a live box.
@@ -769,8 +779,7 @@ impl NsBox {
                 closed.store(true, Ordering::SeqCst);
                 // Fail everyone still waiting: the box is gone.
                 if let Ok(mut w) = waiters.lock() {
-                    w.started.clear();
-                    w.exited.clear();
+                    w.fail_all();
                 }
             })
         };
@@ -939,6 +948,11 @@ fn dispatch(waiters: &Mutex<Waiters>, r: proto::Reply) {
         proto::Reply::Exited { id, code, signal } => {
             if let Some(tx) = w.exited.remove(&id) {
                 let _ = tx.send((code, signal));
+            }
+        }
+        proto::Reply::Swept { id, stopped } => {
+            if let Some(tx) = w.swept.remove(&id) {
+                let _ = tx.send(stopped);
             }
         }
         proto::Reply::Ready { .. } | proto::Reply::SetupFailed { .. } => {}
@@ -1207,6 +1221,46 @@ impl SandboxBox for NsBox {
         Some(self)
     }
 
+    async fn stop_leftovers(&self) -> Result<crate::Stopped> {
+        if self.destroyed.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst) {
+            return Err(SandboxError::Destroyed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.waiters.lock() {
+            w.swept.insert(id, tx);
+        }
+        let forget = || {
+            if let Ok(mut w) = self.waiters.lock() {
+                w.swept.remove(&id);
+            }
+        };
+        if let Err(e) = self.send(&proto::Request::Sweep { id }, &[]).await {
+            forget();
+            return Err(e);
+        }
+        // PID 1 waits up to 5 s for what it killed; this bound covers that and the trip.
+        match tokio::time::timeout(Duration::from_secs(15), rx).await {
+            Ok(Ok(stopped)) => {
+                if stopped.survivors > 0 {
+                    tracing::warn!(
+                        survivors = stopped.survivors,
+                        "processes of the box did not exit after SIGKILL"
+                    );
+                }
+                Ok(stopped)
+            }
+            Ok(Err(_)) => Err(SandboxError::Destroyed),
+            Err(_) => {
+                forget();
+                Err(SandboxError::Refused(
+                    "the box did not answer a request to stop its leftover processes within 15 s"
+                        .into(),
+                ))
+            }
+        }
+    }
+
     fn close_bridges(&self) {
         self.relays.close();
     }
@@ -1240,8 +1294,7 @@ impl SandboxBox for NsBox {
         // every command still waiting, as the reader would have (an `exec` returns
         // `Destroyed` instead of waiting for an exit report that never comes).
         if let Ok(mut w) = self.waiters.lock() {
-            w.started.clear();
-            w.exited.clear();
+            w.fail_all();
         }
         let cgroups = self.cgroups.clone();
         let limits = self.limits.clone();

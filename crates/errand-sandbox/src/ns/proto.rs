@@ -24,6 +24,9 @@ pub enum Request {
     },
     /// Kill a command's process group.
     Kill { id: u64 },
+    /// Kill every process of the box but PID 1 and wait until they are gone; answered with
+    /// `Swept` carrying the same id.
+    Sweep { id: u64 },
     /// Sent once to stage 1 after the host has put it in the box's cgroups: the box's
     /// configuration, with rlimit fallbacks filled in where no cgroup could be made.
     Go { config: Box<super::BoxConfig> },
@@ -56,6 +59,11 @@ pub enum Reply {
         id: u64,
         code: Option<i32>,
         signal: Option<i32>,
+    },
+    /// What a `Sweep` found running and killed.
+    Swept {
+        id: u64,
+        stopped: crate::Stopped,
     },
 }
 
