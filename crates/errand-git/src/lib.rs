@@ -818,8 +818,7 @@ pub async fn commit_workspace(
 
 /// What [`commit_workspace_with`] calls with the files about to be committed.
 pub type Scrub = Box<
-    dyn FnOnce(Vec<PathBuf>) -> std::pin::Pin<Box<dyn Future<Output = ScrubOutcome> + Send>>
-        + Send,
+    dyn FnOnce(Vec<PathBuf>) -> std::pin::Pin<Box<dyn Future<Output = ScrubOutcome> + Send>> + Send,
 >;
 
 /// What a [`Scrub`] did with the files about to be committed.

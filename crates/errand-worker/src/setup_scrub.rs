@@ -208,9 +208,7 @@ pub fn scrub_workspace(
         if removed.iter().any(|r| prefix.starts_with(r)) {
             continue;
         }
-        let shown = redactor
-            .redact(&prefix.display().to_string())
-            .into_owned();
+        let shown = redactor.redact(&prefix.display().to_string()).into_owned();
         let full = ws.join(&prefix);
         let inside = full
             .parent()
@@ -388,11 +386,12 @@ impl Piece {
     /// Written out; a pax header's `size` record set to `size` when given.
     fn write(&self, w: &mut impl Write, size: Option<u64>) -> std::io::Result<()> {
         match (self, size) {
-            (Piece::Pax {
-                header, records, ..
-            }, Some(n))
-                if records.iter().any(|(k, _)| k == b"size") =>
-            {
+            (
+                Piece::Pax {
+                    header, records, ..
+                },
+                Some(n),
+            ) if records.iter().any(|(k, _)| k == b"size") => {
                 let records: Vec<(Vec<u8>, Vec<u8>)> = records
                     .iter()
                     .map(|(k, v)| {
@@ -481,7 +480,8 @@ pub fn scrub_tar(path: &Path, redactor: &Redactor) -> Result<Vec<SetupScrubbed>,
     let input = std::fs::File::open(path).map_err(|e| format!("opening the archive: {e}"))?;
     let mut r = std::io::BufReader::new(input);
     let tmp = path.with_extension("tar.scrub");
-    let out = std::fs::File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    let out =
+        std::fs::File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
     let mut w = std::io::BufWriter::new(out);
     let result = rewrite(&mut r, &mut w, redactor, &mut found).and_then(|changed| {
         w.flush()
@@ -758,10 +758,8 @@ mod tests {
             let before = std::fs::read(&cached).unwrap();
             let found = scrub_tar(&tar, &red()).unwrap();
             assert_eq!(std::fs::read(&cached).unwrap(), before, "{format}");
-            let mut paths: Vec<(String, bool)> = found
-                .iter()
-                .map(|f| (f.path.clone(), f.removed))
-                .collect();
+            let mut paths: Vec<(String, bool)> =
+                found.iter().map(|f| (f.path.clone(), f.removed)).collect();
             paths.sort();
             let long = format!("~/.config/{}/x.txt", "d".repeat(95));
             let want = vec![
@@ -776,11 +774,7 @@ mod tests {
             // The system's tar reads it, and every file is there but the removed ones.
             let out = tmp.path().join(format!("out-{format}"));
             std::fs::create_dir_all(&out).unwrap();
-            run(Command::new("tar")
-                .arg("-xf")
-                .arg(&tar)
-                .arg("-C")
-                .arg(&out));
+            run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&out));
             assert_eq!(
                 std::fs::read_to_string(out.join(".npmrc")).unwrap(),
                 "//registry.example.test/:_authToken=[REDACTED:NPM_TOKEN]\n"
@@ -879,8 +873,16 @@ mod tests {
             (b"size".to_vec(), content.len().to_string().into_bytes()),
         ]);
         let mut bytes = Vec::new();
-        entry(&mut bytes, header("PaxHeaders/x", recs.len() as u64, b'x'), &recs);
-        entry(&mut bytes, header("short", content.len() as u64, b'0'), content.as_bytes());
+        entry(
+            &mut bytes,
+            header("PaxHeaders/x", recs.len() as u64, b'x'),
+            &recs,
+        );
+        entry(
+            &mut bytes,
+            header("short", content.len() as u64, b'0'),
+            content.as_bytes(),
+        );
         entry(&mut bytes, header("after.txt", 6, b'0'), b"after\n");
         // Trailing junk after the end holds the value: it is not carried either.
         bytes.extend_from_slice(&[0u8; 2 * BLOCK]);
@@ -897,17 +899,24 @@ mod tests {
             std::fs::read_to_string(out.join(".npmrc")).unwrap(),
             "_authToken=[REDACTED:NPM_TOKEN]\n"
         );
-        assert_eq!(std::fs::read_to_string(out.join("after.txt")).unwrap(), "after\n");
+        assert_eq!(
+            std::fs::read_to_string(out.join("after.txt")).unwrap(),
+            "after\n"
+        );
         let bytes = std::fs::read(&tar).unwrap();
         assert!(!bytes.windows(HIDDEN.len()).any(|w| w == HIDDEN.as_bytes()));
-        let rewritten = pax_records(
-            &bytes[BLOCK..BLOCK + parse_num(&bytes[124..136]).unwrap() as usize],
-        )
-        .unwrap();
-        assert!(rewritten.contains(&(
-            b"size".to_vec(),
-            "_authToken=[REDACTED:NPM_TOKEN]\n".len().to_string().into_bytes()
-        )));
+        let rewritten =
+            pax_records(&bytes[BLOCK..BLOCK + parse_num(&bytes[124..136]).unwrap() as usize])
+                .unwrap();
+        assert!(
+            rewritten.contains(&(
+                b"size".to_vec(),
+                "_authToken=[REDACTED:NPM_TOKEN]\n"
+                    .len()
+                    .to_string()
+                    .into_bytes()
+            ))
+        );
     }
 
     #[test]
@@ -989,7 +998,10 @@ mod tests {
         );
         assert!(!ws.join(format!("cache/{HIDDEN}")).exists());
         assert!(ws.join("cache").is_dir());
-        assert_eq!(std::fs::read_to_string(outside.join("host")).unwrap(), HIDDEN);
+        assert_eq!(
+            std::fs::read_to_string(outside.join("host")).unwrap(),
+            HIDDEN
+        );
         assert_eq!(
             std::fs::read_to_string(ws.join(".git/objects/ab/cdef")).unwrap(),
             HIDDEN,
@@ -1016,7 +1028,10 @@ mod tests {
             f.notice(false),
             "setup wrote secret NPM_TOKEN into ~/.npmrc; the agent's box gets [REDACTED:NPM_TOKEN] there (set expose_to_agent = true for NPM_TOKEN to keep it)"
         );
-        assert!(f.notice(true).contains("(when the cached snapshot was made)"));
+        assert!(
+            f.notice(true)
+                .contains("(when the cached snapshot was made)")
+        );
         let two = SetupScrubbed {
             secrets: vec!["A".into(), "B".into()],
             ..f.clone()
