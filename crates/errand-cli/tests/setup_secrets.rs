@@ -263,8 +263,9 @@ async fn scenario(extra: &[&str]) {
     let evs = events(&server, &id1).await;
     let out = agent_output(&evs);
     assert!(
-        out.contains(&format!("//registry.example.test/:_authToken={HIDDEN_PH}\n"))
-            && out.contains(&format!("NPM_TOKEN={HIDDEN_PH}\n")),
+        out.contains(&format!(
+            "//registry.example.test/:_authToken={HIDDEN_PH}\n"
+        )) && out.contains(&format!("NPM_TOKEN={HIDDEN_PH}\n")),
         "{out}"
     );
     assert_box_files(&out, &expected());
@@ -286,7 +287,8 @@ async fn scenario(extra: &[&str]) {
         ),
     );
     assert!(
-        !n.iter().any(|m| m.contains(".publicrc") || m.contains("PUBLIC_KEY into")),
+        !n.iter()
+            .any(|m| m.contains(".publicrc") || m.contains("PUBLIC_KEY into")),
         "the exposed secret stays where setup wrote it: {n:#?}"
     );
     // A file named with a value is not committed; the agent's other file is.
@@ -356,7 +358,10 @@ async fn scenario(extra: &[&str]) {
             &format!("setup wrote secret NPM_TOKEN into {file}; the agent's box gets {HIDDEN_PH}"),
         );
     }
-    assert_notice(&n, "named-[REDACTED:PUBLIC_KEY].txt is left out of the commit");
+    assert_notice(
+        &n,
+        "named-[REDACTED:PUBLIC_KEY].txt is left out of the commit",
+    );
     let branch = a2["branch"].as_str().unwrap();
     let files = git(&mirror, &["ls-tree", "-r", "--name-only", branch]);
     assert!(
