@@ -712,6 +712,7 @@ fn tree_bytes(dir: &Path) -> u64 {
 
 /// Saves a snapshot atomically: built in `<cache>/.tmp-…`, renamed to `<cache>/<key>`.
 /// Another attempt that saved the same key first wins. Returns the snapshot's size.
+#[allow(clippy::too_many_arguments)]
 pub async fn save(
     cache: &Path,
     key: &str,
