@@ -348,6 +348,16 @@ async fn scenario(extra: &[&str]) {
     assert_box_files(&out, &maintenance_expected());
     assert!(out.contains("named-files=0"), "{out}");
     let n = notices(&evs);
+    // With the box the workspace is an overlay (setup's files are its upper layer's);
+    // without, the scan finds them and the hit copies the snapshot in.
+    assert_notice(
+        &n,
+        if extra.is_empty() {
+            "snapshot a read-only layer of the workspace, $HOME restored"
+        } else {
+            "copied into the workspace"
+        },
+    );
     assert_notice(
         &n,
         "setup wrote secret NPM_TOKEN into ~/.npmrc (when the cached snapshot was made); the agent's box gets [REDACTED:NPM_TOKEN] there",

@@ -19,6 +19,12 @@
 //! workspace side is listed by [`errand_git::scan`] through a fresh git directory, and copied
 //! on the host without following symlinks and without overwriting tracked files.
 //!
+//! Setup gets every secret, the agent only the exposed ones: before the outputs are cached or
+//! handed to the agent's box, the values of the secrets not exposed to the agent are replaced
+//! in every file setup (or maintenance) wrote, in the workspace and in the `$HOME` archive
+//! ([`crate::setup_scrub`]), with a notice per file. A snapshot is saved scrubbed, so a hit
+//! restores no value; the notices are kept in its metadata and repeated.
+//!
 //! Untracked files that setup created (and no `.gitignore` covers) are kept out of the
 //! agent's commit: the commit excludes them, and the agent's box gets them in
 //! `.git/info/exclude` so that `git status` does not show them either.
@@ -1521,7 +1527,7 @@ async fn announce(
         w.notice(
             aid,
             format!(
-                "setup wrote secret values into {} more file(s); they are replaced the same way",
+                "{} more file(s) of setup's outputs held secret values or could not be checked; they are handled the same way",
                 found.len() - MAX_SCRUB_NOTICES
             ),
         )

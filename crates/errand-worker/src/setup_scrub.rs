@@ -103,9 +103,9 @@ fn is_git_objects(rel: &Path) -> bool {
     rel.starts_with(".git/objects")
 }
 
-/// Regular files and symbolic links under `root/rel` (or `rel` itself), as paths relative to
-/// `root`; never through a symbolic link. Skips `.git/objects`, and (in an overlay's upper
-/// layer) whiteouts, which are character devices.
+/// Regular files, symbolic links and directories under `root/rel` (and `rel` itself), as
+/// paths relative to `root`; never through a symbolic link. Skips `.git/objects`, and (in an
+/// overlay's upper layer) whiteouts, which are character devices.
 fn walk(root: &Path, rel: PathBuf, out: &mut Vec<PathBuf>) {
     let mut stack = vec![rel];
     while let Some(rel) = stack.pop() {
@@ -116,14 +116,14 @@ fn walk(root: &Path, rel: PathBuf, out: &mut Vec<PathBuf>) {
             continue;
         };
         let ft = m.file_type();
-        if ft.is_dir() {
-            let Ok(rd) = std::fs::read_dir(root.join(&rel)) else {
-                continue;
-            };
+        if ft.is_dir()
+            && let Ok(rd) = std::fs::read_dir(root.join(&rel))
+        {
             for e in rd.flatten() {
                 stack.push(rel.join(e.file_name()));
             }
-        } else if (ft.is_file() || ft.is_symlink()) && !rel.as_os_str().is_empty() {
+        }
+        if (ft.is_dir() || ft.is_file() || ft.is_symlink()) && !rel.as_os_str().is_empty() {
             out.push(rel);
         }
     }
@@ -138,9 +138,9 @@ fn plain(p: &str) -> Option<PathBuf> {
     ok.then(|| PathBuf::from(p))
 }
 
-/// The workspace files the phase created or changed: the files of the overlay's `upper`
-/// layer when there is one, else those under the scan's untracked, ignored and changed paths;
-/// `.git` in both cases (but its objects). Blocking.
+/// The workspace files (and directories, for their names) the phase created or changed: those
+/// of the overlay's `upper` layer when there is one, else those under the scan's untracked,
+/// ignored and changed paths; `.git` in both cases (but its objects). Blocking.
 pub fn workspace_files(
     ws: &Path,
     upper: Option<&Path>,
@@ -970,9 +970,14 @@ mod tests {
         assert_eq!(
             shown,
             [
-                ".git/config".to_string(),
+                ".git".to_string(),
+                ".git/config".into(),
                 "README.md".into(),
+                "cache".into(),
+                format!("cache/{HIDDEN}"),
+                format!("cache/{HIDDEN}/sub"),
                 format!("cache/{HIDDEN}/sub/f"),
+                "config".into(),
                 "config/.env".into(),
                 "config/clean".into(),
                 "escape".into(),
@@ -1011,9 +1016,24 @@ mod tests {
         // An overlay's upper layer lists exactly what is in it (whiteouts are devices).
         let upper = tmp.path().join("upper");
         std::fs::create_dir_all(upper.join("config")).unwrap();
+        std::fs::create_dir_all(upper.join(format!("empty-{HIDDEN}"))).unwrap();
         std::fs::write(upper.join("config/.env"), "x").unwrap();
         let files = workspace_files(&ws, Some(&upper), &scan);
-        assert_eq!(files, [PathBuf::from("config/.env")]);
+        assert_eq!(
+            files,
+            [
+                PathBuf::from("config"),
+                PathBuf::from("config/.env"),
+                PathBuf::from(format!("empty-{HIDDEN}"))
+            ]
+        );
+        // An empty directory named with a value goes too.
+        std::fs::create_dir_all(ws.join(format!("empty-{HIDDEN}"))).unwrap();
+        let found = scrub_workspace(&ws, &red(), files, &[]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "empty-[REDACTED:NPM_TOKEN]");
+        assert!(found[0].removed);
+        assert!(!ws.join(format!("empty-{HIDDEN}")).exists());
     }
 
     #[test]
