@@ -24,6 +24,7 @@ pub use workindex::{ChangeKind, PathChange, Restored, WorkspaceIndex};
 use errand_core::{DiffStats, FileStat};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -828,8 +829,19 @@ pub async fn commit_workspace(
 }
 
 /// What [`commit_workspace_with`] calls with the files about to be committed.
-pub type Scrub =
-    Box<dyn FnOnce(Vec<PathBuf>) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send>;
+pub type Scrub = Box<
+    dyn FnOnce(Vec<PathBuf>) -> std::pin::Pin<Box<dyn Future<Output = ScrubOutcome> + Send>> + Send,
+>;
+
+/// What a [`Scrub`] did with the files about to be committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubOutcome {
+    /// It rewrote some of them: they are staged again.
+    pub rewrote: bool,
+    /// Paths (of those it got) that must not be committed, such as a file whose name holds a
+    /// secret value: a new one is left out, one the base has keeps the base's version.
+    pub leave_out: Vec<PathBuf>,
+}
 
 /// [`commit_workspace`] leaving out untracked paths that match `exclude` (gitignore patterns,
 /// for example [`scan::exclude_pattern`]s of the files a setup script created).
@@ -862,8 +874,10 @@ pub async fn commit_workspace_excluding(
 
 /// [`commit_workspace`], with two options: before the tree is written, `scrub` gets the
 /// workspace-relative paths of every file added or changed against `base` (regular files and
-/// symbolic links); when it returns true (it rewrote some of them) they are staged again — the
-/// worker uses it to replace secret values in the agent's changes before they reach a commit.
+/// symbolic links); when it says it rewrote some of them they are staged again, and the paths
+/// it names in [`ScrubOutcome::leave_out`] are taken out of the commit (an added one) or keep
+/// the base's version (a changed one) — the worker uses it to replace secret values in the
+/// agent's changes, and to leave out files whose names hold one, before they reach a commit.
 /// Untracked paths matching `exclude` (gitignore patterns) are left out.
 #[allow(clippy::too_many_arguments)]
 pub async fn commit_workspace_with(
@@ -930,24 +944,58 @@ pub async fn commit_workspace_with(
     }
     git(v(&["add", "--all", "--", "."])).await?;
     if let Some(scrub) = scrub {
-        let listed = git(v(&[
-            "diff",
-            "--cached",
-            "--name-only",
-            "-z",
-            "--no-renames",
-            "--diff-filter=ACMT",
-            base,
-            "--",
-        ]))
+        let git_io = |args: &[&str], input: Option<Vec<u8>>| {
+            let mut c = scratch_git_command(None, scratch_git, workspace, &index);
+            c.args(args);
+            run_io(c, args.join(" "), input)
+        };
+        // `:srcmode dstmode srcoid dstoid status\0path\0` per file: the base's entry is kept
+        // for a path that must not be committed.
+        let listed = git_io(
+            &[
+                "diff-index",
+                "--cached",
+                "-z",
+                "--no-abbrev",
+                "--no-renames",
+                "--diff-filter=ACMT",
+                base,
+                "--",
+            ],
+            None,
+        )
         .await?;
-        let paths: Vec<PathBuf> = listed
-            .split('\0')
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
+        let entries = parse_raw_diff(&listed);
+        let paths: Vec<PathBuf> = entries
+            .iter()
+            .map(|e| PathBuf::from(std::ffi::OsStr::from_bytes(&e.path)))
             .collect();
-        if !paths.is_empty() && scrub(paths).await {
-            git(v(&["add", "--all", "--", "."])).await?;
+        if !paths.is_empty() {
+            let done = scrub(paths).await;
+            if done.rewrote {
+                git(v(&["add", "--all", "--", "."])).await?;
+            }
+            if !done.leave_out.is_empty() {
+                let mut info = Vec::new();
+                for e in &entries {
+                    let p = Path::new(std::ffi::OsStr::from_bytes(&e.path));
+                    if !done.leave_out.iter().any(|l| l == p) {
+                        continue;
+                    }
+                    // An added path's source is mode 0 and the null object id: the entry goes.
+                    let line = if e.status == b'A' {
+                        format!("0 {}\t", e.src_oid)
+                    } else {
+                        format!("{} {}\t", e.src_mode, e.src_oid)
+                    };
+                    info.extend_from_slice(line.as_bytes());
+                    info.extend_from_slice(&e.path);
+                    info.push(0);
+                }
+                if !info.is_empty() {
+                    git_io(&["update-index", "-z", "--index-info"], Some(info)).await?;
+                }
+            }
         }
     }
     let tree = git(v(&["write-tree"])).await?.trim().to_string();
@@ -978,6 +1026,62 @@ pub async fn commit_workspace_with(
     .await?;
     fetch_branch(mirror, scratch_git, branch).await?;
     Ok(Some(commit))
+}
+
+/// One file of `git diff-index --raw -z`.
+#[derive(Debug, PartialEq, Eq)]
+struct RawEntry {
+    src_mode: String,
+    src_oid: String,
+    status: u8,
+    path: Vec<u8>,
+}
+
+/// Parses `git diff-index -z` raw output (no renames): `:srcmode dstmode srcoid dstoid
+/// status\0path\0` per file.
+fn parse_raw_diff(out: &[u8]) -> Vec<RawEntry> {
+    let mut v = Vec::new();
+    let mut parts = out.split(|b| *b == 0);
+    while let (Some(head), Some(path)) = (parts.next(), parts.next()) {
+        let head = String::from_utf8_lossy(head);
+        let f: Vec<&str> = head.trim_start_matches(':').split(' ').collect();
+        if f.len() < 5 || path.is_empty() {
+            continue;
+        }
+        v.push(RawEntry {
+            src_mode: f[0].to_string(),
+            src_oid: f[2].to_string(),
+            status: f[4].as_bytes().first().copied().unwrap_or(b'?'),
+            path: path.to_vec(),
+        });
+    }
+    v
+}
+
+/// Runs a prepared git command with `input` on its stdin; its stdout.
+async fn run_io(mut c: Command, shown: String, input: Option<Vec<u8>>) -> Result<Vec<u8>> {
+    use tokio::io::AsyncWriteExt as _;
+    c.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn()?;
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(&data).await?;
+        drop(stdin);
+    }
+    let out = child.wait_with_output().await?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(GitError::Command {
+            args: shown,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -993,3 +993,87 @@ async fn scan_lists_setup_outputs_and_the_commit_can_leave_them_out() {
     );
     assert_eq!(files.trim(), "README.md", "setup outputs stay out: {files}");
 }
+
+/// A scrub step that leaves paths out: an added one is not committed, a changed one keeps the
+/// base's version; what it rewrites is staged again.
+#[tokio::test]
+async fn the_scrub_step_can_leave_files_out_of_the_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+    write(&repo, "README.md", "# r\n");
+    write(&repo, "keep-tok-1234.txt", "base\n");
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "first"]);
+    let head = rev(&repo, "HEAD");
+    let cache = MirrorCache::new(tmp.path().join("mirrors"));
+    let mirror = cache.sync(&url(&repo)).await.unwrap();
+    let ws = tmp.path().join("checkouts/ws");
+    errand_git::prepare_base(&mirror, &head, &ws).await.unwrap();
+
+    write(&ws, "notes.txt", "token tok-1234\n");
+    write(&ws, "dir-tok-1234/a.txt", "a\n");
+    write(&ws, "keep-tok-1234.txt", "changed\n");
+    write(&ws, "README.md", "# r changed\n");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (root, got) = (ws.clone(), seen.clone());
+    let scrub: errand_git::Scrub = Box::new(move |paths| {
+        Box::pin(async move {
+            *got.lock().unwrap() = paths.clone();
+            std::fs::write(root.join("notes.txt"), "token [REDACTED]\n").unwrap();
+            errand_git::ScrubOutcome {
+                rewrote: true,
+                leave_out: paths
+                    .into_iter()
+                    .filter(|p| p.to_string_lossy().contains("tok-1234"))
+                    .collect(),
+            }
+        })
+    });
+    let commit = errand_git::commit_workspace_with(
+        &mirror,
+        &ws,
+        &tmp.path().join("commit.git"),
+        &head,
+        "errand/abc-scrub",
+        "work",
+        &[],
+        Some(&ws.join(".git/index")),
+        Some(scrub),
+        &[],
+    )
+    .await
+    .unwrap()
+    .expect("a commit");
+    let mut listed: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "README.md",
+            "dir-tok-1234/a.txt",
+            "keep-tok-1234.txt",
+            "notes.txt"
+        ]
+    );
+    let files = git(&mirror, &["ls-tree", "-r", "--name-only", commit.as_str()]);
+    assert_eq!(
+        files.lines().collect::<Vec<_>>(),
+        ["README.md", "keep-tok-1234.txt", "notes.txt"]
+    );
+    assert_eq!(
+        git(&mirror, &["show", &format!("{commit}:keep-tok-1234.txt")]),
+        "base\n",
+        "a changed file left out keeps the base's version"
+    );
+    assert_eq!(
+        git(&mirror, &["show", &format!("{commit}:notes.txt")]),
+        "token [REDACTED]\n"
+    );
+}

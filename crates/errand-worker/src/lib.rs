@@ -18,6 +18,7 @@ mod plan;
 pub mod redact;
 pub mod review;
 pub mod setup;
+pub mod setup_scrub;
 pub mod testcounts;
 
 pub use client::{LocalClient, WorkerClient};
@@ -988,16 +989,28 @@ impl Worker {
                 let (root, red, found) = (ws.clone(), redactor.clone(), scrubbed.clone());
                 let scrub: errand_git::Scrub = Box::new(move |paths| {
                     Box::pin(async move {
-                        let list = tokio::task::spawn_blocking(move || {
+                        // A path that holds a value is not committed at all (as in the
+                        // checkpoints); the others have their values replaced.
+                        let (leave_out, paths) = redact::split_named(&red, paths);
+                        let mut list = tokio::task::spawn_blocking(move || {
                             redact::scrub_files(&root, &red, &paths)
                         })
                         .await
                         .unwrap_or_default();
                         let rewrote = list.iter().any(|s| !s.secrets.is_empty());
+                        let outcome = errand_git::ScrubOutcome {
+                            rewrote,
+                            leave_out: leave_out.iter().map(|(p, _)| p.clone()).collect(),
+                        };
+                        list.extend(leave_out.into_iter().map(|(p, secrets)| redact::Scrubbed {
+                            path: p.display().to_string(),
+                            secrets,
+                            problem: Some(redact::NAME_HOLDS_A_VALUE.into()),
+                        }));
                         if let Ok(mut f) = found.lock() {
                             *f = list;
                         }
-                        rewrote
+                        outcome
                     })
                 });
                 errand_git::commit_workspace_with(
@@ -1030,6 +1043,11 @@ impl Worker {
                         .join(", ")
                 ),
                 Some(p) if s.secrets.is_empty() => format!("{}: {p}", s.path),
+                Some(p) if p == redact::NAME_HOLDS_A_VALUE => format!(
+                    "{} is left out of the commit: its path holds the value of secret {}",
+                    redactor.redact(&s.path),
+                    s.secrets.join(", ")
+                ),
                 Some(p) => format!(
                     "secret {} found in {} but it could not be replaced ({p})",
                     s.secrets.join(", "),

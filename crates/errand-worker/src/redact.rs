@@ -357,8 +357,31 @@ impl WorkerClient for RedactingClient {
     }
 }
 
-/// Largest file scanned for secret values before a commit.
-const MAX_SCRUB_FILE: u64 = 256 << 20;
+/// Largest file scanned for secret values before a commit (the checkpoints' limit).
+pub use errand_git::checkpoint::MAX_SCRUB_FILE;
+
+/// The [`Scrubbed::problem`] of a file whose path holds a secret value.
+pub const NAME_HOLDS_A_VALUE: &str = "its path holds a secret value";
+
+/// Splits `paths` into those whose path holds a secret value (with the secrets' names) and
+/// the others.
+pub fn split_named(
+    redactor: &Redactor,
+    paths: Vec<PathBuf>,
+) -> (Vec<(PathBuf, Vec<String>)>, Vec<PathBuf>) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut named = Vec::new();
+    let mut rest = Vec::new();
+    for p in paths {
+        let found = redactor.find(p.as_os_str().as_bytes());
+        if found.is_empty() {
+            rest.push(p);
+        } else {
+            named.push((p, found.into_iter().map(str::to_string).collect()));
+        }
+    }
+    (named, rest)
+}
 
 /// What [`scrub_files`] found in one file.
 #[derive(Debug, Clone, PartialEq, Eq)]

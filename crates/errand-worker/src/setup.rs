@@ -19,11 +19,18 @@
 //! workspace side is listed by [`errand_git::scan`] through a fresh git directory, and copied
 //! on the host without following symlinks and without overwriting tracked files.
 //!
+//! Setup gets every secret, the agent only the exposed ones: before the outputs are cached or
+//! handed to the agent's box, the values of the secrets not exposed to the agent are replaced
+//! in every file setup (or maintenance) wrote, in the workspace and in the `$HOME` archive
+//! ([`crate::setup_scrub`]), with a notice per file. A snapshot is saved scrubbed, so a hit
+//! restores no value; the notices are kept in its metadata and repeated.
+//!
 //! Untracked files that setup created (and no `.gitignore` covers) are kept out of the
 //! agent's commit: the commit excludes them, and the agent's box gets them in
 //! `.git/info/exclude` so that `git status` does not show them either.
 
 use crate::checkpoint::CheckpointSink;
+use crate::setup_scrub::SetupScrubbed;
 use crate::{LEASE_WALL_TIME, RunError, RunState, Worker};
 use errand_agent::tools::StreamedCommand;
 use errand_core::{EnvironmentSnapshot, NetworkConfig, NetworkMode, SetupInfo};
@@ -57,12 +64,15 @@ pub const DEFAULT_LOCKFILES: &[&str] = &[
     "composer.lock",
 ];
 
-/// Format of a snapshot directory; a different version is a miss.
-const SNAPSHOT_VERSION: u32 = 1;
+/// Format of a snapshot directory; a different version is a miss. 2: the values of secrets
+/// not exposed to the agent are scrubbed from it.
+const SNAPSHOT_VERSION: u32 = 2;
 /// The `call_id` of setup and maintenance commands in the event log.
 pub const SETUP_CALL_ID: &str = "setup";
 /// Lines of a failed setup's output quoted in the attempt's error.
 const ERROR_TAIL_LINES: usize = 12;
+/// Files of setup's outputs named one by one in notices when they held a secret's value.
+const MAX_SCRUB_NOTICES: usize = 20;
 
 // -------------------------------------------------------------------------------------------
 // Secrets
@@ -136,6 +146,17 @@ impl Secrets {
             .filter(|(k, _)| self.exposed.contains(k))
             .cloned()
             .collect()
+    }
+
+    /// A redactor of the secrets not exposed to the agent: what the setup phase wrote into
+    /// files is scrubbed with it before the agent's box or the cache gets it.
+    pub fn hidden_redactor(&self) -> errand_core::redact::Redactor {
+        errand_core::redact::Redactor::new(
+            self.all
+                .iter()
+                .filter(|(k, _)| !self.exposed.contains(k))
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
     }
 
     /// The values, for redacting them from output (log redaction plugs in here).
@@ -305,6 +326,9 @@ pub struct SnapshotMeta {
     pub ignored: Vec<String>,
     /// Whether `home.tar` holds the box's `$HOME`.
     pub home: bool,
+    /// The files in which setup had written a secret's value, replaced before saving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scrubbed: Vec<crate::setup_scrub::SetupScrubbed>,
 }
 
 /// What a snapshot belongs to: the environment (if any) and the repository.
@@ -345,13 +369,16 @@ fn keyed_paths(snapshot: &EnvironmentSnapshot, command: &str) -> Vec<String> {
 
 /// The snapshot key: sha256 over the setup command, the tree entries (path, mode, object id)
 /// of the keyed files at the attempt's commit, the lockfiles the environment names (found or
-/// not), the rootfs and the scope.
+/// not), the rootfs, the scope and the names of the secrets kept from the agent (a snapshot
+/// keeps the values of the exposed ones, so one made while a secret was exposed is never
+/// restored once it is not).
 pub fn cache_key(
     command: &str,
     lockfiles: Option<&[String]>,
     entries: &[errand_git::scan::TreeEntry],
     rootfs: Option<&str>,
     scope: &str,
+    hidden: &[&str],
 ) -> String {
     let mut h = Sha256::new();
     let mut field = |name: &str, value: &str| {
@@ -366,6 +393,9 @@ pub fn cache_key(
     field("scope", scope);
     if let Some(l) = lockfiles {
         field("lockfiles", &l.join("\n"));
+    }
+    if !hidden.is_empty() {
+        field("hidden-secrets", &hidden.join("\n"));
     }
     for e in entries {
         field(
@@ -519,12 +549,19 @@ pub async fn plan(
     let entries = errand_git::scan::tree_entries(mirror, commit, &paths)
         .await
         .map_err(|e| format!("reading the setup script and lockfiles: {e}"))?;
+    let hidden: Vec<&str> = snap
+        .secrets
+        .iter()
+        .filter(|(_, s)| !s.expose_to_agent)
+        .map(|(n, _)| n.as_str())
+        .collect();
     let key = cache_key(
         command,
         snap.lockfiles.as_deref(),
         &entries,
         snap.rootfs.as_deref(),
         &scope(task),
+        &hidden,
     );
     let (cache, k) = (cache.to_path_buf(), key.clone());
     let snapshot = tokio::task::spawn_blocking(move || lookup(&cache, &k))
@@ -681,6 +718,7 @@ fn tree_bytes(dir: &Path) -> u64 {
 
 /// Saves a snapshot atomically: built in `<cache>/.tmp-…`, renamed to `<cache>/<key>`.
 /// Another attempt that saved the same key first wins. Returns the snapshot's size.
+#[allow(clippy::too_many_arguments)]
 pub async fn save(
     cache: &Path,
     key: &str,
@@ -689,6 +727,7 @@ pub async fn save(
     home_tar: Option<&Path>,
     setup: &str,
     scope: &str,
+    scrubbed: &[crate::setup_scrub::SetupScrubbed],
 ) -> Result<u64, String> {
     tokio::fs::create_dir_all(cache)
         .await
@@ -728,6 +767,7 @@ pub async fn save(
             untracked: scan.untracked.clone(),
             ignored: scan.ignored.clone(),
             home: home_tar.is_some(),
+            scrubbed: scrubbed.to_vec(),
         };
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
         tokio::fs::write(tmp.join("meta.json"), text)
@@ -1197,6 +1237,65 @@ impl Worker {
         Ok(scan)
     }
 
+    /// Replaces, in what the phase wrote (the workspace and the carried `$HOME`), the values
+    /// of the secrets not exposed to the agent with their placeholders, with a notice per file
+    /// (see [`crate::setup_scrub`]). A `$HOME` archive that can't be read is not carried.
+    /// Returns the files and the scan (taken again when a path was removed).
+    async fn scrub_outputs(
+        &self,
+        inp: &PhaseInput<'_>,
+        carry: &Path,
+        home: &mut bool,
+        scan: errand_git::scan::WorkspaceScan,
+    ) -> Result<(Vec<SetupScrubbed>, errand_git::scan::WorkspaceScan), RunError> {
+        let redactor = inp.secrets.hidden_redactor();
+        if redactor.is_empty() {
+            return Ok((Vec::new(), scan));
+        }
+        let aid = inp.c.attempt.id.as_str();
+        let upper = inp.dir.join("upper");
+        let upper = upper.is_dir().then_some(upper);
+        let (ws, red, listed) = (inp.ws.to_path_buf(), redactor.clone(), scan.clone());
+        let mut found = tokio::task::spawn_blocking(move || {
+            let files = crate::setup_scrub::workspace_files(&ws, upper.as_deref(), &listed);
+            crate::setup_scrub::scrub_workspace(&ws, &red, files, &listed.modified)
+        })
+        .await
+        .map_err(|e| RunError::Failed(format!("checking setup's files for secret values: {e}")))?;
+        let removed_in_ws = found.iter().any(|f| f.removed);
+        if *home {
+            let tar = carry.join("home.tar");
+            let (t, red) = (tar.clone(), redactor.clone());
+            let done = tokio::task::spawn_blocking(move || crate::setup_scrub::scrub_tar(&t, &red))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match done {
+                Ok(f) => found.extend(f),
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tar).await;
+                    *home = false;
+                    self.notice(
+                        aid,
+                        format!(
+                            "$HOME from setup could not be checked for secret values ({e}); it is not carried to the agent's box or cached"
+                        ),
+                    )
+                    .await?;
+                }
+            }
+        }
+        announce(self, aid, &found, false).await?;
+        if let Some(f) = found.iter().find(|f| f.failed()) {
+            return Err(RunError::Failed(f.notice(false)));
+        }
+        let scan = if removed_in_ws {
+            self.scan(inp).await?
+        } else {
+            scan
+        };
+        Ok((found, scan))
+    }
+
     /// No snapshot: run setup, carry its `$HOME`, save the snapshot.
     async fn cold(
         &self,
@@ -1225,13 +1324,15 @@ impl Worker {
         self.phase_box(inp, carry, state).await?;
         self.phase_command(inp, "setup", &inp.plan.command, state)
             .await?;
-        let home = self.carry_home(inp, carry, state).await?;
+        let mut home = self.carry_home(inp, carry, state).await?;
         if let Some(b) = state.sandbox_box.take() {
             b.destroy()
                 .await
                 .map_err(|e| RunError::Failed(format!("destroying the setup box: {e}")))?;
         }
         let scan = self.scan(inp).await?;
+        // Before anything is cached or handed on: no value the agent must not have.
+        let (scrubbed, scan) = self.scrub_outputs(inp, carry, &mut home, scan).await?;
         if !scan.modified.is_empty() {
             let shown: Vec<&str> = scan.modified.iter().take(5).map(String::as_str).collect();
             self.notice(
@@ -1255,6 +1356,7 @@ impl Worker {
             home.then_some(home_tar.as_path()),
             &inp.plan.command,
             &scope(&inp.c.task),
+            &scrubbed,
         )
         .await;
         match saved {
@@ -1351,6 +1453,7 @@ impl Worker {
             ),
         )
         .await?;
+        announce(self, aid, &snap.meta.scrubbed, true).await?;
         let mut exclude = exclude_patterns(&snap.meta.untracked, &snap.meta.ignored);
         let maintenance = inp
             .c
@@ -1387,8 +1490,10 @@ impl Worker {
                     .await
                     .map_err(|e| RunError::Failed(format!("destroying the setup box: {e}")))?;
             }
-            // Maintenance may create new files; they stay out of the commit too.
+            // Maintenance may create new files; they stay out of the commit too. What it
+            // wrote holds no value the agent must not have.
             let scan = self.scan(inp).await?;
+            let (_, scan) = self.scrub_outputs(inp, carry, &mut home, scan).await?;
             exclude.extend(exclude_patterns(&scan.untracked, &scan.ignored));
             exclude.sort();
             exclude.dedup();
@@ -1405,6 +1510,30 @@ impl PhaseNetwork {
             NetMode::Open => "OPEN",
         }
     }
+}
+
+/// Notices for the files of setup's outputs that held a secret's value (at most
+/// [`MAX_SCRUB_NOTICES`], then how many more).
+async fn announce(
+    w: &Worker,
+    aid: &str,
+    found: &[SetupScrubbed],
+    cached: bool,
+) -> Result<(), RunError> {
+    for f in found.iter().take(MAX_SCRUB_NOTICES) {
+        w.notice(aid, f.notice(cached)).await?;
+    }
+    if found.len() > MAX_SCRUB_NOTICES {
+        w.notice(
+            aid,
+            format!(
+                "{} more file(s) of setup's outputs held secret values or could not be checked; they are handled the same way",
+                found.len() - MAX_SCRUB_NOTICES
+            ),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1429,6 +1558,7 @@ mod tests {
             &[entry("setup.sh", "a1"), entry("Cargo.lock", "b1")],
             None,
             "env:shop",
+            &[],
         );
         assert_eq!(base.len(), 64);
         let same = cache_key(
@@ -1437,6 +1567,7 @@ mod tests {
             &[entry("setup.sh", "a1"), entry("Cargo.lock", "b1")],
             None,
             "env:shop",
+            &[],
         );
         assert_eq!(base, same);
         for other in [
@@ -1446,6 +1577,7 @@ mod tests {
                 &[entry("setup.sh", "a1"), entry("Cargo.lock", "b1")],
                 None,
                 "env:shop",
+                &[],
             ),
             cache_key(
                 "./setup.sh",
@@ -1453,6 +1585,7 @@ mod tests {
                 &[entry("setup.sh", "a2"), entry("Cargo.lock", "b1")],
                 None,
                 "env:shop",
+                &[],
             ),
             cache_key(
                 "./setup.sh",
@@ -1460,6 +1593,7 @@ mod tests {
                 &[entry("setup.sh", "a1"), entry("Cargo.lock", "b2")],
                 None,
                 "env:shop",
+                &[],
             ),
             cache_key(
                 "./setup.sh",
@@ -1467,6 +1601,7 @@ mod tests {
                 &[entry("setup.sh", "a1")],
                 None,
                 "env:shop",
+                &[],
             ),
             cache_key(
                 "./setup.sh",
@@ -1474,6 +1609,7 @@ mod tests {
                 &[entry("setup.sh", "a1"), entry("Cargo.lock", "b1")],
                 Some("/srv/rootfs"),
                 "env:shop",
+                &[],
             ),
             cache_key(
                 "./setup.sh",
@@ -1481,6 +1617,7 @@ mod tests {
                 &[entry("setup.sh", "a1"), entry("Cargo.lock", "b1")],
                 None,
                 "env:other",
+                &[],
             ),
             cache_key(
                 "./setup.sh",
@@ -1488,6 +1625,15 @@ mod tests {
                 &[entry("setup.sh", "a1"), entry("Cargo.lock", "b1")],
                 None,
                 "env:shop",
+                &[],
+            ),
+            cache_key(
+                "./setup.sh",
+                None,
+                &[entry("setup.sh", "a1"), entry("Cargo.lock", "b1")],
+                None,
+                "env:shop",
+                &["NPM_TOKEN"],
             ),
         ] {
             assert_ne!(base, other);
@@ -1588,6 +1734,7 @@ mod tests {
             untracked: vec![],
             ignored: vec!["deps/".into()],
             home: false,
+            scrubbed: vec![],
         }
     }
 
