@@ -165,6 +165,20 @@ impl Stopped {
     /// Most processes listed by name; the rest are only counted.
     pub const MAX_LISTED: usize = 256;
 
+    /// What was found (pid, name, in pid order), listing at most [`Stopped::MAX_LISTED`], and
+    /// how many were still running at the end.
+    pub fn new(found: Vec<(i32, String)>, survivors: usize) -> Stopped {
+        Stopped {
+            count: found.len(),
+            processes: found
+                .into_iter()
+                .take(Stopped::MAX_LISTED)
+                .map(|(pid, name)| LeftProcess { pid, name })
+                .collect(),
+            survivors,
+        }
+    }
+
     /// Whether nothing was left running.
     pub fn is_empty(&self) -> bool {
         self.count == 0

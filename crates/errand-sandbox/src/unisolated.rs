@@ -251,18 +251,10 @@ fn sweep_host(groups: &[i32], needle: &[u8]) -> (crate::Stopped, Vec<i32>) {
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     };
-    let stopped = crate::Stopped {
-        count: found.len(),
-        processes: found
-            .into_iter()
-            .take(crate::Stopped::MAX_LISTED)
-            .map(|p| crate::LeftProcess {
-                pid: p.pid,
-                name: p.name,
-            })
-            .collect(),
+    let stopped = crate::Stopped::new(
+        found.into_iter().map(|p| (p.pid, p.name)).collect(),
         survivors,
-    };
+    );
     (stopped, live)
 }
 

@@ -795,18 +795,10 @@ fn sweep() -> crate::Stopped {
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     };
-    crate::Stopped {
-        count: found.len(),
-        processes: found
-            .into_iter()
-            .take(crate::Stopped::MAX_LISTED)
-            .map(|p| crate::LeftProcess {
-                pid: p.pid,
-                name: p.name,
-            })
-            .collect(),
+    crate::Stopped::new(
+        found.into_iter().map(|p| (p.pid, p.name)).collect(),
         survivors,
-    }
+    )
 }
 
 /// Counts spawned commands; wakes the reaper when it has no child to wait for.
