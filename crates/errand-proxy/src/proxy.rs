@@ -772,6 +772,31 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     }
 }
 
+/// [`admit`], with the decision written into the request's record; a refusal comes back as
+/// the answer for the client (403 when denied, 502 when the name did not resolve).
+async fn admit_recorded(
+    shared: &Shared,
+    rec: &mut RecordGuard,
+    method: &Method,
+    host: &str,
+    port: u16,
+) -> Result<Vec<IpAddr>, Response<ProxyBody>> {
+    match admit(shared, host, port).await {
+        Ok((addrs, reason)) => {
+            rec.decide(true, reason);
+            Ok(addrs)
+        }
+        Err(Refusal::Denied(reason)) => {
+            rec.decide(false, reason.clone());
+            Err(denied(method, host, port, &reason))
+        }
+        Err(Refusal::Unresolved(reason)) => {
+            rec.decide(false, reason.clone());
+            Err(failed(method, host, port, &reason))
+        }
+    }
+}
+
 /// Checks `host:port` and resolves it: the addresses that passed, and the allowing rule.
 async fn admit(shared: &Shared, host: &str, port: u16) -> Result<(Vec<IpAddr>, String), Refusal> {
     let policy = &shared.cfg.policy;
@@ -846,19 +871,9 @@ async fn tunnel(
         return bad_request(&what);
     };
     let mut rec = RecordGuard::new(shared.clone(), &method, &host, port, start);
-    let addrs = match admit(&shared, &host, port).await {
-        Ok((addrs, reason)) => {
-            rec.decide(true, reason);
-            addrs
-        }
-        Err(Refusal::Denied(reason)) => {
-            rec.decide(false, reason.clone());
-            return denied(&method, &host, port, &reason);
-        }
-        Err(Refusal::Unresolved(reason)) => {
-            rec.decide(false, reason.clone());
-            return failed(&method, &host, port, &reason);
-        }
+    let addrs = match admit_recorded(&shared, &mut rec, &method, &host, port).await {
+        Ok(addrs) => addrs,
+        Err(refused) => return refused,
     };
     let (upstream, addr) = match connect(&addrs, port, shared.cfg.connect_timeout).await {
         Ok(x) => x,
@@ -1337,19 +1352,9 @@ async fn forward(req: Request<Incoming>, conn: Arc<Conn>, start: Instant) -> Res
         }
     };
     let mut rec = RecordGuard::new(shared.clone(), &method, &host, port, start);
-    let addrs = match admit(&shared, &host, port).await {
-        Ok((addrs, reason)) => {
-            rec.decide(true, reason);
-            addrs
-        }
-        Err(Refusal::Denied(reason)) => {
-            rec.decide(false, reason.clone());
-            return denied(&method, &host, port, &reason);
-        }
-        Err(Refusal::Unresolved(reason)) => {
-            rec.decide(false, reason.clone());
-            return failed(&method, &host, port, &reason);
-        }
+    let addrs = match admit_recorded(&shared, &mut rec, &method, &host, port).await {
+        Ok(addrs) => addrs,
+        Err(refused) => return refused,
     };
 
     let (mut parts, body) = req.into_parts();
