@@ -883,24 +883,23 @@ async fn capture_home(
     let mut err = Vec::new();
     let mut write_err: Option<std::io::Error> = None;
     let mut written = 0u64;
-    let res = loop {
-        tokio::select! {
-            Some(chunk) = rx.recv() => {
-                match chunk.stream {
-                    Stream::Stdout if write_err.is_none() => {
-                        written += chunk.data.len() as u64;
-                        if let Err(e) = file.write_all(&chunk.data).await {
-                            write_err = Some(e);
-                        }
-                    }
-                    Stream::Stderr if err.len() < 4096 => err.extend_from_slice(&chunk.data),
-                    _ => {}
+    // Output while the command runs, then what is still in the channel once it has ended.
+    let mut res = None;
+    loop {
+        let chunk = if res.is_none() {
+            tokio::select! {
+                Some(chunk) = rx.recv() => chunk,
+                r = &mut exec => {
+                    res = Some(r);
+                    continue;
                 }
             }
-            r = &mut exec => break r,
-        }
-    };
-    while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        } else {
+            match tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+                Ok(Some(chunk)) => chunk,
+                _ => break,
+            }
+        };
         match chunk.stream {
             Stream::Stdout if write_err.is_none() => {
                 written += chunk.data.len() as u64;
@@ -919,8 +918,9 @@ async fn capture_home(
         Err(m)
     };
     let res = match res {
-        Ok(r) => r,
-        Err(e) => return fail(format!("archiving $HOME: {e}")),
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return fail(format!("archiving $HOME: {e}")),
+        None => return fail("archiving $HOME: the command gave no result".into()),
     };
     if res.exit_code == Some(127) {
         let _ = std::fs::remove_file(&part);
