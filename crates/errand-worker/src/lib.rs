@@ -963,70 +963,61 @@ impl Worker {
         let trailers = [("Errand-Task", task.id.as_str()), ("Errand-Attempt", aid)];
         // Nothing from the workspace's own .git is trusted (the agent could write it): the
         // commit goes through a fresh git directory.
-        // Secret values in the agent's changes are replaced before anything is committed.
         let scrubbed = Arc::new(std::sync::Mutex::new(Vec::new()));
         // Setup's files, and whatever a check created that could not be removed.
         let exclude = match &work_index {
             Some(wi) => wi.excluded(),
             None => setup_out.exclude.clone(),
         };
+        // With secrets, values in the agent's changes are replaced before anything is
+        // committed.
+        let scrub = if redactor.is_empty() {
+            None
+        } else {
+            let (root, red, found) = (ws.clone(), redactor.clone(), scrubbed.clone());
+            let scrub: errand_git::Scrub = Box::new(move |paths| {
+                Box::pin(async move {
+                    // A path that holds a value is not committed at all (as in the
+                    // checkpoints); the others have their values replaced.
+                    let (leave_out, paths) = redact::split_named(&red, paths);
+                    let mut list = tokio::task::spawn_blocking(move || {
+                        redact::scrub_files(&root, &red, &paths)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    let rewrote = list.iter().any(|s| !s.secrets.is_empty());
+                    let outcome = errand_git::ScrubOutcome {
+                        rewrote,
+                        leave_out: leave_out.iter().map(|(p, _)| p.clone()).collect(),
+                    };
+                    list.extend(leave_out.into_iter().map(|(p, secrets)| redact::Scrubbed {
+                        path: p.display().to_string(),
+                        secrets,
+                        problem: Some(redact::NAME_HOLDS_A_VALUE.into()),
+                    }));
+                    if let Ok(mut f) = found.lock() {
+                        *f = list;
+                    }
+                    outcome
+                })
+            });
+            Some(scrub)
+        };
         let head = {
             let _guard = self.mirrors.lock(&mirror).await;
-            if redactor.is_empty() {
-                errand_git::commit_workspace_excluding(
-                    &mirror,
-                    &ws,
-                    &dir.join("commit.git"),
-                    &start_commit,
-                    &c.attempt.branch,
-                    &message,
-                    &trailers,
-                    seed_index.as_deref(),
-                    &exclude,
-                )
-                .await
-            } else {
-                let (root, red, found) = (ws.clone(), redactor.clone(), scrubbed.clone());
-                let scrub: errand_git::Scrub = Box::new(move |paths| {
-                    Box::pin(async move {
-                        // A path that holds a value is not committed at all (as in the
-                        // checkpoints); the others have their values replaced.
-                        let (leave_out, paths) = redact::split_named(&red, paths);
-                        let mut list = tokio::task::spawn_blocking(move || {
-                            redact::scrub_files(&root, &red, &paths)
-                        })
-                        .await
-                        .unwrap_or_default();
-                        let rewrote = list.iter().any(|s| !s.secrets.is_empty());
-                        let outcome = errand_git::ScrubOutcome {
-                            rewrote,
-                            leave_out: leave_out.iter().map(|(p, _)| p.clone()).collect(),
-                        };
-                        list.extend(leave_out.into_iter().map(|(p, secrets)| redact::Scrubbed {
-                            path: p.display().to_string(),
-                            secrets,
-                            problem: Some(redact::NAME_HOLDS_A_VALUE.into()),
-                        }));
-                        if let Ok(mut f) = found.lock() {
-                            *f = list;
-                        }
-                        outcome
-                    })
-                });
-                errand_git::commit_workspace_with(
-                    &mirror,
-                    &ws,
-                    &dir.join("commit.git"),
-                    &start_commit,
-                    &c.attempt.branch,
-                    &message,
-                    &trailers,
-                    seed_index.as_deref(),
-                    Some(scrub),
-                    &exclude,
-                )
-                .await
-            }
+            errand_git::commit_workspace_with(
+                &mirror,
+                &ws,
+                &dir.join("commit.git"),
+                &start_commit,
+                &c.attempt.branch,
+                &message,
+                &trailers,
+                seed_index.as_deref(),
+                scrub,
+                &exclude,
+            )
+            .await
             .map_err(|e| fail("committing the work", &e))?
         };
         let scrubbed = scrubbed.lock().map(|f| f.clone()).unwrap_or_default();
