@@ -5,7 +5,7 @@
 //! `.git` runs or redirects anything on the host. Git never follows a symlink into a directory
 //! while it walks, so every path listed is a real path inside the workspace.
 
-use crate::{GitError, Result, copy_index, run_ok, scratch_git_command};
+use crate::{Result, copy_index, run_ok, scratch_git_command};
 use std::path::Path;
 
 /// One entry of a commit's tree.
@@ -124,18 +124,7 @@ async fn scan_in(
             "core.excludesFile=/dev/null",
         ])
         .args(args);
-        let shown = args.join(" ");
-        async move {
-            let out = c.output().await?;
-            if out.status.success() {
-                Ok(out.stdout)
-            } else {
-                Err(GitError::Command {
-                    args: shown,
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                })
-            }
-        }
+        crate::run_io(c, args.join(" "), None)
     };
     if !seeded {
         git(&["read-tree", commit]).await?;
