@@ -441,6 +441,46 @@ impl Worker {
             .await
     }
 
+    /// Why a run of the agent ended the attempt early (the model failed, a budget, the stuck
+    /// detector, a cancel or the wall-time limit), if it did; `during` says what the run was
+    /// for in the max_turns message (" while addressing the review").
+    pub(crate) async fn end_failure(
+        &self,
+        aid: &str,
+        end: &EndReason,
+        turns: u64,
+        lease: &AtomicU8,
+        during: &str,
+    ) -> Result<Option<String>, RunError> {
+        Ok(match end {
+            EndReason::Finished | EndReason::NoToolCalls => None,
+            EndReason::MaxTurns => Some(format!(
+                "stopped after {turns} model turns{during} (max_turns)"
+            )),
+            EndReason::Budget(why) => Some(format!("stopped: {why}")),
+            EndReason::Stuck(why) => Some(format!("stuck: {why}")),
+            EndReason::ModelFailed(msg) => {
+                self.emit(
+                    aid,
+                    vec![EventKind::Error {
+                        message: format!("the model failed: {msg}"),
+                    }],
+                )
+                .await?;
+                Some(format!("the model failed: {msg}"))
+            }
+            EndReason::Cancelled if lease.load(Ordering::SeqCst) == LEASE_WALL_TIME => {
+                let msg = format!(
+                    "stopped: the attempt ran past its wall-time limit of {}s",
+                    self.config.attempt_timeout.as_secs()
+                );
+                self.notice(aid, msg.clone()).await?;
+                Some(msg)
+            }
+            EndReason::Cancelled => Some("cancelled".into()),
+        })
+    }
+
     async fn drive(
         &self,
         c: &ClaimedAttempt,
@@ -818,34 +858,9 @@ impl Worker {
             .as_deref()
             .or(review_progress.as_ref().and_then(|p| p.summary.as_deref()))
             .map(|s| redactor.redact(s).into_owned());
-        let mut failure: Option<String> = match outcome.end {
-            EndReason::Finished | EndReason::NoToolCalls => None,
-            EndReason::MaxTurns => Some(format!(
-                "stopped after {} model turns (max_turns)",
-                outcome.turns
-            )),
-            EndReason::Budget(why) => Some(format!("stopped: {why}")),
-            EndReason::Stuck(why) => Some(format!("stuck: {why}")),
-            EndReason::ModelFailed(msg) => {
-                self.emit(
-                    aid,
-                    vec![EventKind::Error {
-                        message: format!("the model failed: {msg}"),
-                    }],
-                )
-                .await?;
-                Some(format!("the model failed: {msg}"))
-            }
-            EndReason::Cancelled if lease.load(Ordering::SeqCst) == LEASE_WALL_TIME => {
-                let msg = format!(
-                    "stopped: the attempt ran past its wall-time limit of {}s",
-                    self.config.attempt_timeout.as_secs()
-                );
-                self.notice(aid, msg.clone()).await?;
-                Some(msg)
-            }
-            EndReason::Cancelled => Some("cancelled".into()),
-        };
+        let mut failure = self
+            .end_failure(aid, &outcome.end, outcome.turns, lease, "")
+            .await?;
         // Plan mode: a planning run ends here, with its plan waiting for approval.
         if let Some(p) = plan_run.as_ref().filter(|p| p.planning) {
             if let Some(note) =

@@ -20,7 +20,7 @@
 
 use crate::checkpoint::{CheckpointSink, ReviewProgress};
 use crate::{RunError, Worker};
-use errand_agent::{AgentConfig, AgentError, AgentRun, EndReason, EventSink, RunState};
+use errand_agent::{AgentConfig, AgentError, AgentRun, EventSink, RunState};
 use errand_core::{
     AttemptReview, CheckResult, CheckSpec, DiffStats, EventKind, Finding, PlanStep, Review,
     Severity, Status, Task, Usage, Verdict,
@@ -29,7 +29,7 @@ use errand_model::{Message, ModelRequest, Provider, ProviderKind, ToolSpec};
 use errand_store::{AttemptOutcome, ClaimedAttempt};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::AtomicU8;
 use tokio_util::sync::CancellationToken;
 
 /// The tool the reviewer answers with.
@@ -268,7 +268,16 @@ impl Worker {
             if !out.plan.is_empty() {
                 plan = out.plan;
             }
-            if let Some(stop) = self.round_end(aid, &out.end, out.turns, cx.lease).await? {
+            if let Some(stop) = self
+                .end_failure(
+                    aid,
+                    &out.end,
+                    out.turns,
+                    cx.lease,
+                    " while addressing the review",
+                )
+                .await?
+            {
                 outcome.review = Some(review);
                 return Ok(Some(stop));
             }
@@ -300,43 +309,6 @@ impl Worker {
         }
         outcome.review = Some(review);
         Ok(failure)
-    }
-
-    /// Why a round of fixes ended the attempt early (the model failed, a budget, a cancel),
-    /// if it did.
-    async fn round_end(
-        &self,
-        aid: &str,
-        end: &EndReason,
-        turns: u64,
-        lease: &AtomicU8,
-    ) -> Result<Option<String>, RunError> {
-        Ok(match end {
-            EndReason::Finished | EndReason::NoToolCalls => None,
-            EndReason::MaxTurns => Some(format!(
-                "stopped after {turns} model turns while addressing the review (max_turns)"
-            )),
-            EndReason::Budget(why) | EndReason::Stuck(why) => Some(format!("stopped: {why}")),
-            EndReason::ModelFailed(msg) => {
-                self.emit(
-                    aid,
-                    vec![EventKind::Error {
-                        message: format!("the model failed: {msg}"),
-                    }],
-                )
-                .await?;
-                Some(format!("the model failed: {msg}"))
-            }
-            EndReason::Cancelled if lease.load(Ordering::SeqCst) == crate::LEASE_WALL_TIME => {
-                let msg = format!(
-                    "stopped: the attempt ran past its wall-time limit of {}s",
-                    self.config.attempt_timeout.as_secs()
-                );
-                self.notice(aid, msg.clone()).await?;
-                Some(msg)
-            }
-            EndReason::Cancelled => Some("cancelled".into()),
-        })
     }
 
     /// The workspace's change against the task's base, as the reviewer sees it: committed
