@@ -142,22 +142,6 @@ pub(super) fn parse_with_state(v: &Value) -> Option<(PullRequest, PrState)> {
     Some((pr, state))
 }
 
-/// Comments on pull request `index` (an issue comment) and returns the comment's page.
-pub(super) async fn comment(c: &ForgeClient, index: u64, body: &str) -> ForgeResult<String> {
-    let path = format!(
-        "/repos/{}/{}/issues/{index}/comments",
-        percent_encode(&c.repo().namespace),
-        percent_encode(&c.repo().name)
-    );
-    let a = c
-        .call(Method::POST, &path, Some(&json!({ "body": body })))
-        .await?;
-    if a.status != 201 {
-        return Err(c.not_found_pr(&a, index, "comment on pull requests"));
-    }
-    str_field(&a.json, &["html_url"]).ok_or_else(|| c.bad_answer("the comment", &a))
-}
-
 /// Gitea's `message`, and `errors` when it lists some.
 pub(super) fn error_text(v: &Value) -> String {
     let mut parts = Vec::new();

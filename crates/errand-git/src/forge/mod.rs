@@ -433,7 +433,8 @@ impl ForgeClient {
         let posted = match self.kind {
             ForgeKind::Github => github::comment(self, number, comment).await,
             ForgeKind::Gitlab => gitlab::comment(self, number, &pr.url, comment).await,
-            ForgeKind::Gitea => gitea::comment(self, number, comment).await,
+            // Gitea takes GitHub's call: the same path, body, 201 and `html_url`.
+            ForgeKind::Gitea => github::comment(self, number, comment).await,
         };
         match posted {
             Ok(url) => out.comment_url = Some(url),
