@@ -18,6 +18,7 @@
 mod bridge;
 pub mod cow;
 pub mod ns;
+mod procs;
 pub mod unisolated;
 
 pub use bridge::{MAX_BRIDGES, MAX_CONNECTIONS, proxy_env};

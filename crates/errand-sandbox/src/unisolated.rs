@@ -136,18 +136,6 @@ struct HostProc {
     pgrp: i32,
 }
 
-/// `PID (COMM) STATE PPID PGRP …` → name, whether it has exited, process group.
-fn parse_stat(stat: &str) -> Option<(String, bool, i32)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = stat.get(open + 1..close)?.to_string();
-    let mut rest = stat.get(close + 1..)?.split_whitespace();
-    let state = rest.next()?;
-    let _ppid = rest.next()?;
-    let pgrp = rest.next()?.parse().ok()?;
-    Some((name, matches!(state, "Z" | "X" | "x"), pgrp))
-}
-
 /// Whether `/proc/PID/environ` holds `needle` (`NAME=value` with its terminating NUL).
 fn environ_has(pid: i32, needle: &[u8]) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
@@ -162,33 +150,15 @@ fn environ_has(pid: i32, needle: &[u8]) -> bool {
 /// in pid order. The caller itself is never one.
 fn scan_host(groups: &[i32], needle: &[u8]) -> Vec<HostProc> {
     let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid <= 1 || pid == me {
-            continue;
-        }
-        let Some((name, gone, pgrp)) = std::fs::read_to_string(e.path().join("stat"))
-            .ok()
-            .as_deref()
-            .and_then(parse_stat)
-        else {
-            continue;
-        };
-        if gone {
-            continue;
-        }
-        if groups.contains(&pgrp) || environ_has(pid, needle) {
-            out.push(HostProc { pid, name, pgrp });
-        }
-    }
-    out.sort_by_key(|p| p.pid);
-    out
+    crate::procs::list(|pid| pid == me)
+        .into_iter()
+        .filter(|p| !p.gone && (groups.contains(&p.pgrp) || environ_has(p.pid, needle)))
+        .map(|p| HostProc {
+            pid: p.pid,
+            name: p.name,
+            pgrp: p.pgrp,
+        })
+        .collect()
 }
 
 /// SIGKILL to `pid` if it is still one of the box's: through a pidfd where the kernel has
@@ -196,7 +166,8 @@ fn scan_host(groups: &[i32], needle: &[u8]) -> Vec<HostProc> {
 fn kill_checked(pid: i32, groups: &[i32], needle: &[u8]) {
     let ours = || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        parse_stat(&stat).is_some_and(|(_, gone, pgrp)| !gone && groups.contains(&pgrp))
+        crate::procs::parse_stat(&stat)
+            .is_some_and(|(_, gone, pgrp)| !gone && groups.contains(&pgrp))
             || environ_has(pid, needle)
     };
     // SAFETY: pidfd_open takes a pid and flags, no pointers.
@@ -494,7 +465,7 @@ mod tests {
             let raw = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let argv: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
             let state = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = parse_stat(&state).is_some_and(|(_, gone, _)| gone);
+            let zombie = crate::procs::parse_stat(&state).is_some_and(|(_, gone, _)| gone);
             if !zombie
                 && argv.len() == 2
                 && argv[0].ends_with(b"sleep")

@@ -726,50 +726,10 @@ fn exec(
 /// How long a sweep waits for the processes it killed to be gone.
 const SWEEP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// One process of the box as `/proc/PID/stat` shows it.
-struct BoxProc {
-    pid: i32,
-    name: String,
-    /// Exited (a zombie, or dead): it runs no code and holds no files any more.
-    gone: bool,
-}
-
 /// Every process of the box but PID 1, in pid order. The box's `/proc` shows its own PID
 /// namespace only.
-fn box_processes() -> Vec<BoxProc> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid <= 1 {
-            continue;
-        }
-        // `PID (COMM) STATE …`; the name may hold spaces and parentheses.
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat.get(open + 1..close).unwrap_or_default().to_string();
-        let state = stat
-            .get(close + 1..)
-            .unwrap_or_default()
-            .trim_start()
-            .chars()
-            .next();
-        out.push(BoxProc {
-            pid,
-            name,
-            gone: matches!(state, Some('Z' | 'X' | 'x')),
-        });
-    }
-    out.sort_by_key(|p| p.pid);
-    out
+fn box_processes() -> Vec<crate::procs::Proc> {
+    crate::procs::list(|_| false)
 }
 
 /// Kills every process of the box but PID 1 and waits (bounded) until none runs any more.
@@ -780,7 +740,7 @@ fn box_processes() -> Vec<BoxProc> {
 /// task list under its lock, and a fork whose parent has a fatal signal pending fails. The
 /// reaper thread collects what exits.
 fn sweep() -> crate::Stopped {
-    let found: Vec<BoxProc> = box_processes().into_iter().filter(|p| !p.gone).collect();
+    let found: Vec<crate::procs::Proc> = box_processes().into_iter().filter(|p| !p.gone).collect();
     if found.is_empty() {
         return crate::Stopped::default();
     }
