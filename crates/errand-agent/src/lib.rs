@@ -750,18 +750,12 @@ impl AgentRun<'_> {
                 return Ok(ModelCall::Failed(msg));
             };
             self.sink
-                .emit(vec![EventKind::ModelRetry {
-                    model: self.provider.name().to_string(),
+                .emit(vec![policy.retry_event(
+                    self.provider.name(),
                     retry,
-                    max_retries: policy.max_retries,
-                    delay_ms: delay.as_millis() as u64,
-                    kind: err
-                        .kind()
-                        .and_then(|k| serde_json::to_value(k).ok())
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    error: err.to_string(),
-                }])
+                    delay,
+                    &err,
+                )])
                 .await?;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

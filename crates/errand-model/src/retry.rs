@@ -44,6 +44,29 @@ impl RetryPolicy {
         let half = exp / 2;
         Some(half + half.mul_f64(fastrand::f64()))
     }
+
+    /// The `model_retry` event for retry number `retry` of `model` after `err`, waiting
+    /// `delay` first.
+    pub fn retry_event(
+        &self,
+        model: &str,
+        retry: u32,
+        delay: Duration,
+        err: &ModelError,
+    ) -> errand_core::EventKind {
+        errand_core::EventKind::ModelRetry {
+            model: model.to_string(),
+            retry,
+            max_retries: self.max_retries,
+            delay_ms: delay.as_millis() as u64,
+            kind: err
+                .kind()
+                .and_then(|k| serde_json::to_value(k).ok())
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            error: err.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -485,18 +485,7 @@ impl Worker {
             };
             self.emit(
                 aid,
-                vec![EventKind::ModelRetry {
-                    model: reviewer.name().to_string(),
-                    retry,
-                    max_retries: policy.max_retries,
-                    delay_ms: delay.as_millis() as u64,
-                    kind: err
-                        .kind()
-                        .and_then(|k| serde_json::to_value(k).ok())
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    error: err.to_string(),
-                }],
+                vec![policy.retry_event(reviewer.name(), retry, delay, &err)],
             )
             .await?;
             tokio::select! {
